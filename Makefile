@@ -1,0 +1,42 @@
+# Two commands matter: `make run` and `make test`. Both create .venv and install on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+CHECKPOINT := checkpoints/cmanp-gp-rbf.safetensors
+
+.PHONY: install run test lint train eval bench-memory plot clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m service
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check model service tests bench
+	$(PY) -m ruff format --check model service tests bench
+
+train: $(STAMP)
+	$(PY) -m model.train --config configs/gp-rbf.json --out runs/gp-rbf --resume
+
+eval: $(STAMP)
+	$(PY) -m model.evaluate --checkpoint $(CHECKPOINT) --kernel rbf --out runs/eval-rbf.json
+	$(PY) -m model.evaluate --checkpoint $(CHECKPOINT) --kernel matern --out runs/eval-matern.json
+	$(PY) -m model.evaluate --checkpoint $(CHECKPOINT) --context-sizes 10,50,100,200,500,1000 --out runs/eval-streaming.json
+
+bench-memory: $(STAMP)
+	$(PY) -m bench.constant_memory --checkpoint $(CHECKPOINT)
+
+plot: $(STAMP)
+	$(PY) -m model.plot --checkpoint $(CHECKPOINT) --out checkpoints/cmanp-gp-rbf.png
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

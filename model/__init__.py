@@ -1,0 +1,7 @@
+"""CMANP: a Constant Memory Attentive Neural Process with an exact streaming state."""
+
+from model.checkpoint import load_checkpoint, save_checkpoint
+from model.cmanp import CMANP, CMANPConfig
+from model.state import CMANPState
+
+__all__ = ["CMANP", "CMANPConfig", "CMANPState", "load_checkpoint", "save_checkpoint"]

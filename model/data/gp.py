@@ -1,0 +1,110 @@
+"""GP meta-regression tasks, as in the benchmark protocol (cmanp-notes.md, section 6).
+
+Each task draws its own kernel hyperparameters; a batch shares its context and target sizes.
+Sampling is exact (float64 Cholesky of the joint covariance of context and targets).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Kernel = Literal["rbf", "matern", "periodic"]
+KERNELS: tuple[Kernel, ...] = ("rbf", "matern", "periodic")
+NOISE_STD = 0.02
+JITTER = 1e-8
+
+
+@dataclass
+class GPBatch:
+    """One batch of tasks. Points are float32; hyperparameters are kept for the exact-GP oracle."""
+
+    xc: Tensor  # [B, N, dx]
+    yc: Tensor  # [B, N, 1]
+    xt: Tensor  # [B, M, dx]
+    yt: Tensor  # [B, M, 1]
+    length: Tensor  # [B]
+    scale: Tensor  # [B]
+    period: Tensor  # [B] (used by the periodic kernel only)
+    kernel: Kernel
+    noise_std: float = NOISE_STD
+
+    def to(self, device: torch.device | str) -> GPBatch:
+        moved = {k: getattr(self, k).to(device) for k in ("xc", "yc", "xt", "yt")}
+        return GPBatch(**moved, length=self.length, scale=self.scale, period=self.period,
+                       kernel=self.kernel, noise_std=self.noise_std)
+
+
+def kernel_matrix(kernel: Kernel, x1: Tensor, x2: Tensor, length: Tensor, scale: Tensor, period: Tensor) -> Tensor:
+    """k(x1, x2) for a batch: x1 [B, n, dx], x2 [B, m, dx], hyperparameters [B] -> [B, n, m]."""
+    d = torch.cdist(x1, x2)
+    length, scale, period = (t.to(d).view(-1, 1, 1) for t in (length, scale, period))
+    if kernel == "rbf":
+        k = torch.exp(-0.5 * (d / length) ** 2)
+    elif kernel == "matern":
+        r = math.sqrt(5.0) * d / length
+        k = (1.0 + r + r**2 / 3.0) * torch.exp(-r)
+    elif kernel == "periodic":
+        k = torch.exp(-2.0 * torch.sin(math.pi * d / period) ** 2 / length**2)
+    else:
+        raise ValueError(f"unknown kernel {kernel!r}; choose from {KERNELS}")
+    return scale**2 * k
+
+
+class GPSampler:
+    """Draws GP tasks: x ~ U[x_range]^dx, y = f(x) + noise, f ~ GP(0, k) with per-task hyperparameters."""
+
+    def __init__(
+        self,
+        kernel: Kernel = "rbf",
+        dim_x: int = 1,
+        x_range: tuple[float, float] = (-2.0, 2.0),
+        length_range: tuple[float, float] = (0.1, 0.6),
+        scale_range: tuple[float, float] = (0.1, 1.0),
+        period_range: tuple[float, float] = (0.1, 0.5),
+        noise_std: float = NOISE_STD,
+        noise: Literal["gaussian", "student_t"] = "gaussian",
+        t_df: float = 2.1,
+    ) -> None:
+        if kernel not in KERNELS:
+            raise ValueError(f"unknown kernel {kernel!r}; choose from {KERNELS}")
+        if noise not in ("gaussian", "student_t"):
+            raise ValueError(f"unknown noise {noise!r}")
+        self.kernel, self.dim_x, self.x_range = kernel, dim_x, x_range
+        self.length_range, self.scale_range, self.period_range = length_range, scale_range, period_range
+        self.noise_std, self.noise, self.t_df = noise_std, noise, t_df
+
+    def _uniform(self, lo_hi: tuple[float, float], shape: tuple[int, ...], g: torch.Generator) -> Tensor:
+        lo, hi = lo_hi
+        return lo + (hi - lo) * torch.rand(shape, generator=g, dtype=torch.float64)
+
+    def sample(self, batch_size: int, num_context: int, num_target: int, generator: torch.Generator) -> GPBatch:
+        B, n = batch_size, num_context + num_target
+        x = self._uniform(self.x_range, (B, n, self.dim_x), generator)
+        length = self._uniform(self.length_range, (B,), generator)
+        scale = self._uniform(self.scale_range, (B,), generator)
+        period = self._uniform(self.period_range, (B,), generator)
+        cov = kernel_matrix(self.kernel, x, x, length, scale, period)
+        cov = cov + JITTER * torch.eye(n, dtype=torch.float64)
+        f = torch.linalg.cholesky(cov) @ torch.randn(B, n, 1, generator=generator, dtype=torch.float64)
+        if self.noise == "gaussian":
+            eps = torch.randn(B, n, 1, generator=generator, dtype=torch.float64)
+        else:  # Student-t via a normal over the square root of a scaled chi-square
+            z = torch.randn(B, n, 1, generator=generator, dtype=torch.float64)
+            chi2 = 2.0 * torch._standard_gamma(torch.full((B, n, 1), self.t_df / 2, dtype=torch.float64))
+            eps = z / torch.sqrt(chi2 / self.t_df)
+        y = f + self.noise_std * eps
+        x, y = x.float(), y.float()
+        return GPBatch(x[:, :num_context], y[:, :num_context], x[:, num_context:], y[:, num_context:],
+                       length, scale, period, self.kernel, self.noise_std)
+
+    def sample_protocol(self, batch_size: int, generator: torch.Generator,
+                        max_context: int = 46, max_total: int = 49) -> GPBatch:
+        """The paper's sizes: N ~ U{3..46}, M ~ U{3..49-N}, shared across the batch."""
+        nc = int(torch.randint(3, max_context + 1, (1,), generator=generator))
+        nt = int(torch.randint(3, max_total - nc + 1, (1,), generator=generator))
+        return self.sample(batch_size, nc, nt, generator)

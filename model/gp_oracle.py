@@ -1,0 +1,39 @@
+"""The exact-GP oracle: the true kernel and hyperparameters, float64 Cholesky.
+
+It is the Bayes-optimal predictor for Gaussian-noise GP tasks, so it bounds what any model can score.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from model.data.gp import GPBatch, kernel_matrix
+
+
+def gp_predict(batch: GPBatch) -> tuple[Tensor, Tensor]:
+    """Posterior predictive mean and variance of the noisy targets, float64, each [B, M]."""
+    xc, yc, xt = (t.double().cpu() for t in (batch.xc, batch.yc, batch.xt))
+    hyp = (batch.length, batch.scale, batch.period)
+    noise_var = batch.noise_std**2
+    prior_var = (batch.scale.double() ** 2).view(-1, 1) + noise_var
+    if xc.shape[1] == 0:
+        return torch.zeros(xt.shape[:2], dtype=torch.float64), prior_var.expand(-1, xt.shape[1])
+    k_cc = kernel_matrix(batch.kernel, xc, xc, *hyp) + noise_var * torch.eye(xc.shape[1], dtype=torch.float64)
+    k_ct = kernel_matrix(batch.kernel, xc, xt, *hyp)
+    chol = torch.linalg.cholesky(k_cc)
+    alpha = torch.cholesky_solve(yc, chol)  # [B, N, 1]
+    mean = (k_ct.mT @ alpha).squeeze(-1)
+    v = torch.linalg.solve_triangular(chol, k_ct, upper=False)  # [B, N, M]
+    var = prior_var - v.square().sum(1)
+    return mean, var.clamp_min(1e-12)
+
+
+def gp_log_likelihood(batch: GPBatch) -> Tensor:
+    """Per-task mean target log-likelihood under the exact GP, float64 [B]."""
+    mean, var = gp_predict(batch)
+    yt = batch.yt.double().cpu().squeeze(-1)
+    ll = -0.5 * (math.log(2 * math.pi) + var.log() + (yt - mean).square() / var)
+    return ll.mean(-1)
