@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from model.checkpoint import save_checkpoint
+from model.checkpoint import load_checkpoint, save_checkpoint
 from model.cmanp import CMANP, CMANPConfig, count_parameters
 from model.data.gp import GPBatch, GPSampler
 
@@ -42,6 +42,7 @@ class TrainConfig:
     save_every_minutes: float = 3.0
     device: str = "cpu"
     threads: int = 0  # 0: leave torch's default
+    run_steps: int = 0  # stop this invocation after this many steps (0: run to `steps`); resume later
 
 
 def sample_training_batch(sampler: GPSampler, tc: TrainConfig, g: torch.Generator) -> GPBatch:
@@ -80,7 +81,7 @@ def lr_at(step: int, tc: TrainConfig) -> float:
     return tc.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def train(mc: CMANPConfig, tc: TrainConfig, out: Path, resume: bool) -> None:
+def train(mc: CMANPConfig, tc: TrainConfig, out: Path, resume: bool, init_from: Path | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if tc.threads:
         torch.set_num_threads(tc.threads)
@@ -99,6 +100,16 @@ def train(mc: CMANPConfig, tc: TrainConfig, out: Path, resume: bool) -> None:
         torch.set_rng_state(ckpt["torch_rng"])
         step, best, elapsed = ckpt["step"], ckpt["best"], ckpt["elapsed"]
         print(f"resumed at step {step} (best held-out LL {best:.4f}, {elapsed / 60:.1f} min trained)")
+    elif init_from is not None:
+        # Continue from exported weights (e.g. a committed checkpoint in a new session): the
+        # schedule resumes at the recorded step; the optimiser moments start afresh.
+        init = load_checkpoint(init_from)
+        if init.cfg != mc:
+            raise ValueError(f"{init_from} has config {init.cfg}, not {mc}")
+        net.load_state_dict(init.state_dict())
+        step, best = int(init.info.get("step", 0)), float(init.info.get("heldout_ll", -math.inf))
+        elapsed = float(init.info.get("train_seconds", 0.0))
+        print(f"initialised from {init_from} at step {step}")
     (out / "config.json").write_text(json.dumps({"model": mc.to_dict(), "train": asdict(tc)}, indent=2))
 
     def save_state() -> None:
@@ -114,8 +125,9 @@ def train(mc: CMANPConfig, tc: TrainConfig, out: Path, resume: bool) -> None:
     last_save, t0, tasks = time.time(), time.time(), 0
     bar = tqdm(total=tc.steps, initial=step, dynamic_ncols=True, mininterval=5)
     ema = None
+    stop = min(tc.steps, step + tc.run_steps) if tc.run_steps else tc.steps
     try:
-        while step < tc.steps:
+        while step < stop:
             batch = sample_training_batch(sampler, tc, g).to(tc.device)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, tc)
@@ -135,8 +147,9 @@ def train(mc: CMANPConfig, tc: TrainConfig, out: Path, resume: bool) -> None:
                 tqdm.write(f"step {step}: held-out RBF LL {ll:.4f} (best {max(best, ll):.4f})")
                 if ll > best:
                     best = ll
-                    save_checkpoint(net, out / "best.safetensors",
-                                    info={"step": step, "heldout_ll": ll, "train": asdict(tc)})
+                    save_checkpoint(net, out / "best.safetensors", info={
+                        "step": step, "heldout_ll": ll, "train": asdict(tc),
+                        "train_seconds": elapsed + time.time() - last_save, "torch": torch.__version__})
             now = time.time()
             if now - last_save > 60 * tc.save_every_minutes:
                 elapsed += now - last_save
@@ -160,7 +173,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, help='JSON file {"model": {...}, "train": {...}}; flags override it')
     p.add_argument("--out", type=Path, default=Path("runs/cmanp"))
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt if it exists")
+    p.add_argument("--init-from", type=Path, help="start from an exported .safetensors checkpoint and its step")
     _add_dataclass_flags(p, CMANPConfig)
     _add_dataclass_flags(p, TrainConfig)
     args = p.parse_args(argv)
@@ -174,7 +188,8 @@ def main(argv: list[str] | None = None) -> None:
                 values[f.name] = flag
         return cls(**values)
 
-    train(build(CMANPConfig, file.get("model", {})), build(TrainConfig, file.get("train", {})), args.out, args.resume)
+    train(build(CMANPConfig, file.get("model", {})), build(TrainConfig, file.get("train", {})), args.out,
+          args.resume, args.init_from)
 
 
 if __name__ == "__main__":

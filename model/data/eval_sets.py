@@ -1,0 +1,78 @@
+"""Fixed evaluation sets, generated once from a fixed seed and cached on disk as .npz.
+
+* ``protocol_set``: the paper protocol (N ~ U{3..46}, M ~ U{3..49-N}), 3000 batches x 16 tasks.
+* ``streaming_set``: for one context size N, tasks with a fixed number of targets.
+Cache files are keyed by every parameter that changes their content, plus a generator version.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.data.gp import KERNELS, GPBatch, GPSampler, Kernel
+
+GENERATOR_VERSION = 1
+DEFAULT_CACHE = Path(os.environ.get("CMANP_DATA_CACHE", "var/eval-sets"))
+PROTOCOL_SEED = 1000  # plus the kernel's index, so each kernel has its own stream
+STREAMING_SEED = 3000  # plus N
+
+
+def _save(path: Path, batches: list[GPBatch]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, np.ndarray] = {}
+    for i, b in enumerate(batches):
+        for name in ("xc", "yc", "xt", "yt", "length", "scale", "period"):
+            arrays[f"{i}/{name}"] = getattr(b, name).numpy()
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, count=np.array(len(batches)), **arrays)
+    os.replace(tmp, path)
+
+
+def _load(path: Path, kernel: Kernel) -> list[GPBatch]:
+    with np.load(path) as f:
+        return [
+            GPBatch(**{k: torch.from_numpy(f[f"{i}/{k}"]) for k in ("xc", "yc", "xt", "yt", "length", "scale", "period")},
+                    kernel=kernel)
+            for i in range(int(f["count"]))
+        ]
+
+
+def _cached(path: Path, kernel: Kernel, make: callable) -> list[GPBatch]:  # type: ignore[valid-type]
+    if path.exists():
+        return _load(path, kernel)
+    batches = make()
+    _save(path, batches)
+    return batches
+
+
+def protocol_set(kernel: Kernel, num_batches: int = 3000, batch_size: int = 16,
+                 cache_dir: Path = DEFAULT_CACHE) -> list[GPBatch]:
+    """The paper's evaluation set for one kernel."""
+    seed = PROTOCOL_SEED + KERNELS.index(kernel)
+    path = cache_dir / f"protocol-{kernel}-{num_batches}x{batch_size}-seed{seed}-v{GENERATOR_VERSION}.npz"
+
+    def make() -> list[GPBatch]:
+        g = torch.Generator().manual_seed(seed)
+        sampler = GPSampler(kernel)
+        return [sampler.sample_protocol(batch_size, g) for _ in range(num_batches)]
+
+    return _cached(path, kernel, make)
+
+
+def streaming_set(num_context: int, num_tasks: int = 64, num_targets: int = 50, kernel: Kernel = "rbf",
+                  batch_size: int = 16, cache_dir: Path = DEFAULT_CACHE) -> list[GPBatch]:
+    """Tasks with exactly ``num_context`` context points, for the streaming curve."""
+    seed = STREAMING_SEED + num_context + 100_000 * KERNELS.index(kernel)
+    name = f"streaming-{kernel}-n{num_context}-{num_tasks}t{num_targets}-b{batch_size}-seed{seed}-v{GENERATOR_VERSION}"
+
+    def make() -> list[GPBatch]:
+        g = torch.Generator().manual_seed(seed)
+        sampler = GPSampler(kernel)
+        sizes = [min(batch_size, num_tasks - i) for i in range(0, num_tasks, batch_size)]
+        return [sampler.sample(b, num_context, num_targets, g) for b in sizes]
+
+    return _cached(cache_dir / f"{name}.npz", kernel, make)

@@ -1,0 +1,96 @@
+"""Evaluate a checkpoint beside the exact-GP oracle; prints LL +- standard error and writes JSON.
+
+    python -m model.evaluate --checkpoint C --kernel rbf            # paper protocol, 3000 x 16 tasks
+    python -m model.evaluate --checkpoint C --context-sizes 10,50,100,200,500,1000   # streaming curve
+
+The model is scored through its public streaming API (condition in chunks, then predict), the
+same path the service uses. LL is the target log-likelihood averaged over a task's targets, then
+over tasks; the standard error is over tasks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from model.checkpoint import load_checkpoint
+from model.cmanp import CMANP
+from model.data.eval_sets import DEFAULT_CACHE, protocol_set, streaming_set
+from model.data.gp import KERNELS, GPBatch
+from model.gp_oracle import gp_log_likelihood
+
+
+@torch.no_grad()
+def model_log_likelihood(net: CMANP, batch: GPBatch, chunk_size: int = 1024) -> torch.Tensor:
+    """Per-task mean target LL [B] via condition + predict."""
+    state = net.condition(batch.xc, batch.yc, chunk_size=chunk_size)
+    mean, var = net.predict(state, batch.xt)
+    ll = -0.5 * (math.log(2 * math.pi) + var.log() + (batch.yt.to(mean) - mean).square() / var)
+    return ll.sum(-1).mean(-1).cpu()
+
+
+def summarise(values: torch.Tensor) -> dict[str, float]:
+    v = values.double()
+    return {"ll": v.mean().item(), "se": (v.std() / math.sqrt(len(v))).item(), "num_tasks": len(v)}
+
+
+def score(net: CMANP, batches: list[GPBatch], desc: str) -> dict[str, dict[str, float]]:
+    model_lls, oracle_lls = [], []
+    for b in tqdm(batches, desc=desc, mininterval=5, leave=False):
+        model_lls.append(model_log_likelihood(net, b.to(net.device)))
+        oracle_lls.append(gp_log_likelihood(b))
+    return {"model": summarise(torch.cat(model_lls)), "oracle": summarise(torch.cat(oracle_lls))}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--kernel", choices=KERNELS, default="rbf")
+    p.add_argument("--context-sizes", type=str, help="comma-separated N values: run the streaming curve")
+    p.add_argument("--num-batches", type=int, default=3000, help="protocol mode: batches of --batch-size tasks")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--num-tasks", type=int, default=64, help="streaming mode: tasks per context size")
+    p.add_argument("--num-targets", type=int, default=50, help="streaming mode: targets per task")
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    net = load_checkpoint(args.checkpoint)
+    result: dict = {"checkpoint": str(args.checkpoint), "fingerprint": net.fingerprint, "kernel": args.kernel}
+    t0 = time.time()
+    if args.context_sizes:
+        sizes = [int(s) for s in args.context_sizes.split(",")]
+        result["mode"] = "streaming"
+        result["curve"] = {}
+        print(f"{'N':>6} {'model LL':>16} {'oracle LL':>16}")
+        for n in sizes:
+            batches = streaming_set(n, args.num_tasks, args.num_targets, args.kernel, args.batch_size, args.cache_dir)
+            r = score(net, batches, f"N={n}")
+            result["curve"][str(n)] = r
+            print(f"{n:>6} {r['model']['ll']:>9.3f} ± {r['model']['se']:.3f} {r['oracle']['ll']:>9.3f} ± "
+                  f"{r['oracle']['se']:.3f}", flush=True)
+    else:
+        result["mode"] = "protocol"
+        batches = protocol_set(args.kernel, args.num_batches, args.batch_size, args.cache_dir)
+        result.update(score(net, batches, args.kernel))
+        print(f"{args.kernel}: model LL {result['model']['ll']:.4f} ± {result['model']['se']:.4f}   "
+              f"oracle LL {result['oracle']['ll']:.4f} ± {result['oracle']['se']:.4f}   "
+              f"({result['model']['num_tasks']} tasks)")
+    result["seconds"] = round(time.time() - t0, 1)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

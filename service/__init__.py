@@ -1,0 +1,1 @@
+"""HTTP service for streaming CMANP inference: FastAPI + a Redis session store. See ``service.app``."""

@@ -1,0 +1,337 @@
+"""Python clients for the service: ``CMANPClient`` (blocking) and ``AsyncCMANPClient`` (asyncio), on httpx.
+
+Results are typed dataclasses; points and predictions are numpy arrays (a 1-D array means one
+feature per point). Failures come back as ``CMANPError`` carrying the problem details.
+
+Transient failures (connection errors, timeouts, 502/503/504) are retried with exponential
+backoff, honouring ``Retry-After``. Each ``add_context`` call generates one Idempotency-Key and
+sends it with every retry, so a retry whose first attempt did reach the server applies nothing
+twice. ``create_session`` is only retried when the server cannot have acted on the request (it
+could not be reached, or it answered 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import httpx
+import numpy as np
+import orjson
+from numpy.typing import ArrayLike
+
+RETRY_STATUSES = frozenset({502, 503, 504})
+T = TypeVar("T")
+
+
+class CMANPError(Exception):
+    """An error answer of the service (RFC 9457 problem details)."""
+
+    def __init__(self, status: int, title: str, detail: str) -> None:
+        super().__init__(f"{status} {title}: {detail}")
+        self.status, self.title, self.detail = status, title, detail
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    session_id: str
+    model: str
+    model_fingerprint: str
+    dim_x: int
+    dim_y: int
+    num_points: int
+    version: int
+    state_bytes: int
+    ttl_seconds: int
+    created_at: str
+    expires_at: str
+    x_transform: dict[str, list[float]]
+    y_transform: dict[str, list[float]]
+
+
+@dataclass(frozen=True)
+class ContextResult:
+    num_points: int
+    version: int  # context posts applied to the session so far
+    replayed: bool  # the server had seen this Idempotency-Key: nothing was applied
+
+
+@dataclass(frozen=True)
+class Prediction:
+    mean: np.ndarray  # [m, dim_y], user units
+    variance: np.ndarray  # [m, dim_y]
+    num_points: int
+    version: int
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    fingerprint: str
+    dim_x: int
+    dim_y: int
+    x_range: tuple[float, float]
+    config: dict[str, Any]
+    metrics: dict[str, Any] | None
+    default: bool
+
+
+def _from_json(cls: type[T], data: dict[str, Any]) -> T:
+    """Build a result dataclass, ignoring fields a newer server may add."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _points(values: ArrayLike, name: str) -> np.ndarray:
+    array = np.asarray(values, dtype=np.float64)
+    array = array[:, None] if array.ndim == 1 else array
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be 1-D or 2-D [points, features], got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+    return np.ascontiguousarray(array)
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One API request, as data: both clients send it, retrying as its kind allows."""
+
+    method: str
+    path: str
+    body: dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    idempotent: bool = True  # safe to resend even if the first attempt may have been applied
+
+    def content(self) -> bytes | None:
+        return None if self.body is None else orjson.dumps(self.body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+# ---- requests and results, shared by both clients ------------------------------------------------
+
+
+def _create_call(
+    model: str | None,
+    x_transform: dict[str, Any] | None,
+    y_transform: dict[str, Any] | None,
+    ttl_seconds: int | None,
+) -> _Call:
+    body = {"model": model, "x_transform": x_transform, "y_transform": y_transform, "ttl_seconds": ttl_seconds}
+    return _Call("POST", "/v1/sessions", {k: v for k, v in body.items() if v is not None}, idempotent=False)
+
+
+def _context_call(session_id: str, x: ArrayLike, y: ArrayLike, idempotency_key: str | None) -> _Call:
+    body = {"x": _points(x, "x"), "y": _points(y, "y")}
+    headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+    return _Call("POST", f"/v1/sessions/{session_id}/context", body, headers)
+
+
+def _predict_call(session_id: str, x: ArrayLike) -> _Call:
+    return _Call("POST", f"/v1/sessions/{session_id}/predict", {"x": _points(x, "x")})
+
+
+def _session(response: httpx.Response) -> SessionInfo:
+    return _from_json(SessionInfo, response.json())
+
+
+def _context_result(response: httpx.Response) -> ContextResult:
+    data = response.json()
+    replayed = response.headers.get("Idempotent-Replayed") == "true"
+    return ContextResult(data["num_points"], data["version"], replayed)
+
+
+def _prediction(response: httpx.Response) -> Prediction:
+    data = response.json()
+    mean, variance = np.asarray(data["mean"], dtype=np.float64), np.asarray(data["variance"], dtype=np.float64)
+    return Prediction(mean, variance, data["num_points"], data["version"])
+
+
+def _models(response: httpx.Response) -> list[ModelInfo]:
+    return [_from_json(ModelInfo, m) for m in response.json()["models"]]
+
+
+def _checked(outcome: httpx.Response | httpx.TransportError) -> httpx.Response:
+    if isinstance(outcome, httpx.TransportError):
+        raise outcome
+    if outcome.is_success:
+        return outcome
+    try:
+        problem = outcome.json()
+        raise CMANPError(outcome.status_code, problem["title"], problem["detail"])
+    except (ValueError, KeyError, TypeError):
+        raise CMANPError(outcome.status_code, outcome.reason_phrase, outcome.text) from None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    retries: int = 5
+    backoff: float = 0.1  # seconds before the first retry; doubles each time
+    max_backoff: float = 5.0
+
+    def delay(self, attempt: int, call: _Call, outcome: httpx.Response | httpx.TransportError) -> float | None:
+        """Seconds to wait before retrying ``call`` after ``outcome`` of attempt ``attempt`` (0-based); None: stop."""
+        if attempt >= self.retries:
+            return None
+        if isinstance(outcome, httpx.TransportError):
+            # A connect error means the request never left; anything later may have been applied.
+            if not (call.idempotent or isinstance(outcome, httpx.ConnectError | httpx.ConnectTimeout)):
+                return None
+            retry_after = 0.0
+        elif outcome.status_code in RETRY_STATUSES and (call.idempotent or outcome.status_code == 503):
+            header = outcome.headers.get("Retry-After", "")
+            retry_after = float(header) if header.isdigit() else 0.0
+        else:
+            return None
+        return min(self.max_backoff, max(retry_after, self.backoff * 2**attempt))
+
+
+def _http_options(api_key: str | None, timeout: float) -> dict[str, Any]:
+    headers = {"Content-Type": "application/json"}
+    if api_key is not None:
+        headers["Authorization"] = f"Bearer {api_key}"
+    return {"headers": headers, "timeout": timeout}
+
+
+class CMANPClient:
+    """Blocking client. Use as a context manager, or call ``close()``."""
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen, so sharing the default is safe
+    ) -> None:
+        self._http = httpx.Client(base_url=base_url, **_http_options(api_key, timeout))
+        self.retry = retry
+
+    def _send(self, call: _Call) -> httpx.Response:
+        content = call.content()
+        for attempt in range(self.retry.retries + 1):
+            try:
+                outcome: httpx.Response | httpx.TransportError = self._http.request(
+                    call.method, call.path, content=content, headers=call.headers
+                )
+            except httpx.TransportError as e:
+                outcome = e
+            delay = self.retry.delay(attempt, call, outcome)
+            if delay is None:
+                break
+            time.sleep(delay)
+        return _checked(outcome)
+
+    def create_session(
+        self,
+        model: str | None = None,
+        x_transform: dict[str, Any] | None = None,
+        y_transform: dict[str, Any] | None = None,
+        ttl_seconds: int | None = None,
+    ) -> SessionInfo:
+        return _session(self._send(_create_call(model, x_transform, y_transform, ttl_seconds)))
+
+    def add_context(
+        self, session_id: str, x: ArrayLike, y: ArrayLike, idempotency_key: str | None = None
+    ) -> ContextResult:
+        return _context_result(self._send(_context_call(session_id, x, y, idempotency_key)))
+
+    def predict(self, session_id: str, x: ArrayLike) -> Prediction:
+        return _prediction(self._send(_predict_call(session_id, x)))
+
+    def get_session(self, session_id: str) -> SessionInfo:
+        return _session(self._send(_Call("GET", f"/v1/sessions/{session_id}")))
+
+    def delete_session(self, session_id: str) -> None:
+        self._send(_Call("DELETE", f"/v1/sessions/{session_id}"))
+
+    def models(self) -> list[ModelInfo]:
+        return _models(self._send(_Call("GET", "/v1/models")))
+
+    def ready(self) -> bool:
+        try:
+            return self._http.get("/readyz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> CMANPClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class AsyncCMANPClient:
+    """asyncio client with the same methods as ``CMANPClient``, as coroutines."""
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen, so sharing the default is safe
+    ) -> None:
+        self._http = httpx.AsyncClient(base_url=base_url, **_http_options(api_key, timeout))
+        self.retry = retry
+
+    async def _send(self, call: _Call) -> httpx.Response:
+        content = call.content()
+        for attempt in range(self.retry.retries + 1):
+            try:
+                outcome: httpx.Response | httpx.TransportError = await self._http.request(
+                    call.method, call.path, content=content, headers=call.headers
+                )
+            except httpx.TransportError as e:
+                outcome = e
+            delay = self.retry.delay(attempt, call, outcome)
+            if delay is None:
+                break
+            await asyncio.sleep(delay)
+        return _checked(outcome)
+
+    async def create_session(
+        self,
+        model: str | None = None,
+        x_transform: dict[str, Any] | None = None,
+        y_transform: dict[str, Any] | None = None,
+        ttl_seconds: int | None = None,
+    ) -> SessionInfo:
+        return _session(await self._send(_create_call(model, x_transform, y_transform, ttl_seconds)))
+
+    async def add_context(
+        self, session_id: str, x: ArrayLike, y: ArrayLike, idempotency_key: str | None = None
+    ) -> ContextResult:
+        return _context_result(await self._send(_context_call(session_id, x, y, idempotency_key)))
+
+    async def predict(self, session_id: str, x: ArrayLike) -> Prediction:
+        return _prediction(await self._send(_predict_call(session_id, x)))
+
+    async def get_session(self, session_id: str) -> SessionInfo:
+        return _session(await self._send(_Call("GET", f"/v1/sessions/{session_id}")))
+
+    async def delete_session(self, session_id: str) -> None:
+        await self._send(_Call("DELETE", f"/v1/sessions/{session_id}"))
+
+    async def models(self) -> list[ModelInfo]:
+        return _models(await self._send(_Call("GET", "/v1/models")))
+
+    async def ready(self) -> bool:
+        try:
+            return (await self._http.get("/readyz")).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncCMANPClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

@@ -1,0 +1,110 @@
+"""Errors as RFC 9457 problem details: ``{type, title, detail, status}``, media type application/problem+json.
+
+Handlers raise a ``ServiceError`` subclass; the status code is a property of the class. Request
+validation errors become 422 (400 for malformed JSON), Redis outages become 503 with
+``Retry-After``, and anything unexpected is logged and becomes a bare 500 that leaks nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+
+import redis.exceptions
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.schemas import OrjsonResponse
+
+logger = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = 1
+MAX_REPORTED_VALIDATION_ERRORS = 5
+
+
+class ProblemResponse(OrjsonResponse):
+    media_type = "application/problem+json"
+
+
+def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> ProblemResponse:
+    # type "about:blank" means the status code says it all; the title is then its phrase (RFC 9457 4.2.1).
+    body = {"type": "about:blank", "title": HTTPStatus(status).phrase, "detail": detail, "status": status}
+    return ProblemResponse(body, status_code=status, headers=headers)
+
+
+class ServiceError(Exception):
+    status = 400
+    headers: dict[str, str] | None = None
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class UnauthorizedError(ServiceError):
+    status = 401
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class NotFoundError(ServiceError):
+    status = 404
+
+
+class ConflictError(ServiceError):
+    status = 409
+
+
+class TooLargeError(ServiceError):
+    status = 413
+
+
+class UnprocessableError(ServiceError):
+    status = 422
+
+
+class UnavailableError(ServiceError):
+    status = 503
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+
+
+def _format_validation_errors(exc: RequestValidationError) -> str:
+    errors = exc.errors()
+    parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:MAX_REPORTED_VALIDATION_ERRORS]]
+    more = len(errors) - MAX_REPORTED_VALIDATION_ERRORS
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+async def _service_error(_: Request, exc: ServiceError) -> ProblemResponse:
+    return problem(exc.status, exc.detail, exc.headers)
+
+
+async def _validation_error(_: Request, exc: RequestValidationError) -> ProblemResponse:
+    malformed = [e for e in exc.errors() if e["type"] == "json_invalid"]
+    if malformed:
+        return problem(400, f"malformed JSON body: {malformed[0].get('ctx', {}).get('error', 'cannot parse')}")
+    return problem(422, _format_validation_errors(exc))
+
+
+async def _http_error(_: Request, exc: StarletteHTTPException) -> ProblemResponse:
+    return problem(exc.status_code, str(exc.detail), exc.headers)
+
+
+async def _redis_unavailable(_: Request, exc: Exception) -> ProblemResponse:
+    logger.warning("redis unavailable: %s", exc)
+    return problem(503, "the session store (Redis) is unavailable; retry shortly", UnavailableError.headers)
+
+
+async def _unexpected(_: Request, exc: Exception) -> ProblemResponse:
+    logger.exception("unhandled error", exc_info=exc)
+    return problem(500, "internal error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    # BusyLoadingError (Redis still loading its AOF) is a ConnectionError.
+    app.add_exception_handler(redis.exceptions.ConnectionError, _redis_unavailable)
+    app.add_exception_handler(redis.exceptions.TimeoutError, _redis_unavailable)
+    app.add_exception_handler(Exception, _unexpected)

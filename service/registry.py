@@ -1,0 +1,85 @@
+"""The served models: every ``*.safetensors`` in the checkpoint directory, named by file stem.
+
+A model card sidecar ``<stem>.json`` (headline eval numbers) is served as the model's metrics
+when present. Sessions pin a model's name and fingerprint; ``pinned`` refuses a session whose
+model is gone or was replaced by different weights, so a session never gets silently wrong
+predictions from a model that did not build its state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from model import CMANP, load_checkpoint
+from service.errors import ConflictError, NotFoundError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str
+    net: CMANP
+    metrics: dict[str, Any] | None
+    empty_state: bytes  # the state blob of a new session
+
+    @property
+    def fingerprint(self) -> str:
+        return self.net.fingerprint
+
+    @property
+    def dim_x(self) -> int:
+        return self.net.cfg.dim_x
+
+    @property
+    def dim_y(self) -> int:
+        return self.net.cfg.dim_y
+
+    @classmethod
+    def load(cls, path: Path) -> ServedModel:
+        net = load_checkpoint(path)
+        card = path.with_suffix(".json")
+        metrics = json.loads(card.read_text()) if card.is_file() else None
+        return cls(path.stem, net, metrics, net.empty_state(batch_size=1).to_bytes())
+
+
+class ModelRegistry:
+    def __init__(self, models: dict[str, ServedModel], default: str) -> None:
+        self.models = models
+        self.default = default
+
+    @classmethod
+    def load(cls, directory: Path, default: str) -> ModelRegistry:
+        models = {}
+        for path in sorted(directory.glob("*.safetensors")):
+            models[path.stem] = ServedModel.load(path)
+            logger.info("loaded model %s (%s) from %s", path.stem, models[path.stem].fingerprint, path)
+        if default not in models:
+            logger.warning("default model %r is not in %s; the service stays unready", default, directory)
+        return cls(models, default)
+
+    @property
+    def ready(self) -> bool:
+        return self.default in self.models
+
+    def get(self, name: str | None) -> ServedModel:
+        name = name or self.default
+        if name not in self.models:
+            raise NotFoundError(f"model {name!r} is not served; GET /v1/models lists the served models")
+        return self.models[name]
+
+    def pinned(self, name: str, fingerprint: str) -> ServedModel:
+        """The model a session was created with, if it is still served with the same weights."""
+        served = self.models.get(name)
+        if served is None:
+            raise ConflictError(f"this session's model {name!r} is no longer served; create a new session")
+        if served.fingerprint != fingerprint:
+            raise ConflictError(
+                f"this session's model {name!r} was replaced (its state was built by fingerprint {fingerprint}, "
+                f"the served weights are {served.fingerprint}); create a new session"
+            )
+        return served

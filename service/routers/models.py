@@ -1,0 +1,30 @@
+"""The served models and their model-card numbers."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.dependencies import ServicesDep, TenantDep
+from service.routers import API_PREFIX
+from service.schemas import ModelInfo, ModelList
+
+router = APIRouter(prefix=f"{API_PREFIX}/models", tags=["models"])
+
+
+@router.get("")
+async def list_models(services: ServicesDep, _: TenantDep) -> ModelList:
+    registry = services.registry
+    models = [
+        ModelInfo(
+            name=m.name,
+            fingerprint=m.fingerprint,
+            dim_x=m.dim_x,
+            dim_y=m.dim_y,
+            x_range=m.net.cfg.x_range,
+            config=m.net.cfg.to_dict(),
+            metrics=m.metrics,
+            default=m.name == registry.default,
+        )
+        for m in registry.models.values()
+    ]
+    return ModelList(default_model=registry.default, models=models)

@@ -1,0 +1,167 @@
+"""Sessions: create, post context points, predict, inspect, delete.
+
+Points travel in the user's units; each session's transforms map them into the model's units
+(``service.transforms``). Predictions come back in user units.
+"""
+
+from __future__ import annotations
+
+import functools
+import secrets
+import time
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Response
+
+from service.dependencies import ServicesDep, TenantDep
+from service.errors import TooLargeError, UnprocessableError
+from service.inference import log_entry
+from service.routers import API_PREFIX
+from service.schemas import (
+    AffineOut,
+    Context,
+    ContextResult,
+    CreateSession,
+    OrjsonResponse,
+    Prediction,
+    Problem,
+    Query,
+    SessionInfo,
+)
+from service.store import Session
+from service.transforms import AffineMap, model_points, resolve_x, resolve_y
+
+SESSION_ID_BYTES = 24  # 192 random bits
+
+router = APIRouter(
+    prefix=f"{API_PREFIX}/sessions",
+    tags=["sessions"],
+    responses={code: {"model": Problem} for code in (400, 401, 404, 409, 413, 422, 503)},
+)
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        min_length=1,
+        max_length=128,
+        description="repeats of a key (per session, the last keys are remembered) apply nothing "
+        "and return the original answer",
+    ),
+]
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _affine_out(t: AffineMap) -> AffineOut:
+    return AffineOut(shift=t.shift.tolist(), scale=t.scale.tolist())
+
+
+def _info(session: Session) -> SessionInfo:
+    # Every read refreshes the TTL, so the session now expires one TTL from now.
+    return SessionInfo(
+        session_id=session.session_id,
+        model=session.model,
+        model_fingerprint=session.fingerprint,
+        dim_x=session.dim_x,
+        dim_y=session.dim_y,
+        num_points=session.num_points,
+        version=session.version,
+        state_bytes=session.state_bytes,
+        ttl_seconds=session.ttl_seconds,
+        created_at=_iso(session.created_at),
+        expires_at=_iso(time.time() + session.ttl_seconds),
+        x_transform=_affine_out(session.x_transform),
+        y_transform=_affine_out(session.y_transform),
+    )
+
+
+def _check_count(points: int, limit: int) -> None:
+    if points > limit:
+        raise TooLargeError(f"{points} points in one request; the limit is {limit} (CMANP_MAX_POINTS_PER_REQUEST)")
+
+
+@router.post("", status_code=201)
+async def create_session(
+    body: CreateSession, services: ServicesDep, tenant: TenantDep, response: Response
+) -> SessionInfo:
+    settings = services.settings
+    model = services.registry.get(body.model)
+    ttl = body.ttl_seconds or settings.session_ttl_seconds
+    if ttl > settings.max_session_ttl_seconds:
+        raise UnprocessableError(f"ttl_seconds={ttl} exceeds the limit of {settings.max_session_ttl_seconds}")
+    session = Session(
+        session_id=secrets.token_urlsafe(SESSION_ID_BYTES),
+        tenant=tenant,
+        model=model.name,
+        fingerprint=model.fingerprint,
+        x_transform=resolve_x(body.x_transform, model.dim_x, model.net.cfg.x_range),
+        y_transform=resolve_y(body.y_transform, model.dim_y),
+        created_at=time.time(),
+        ttl_seconds=ttl,
+    )
+    session = await services.store.create(session, model.empty_state)
+    services.metrics.sessions_created.inc()
+    response.headers["Location"] = f"{router.prefix}/{session.session_id}"
+    return _info(session)
+
+
+@router.get("/{session_id}")
+async def get_session(session_id: str, services: ServicesDep, tenant: TenantDep) -> SessionInfo:
+    return _info(await services.store.get(session_id, tenant))
+
+
+@router.delete("/{session_id}", status_code=204)
+async def delete_session(session_id: str, services: ServicesDep, tenant: TenantDep) -> None:
+    await services.store.delete(session_id, tenant)
+    services.metrics.sessions_deleted.inc()
+
+
+@router.post("/{session_id}/context")
+async def add_context(
+    session_id: str,
+    body: Context,
+    services: ServicesDep,
+    tenant: TenantDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> ContextResult:
+    """Add points to the session's context; the answer counts every point applied so far."""
+    _check_count(len(body.x), services.settings.max_points_per_request)
+    session = await services.store.get(session_id, tenant)
+    model = services.registry.pinned(session.model, session.fingerprint)
+    x = model_points(body.x, session.x_transform, "x")
+    y = model_points(body.y, session.y_transform, "y")
+    fold = functools.partial(services.inference.fold, model)
+    appended = await services.store.append(session, log_entry(x, y), len(x), idempotency_key, fold)
+    if appended.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+        services.metrics.idempotent_replays.inc()
+    else:
+        services.metrics.context_posts.inc()
+        services.metrics.context_points.inc(len(x))
+    return ContextResult(num_points=appended.num_points, version=appended.version)
+
+
+@router.post("/{session_id}/predict", response_model=Prediction)
+async def predict(session_id: str, body: Query, services: ServicesDep, tenant: TenantDep) -> OrjsonResponse:
+    """Predictive mean and variance at the query points, given every point applied so far."""
+    _check_count(len(body.x), services.settings.max_points_per_request)
+    snapshot = await services.store.snapshot(session_id, tenant)
+    session = snapshot.session
+    model = services.registry.pinned(session.model, session.fingerprint)
+    x = model_points(body.x, session.x_transform, "x")
+    mean, variance = await services.inference.predict(model, snapshot, x)
+    services.metrics.predictions.inc()
+    services.metrics.predicted_points.inc(len(x))
+    # Returned as numpy arrays straight to orjson: much faster than validating lists of floats.
+    return OrjsonResponse(
+        {
+            "mean": session.y_transform.mean_to_user(mean),
+            "variance": session.y_transform.variance_to_user(variance),
+            "num_points": session.num_points,
+            "version": session.version,
+        }
+    )

@@ -1,0 +1,148 @@
+"""What goes over the wire: request and response bodies, and the orjson response class.
+
+Request models check what can be checked without knowing the session: finite numbers (no NaN or
+Inf, no strings or booleans), rectangular non-empty point arrays, matching point counts. Checks
+that need the session's model (feature dimensions, point limits) happen in the routers.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+PositiveFloat = Annotated[float, Field(strict=True, allow_inf_nan=False, gt=0)]
+Points = Annotated[list[list[FiniteFloat]], Field(description="one row per point, one column per feature")]
+
+
+class OrjsonResponse(JSONResponse):
+    """JSON via orjson: fast, and serialises numpy arrays directly (predictions are returned as arrays)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def check_points(points: list[list[float]], name: str) -> None:
+    if not points:
+        raise ValueError(f"{name} is empty; send at least one point")
+    width = len(points[0])
+    if width == 0:
+        raise ValueError(f"{name} has points with no features")
+    ragged = next((i for i, row in enumerate(points) if len(row) != width), None)
+    if ragged is not None:
+        raise ValueError(f"{name} is ragged: row 0 has {width} features, row {ragged} has {len(points[ragged])}")
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---- transforms ---------------------------------------------------------------------------------
+
+
+class Affine(Body):
+    """model = (user - shift) / scale, per dimension; a number applies to every dimension."""
+
+    shift: FiniteFloat | list[FiniteFloat] = 0.0
+    scale: PositiveFloat | list[PositiveFloat] = 1.0
+
+
+class Bounds(Body):
+    """User-unit bounds [low, high] per x dimension, mapped onto the model's training range."""
+
+    low: FiniteFloat | list[FiniteFloat]
+    high: FiniteFloat | list[FiniteFloat]
+
+
+class AffineOut(BaseModel):
+    shift: list[float]
+    scale: list[float]
+
+
+# ---- sessions -----------------------------------------------------------------------------------
+
+
+class CreateSession(Body):
+    model: str | None = Field(None, description="a name from GET /v1/models; default: the default model")
+    x_transform: Affine | Bounds | None = None
+    y_transform: Affine | None = None
+    ttl_seconds: int | None = Field(None, ge=1, description="idle expiry; default: CMANP_SESSION_TTL_SECONDS")
+
+
+class SessionInfo(BaseModel):
+    session_id: str
+    model: str
+    model_fingerprint: str
+    dim_x: int
+    dim_y: int
+    num_points: int
+    version: int = Field(description="number of context posts applied")
+    state_bytes: int
+    ttl_seconds: int
+    created_at: str
+    expires_at: str
+    x_transform: AffineOut
+    y_transform: AffineOut
+
+
+class Context(Body):
+    x: Points
+    y: Points
+
+    @model_validator(mode="after")
+    def _rectangular(self) -> Context:
+        check_points(self.x, "x")
+        check_points(self.y, "y")
+        if len(self.x) != len(self.y):
+            raise ValueError(f"x has {len(self.x)} points but y has {len(self.y)}")
+        return self
+
+
+class ContextResult(BaseModel):
+    num_points: int
+    version: int
+
+
+class Query(Body):
+    x: Points
+
+    @model_validator(mode="after")
+    def _rectangular(self) -> Query:
+        check_points(self.x, "x")
+        return self
+
+
+class Prediction(BaseModel):
+    mean: list[list[float]]
+    variance: list[list[float]]
+    num_points: int
+    version: int
+
+
+# ---- models and errors --------------------------------------------------------------------------
+
+
+class ModelInfo(BaseModel):
+    name: str
+    fingerprint: str
+    dim_x: int
+    dim_y: int
+    x_range: tuple[float, float]
+    config: dict[str, Any]
+    metrics: dict[str, Any] | None = Field(description="headline eval numbers from the model card, if any")
+    default: bool
+
+
+class ModelList(BaseModel):
+    default_model: str
+    models: list[ModelInfo]
+
+
+class Problem(BaseModel):
+    type: str
+    title: str
+    detail: str
+    status: int

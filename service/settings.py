@@ -1,0 +1,65 @@
+"""Service settings, read from the environment with the prefix ``CMANP_`` (e.g. ``CMANP_REDIS_URL``).
+
+Threads: every model call runs in a worker thread, at most ``INFERENCE_WORKERS`` at a time, and
+torch uses ``TORCH_THREADS`` intra-op threads (default 1). Requests carry a handful to a few
+thousand points, far too little work for intra-op parallelism to pay off; running several
+single-threaded calls side by side uses the cores for throughput instead, and bounds the CPU
+the service takes at ``INFERENCE_WORKERS * TORCH_THREADS`` cores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def parse_api_keys(spec: str) -> dict[str, str]:
+    """``"tenant:key,tenant2:key2"`` -> {sha256(key) hex: tenant}. Only key digests are kept in memory."""
+    tenants: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        tenant, sep, key = item.partition(":")
+        if not sep or not tenant.strip() or not key.strip():
+            raise ValueError(f"API_KEYS entries must look like 'tenant:key', got {item.split(':')[0]!r}:...")
+        digest = hashlib.sha256(key.strip().encode()).hexdigest()
+        if digest in tenants:
+            raise ValueError("API_KEYS has the same key twice")
+        tenants[digest] = tenant.strip()
+    return tenants
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CMANP_", frozen=True)
+
+    redis_url: str | None = Field(None, description="Redis to use; unset = start the bundled redis-server")
+    redis_data_dir: Path = Field(Path("var/redis"), description="data dir (AOF) of the bundled redis-server")
+    checkpoint_dir: Path = Field(Path("checkpoints"), description="every *.safetensors here is served")
+    default_model: str = Field("cmanp-gp-rbf", description="model of sessions created without one")
+    session_ttl_seconds: int = Field(86_400, ge=1, description="idle time after which a session expires")
+    max_session_ttl_seconds: int = Field(30 * 86_400, ge=1, description="largest ttl_seconds a client may ask for")
+    max_points_per_request: int = Field(1_000, ge=1, description="context points or queries per request")
+    fold_threshold_points: int = Field(256, ge=1, description="fold the append log into the state at this size")
+    idempotency_keys_per_session: int = Field(128, ge=1, description="most recent keys remembered per session")
+    api_keys: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict, description="'tenant:key,...'; empty = no auth"
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads per model call")
+    inference_workers: int = Field(os.cpu_count() or 1, ge=1, description="model calls running at once")
+    redis_timeout_seconds: float = Field(5.0, gt=0, description="socket timeout of Redis calls")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_api_keys(cls, value: object) -> object:
+        return parse_api_keys(value) if isinstance(value, str) else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_log_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value

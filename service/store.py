@@ -1,0 +1,312 @@
+"""Session store on Redis: a constant-size CMANP state per session, safe against concurrent writers.
+
+Keys, all with the hash tag ``{session_id}`` so that a session lives in one Redis Cluster slot:
+
+    cmanp:{id}:meta   hash    owner, pinned model name + fingerprint, transforms, TTL, counters
+    cmanp:{id}:state  string  the model's versioned state blob (constant size)
+    cmanp:{id}:log    list    context posts not yet folded into the state (float32, model units)
+    cmanp:{id}:idem   hash    digest(Idempotency-Key) -> "digest(request) num_points version"
+    cmanp:{id}:idemq  list    the same key digests, oldest first
+
+Design: an append log folded lazily with the model's exact update. Rewriting the ~100 KB state
+blob on every post serialises writers on one read-modify-write; appending is cheap and never
+conflicts. A context post is one Lua script (atomic): replay an idempotency record if there is
+one, else append the post's points to the log, bump ``num_points`` and ``version``, record the
+key and refresh the TTL. The log is folded into the state on predict and whenever it reaches
+``fold_threshold`` points: a fold snapshots meta, state and log atomically, computes the new
+state off the event loop, and commits with a script that checks the fold epoch is unchanged,
+writes the state and LTRIMs exactly the folded prefix (appends only add at the tail). A
+conflicting commit is dropped and the fold retried. The update is exact and order-independent,
+so whatever the interleaving, every acknowledged point is counted exactly once.
+
+Memory per session is bounded by a constant: an append is refused while the log would exceed
+``fold_threshold + max_points_per_request`` points (the writer folds, then appends again), and
+only the last ``idempotency_keys`` keys are remembered (each for at most the session's TTL),
+stored as 16-byte digests so a record's size does not depend on the key. In all:
+state + (fold_threshold + max_points_per_request) * (dim_x + dim_y) * 4 bytes + ~60 bytes per
+remembered key + a small meta hash.
+
+The Redis client must not retry commands itself: if an append ran but its reply was lost, a
+retry would apply it twice. A failure surfaces as 503 instead, and the client retries with the
+same Idempotency-Key, which makes the retry exactly-once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+
+import orjson
+import redis.exceptions
+from redis.asyncio import Redis
+
+from service.errors import NotFoundError, UnavailableError, UnprocessableError
+from service.transforms import AffineMap
+
+logger = logging.getLogger(__name__)
+
+KEY_PREFIX = "cmanp"
+KEY_PARTS = ("meta", "state", "log", "idem", "idemq")  # the order of KEYS in every script
+MAX_ATTEMPTS = 20  # folds/appends lost to concurrent folds before giving up (never seen in practice)
+
+_TOUCH = """
+local ttl = redis.call('HGET', KEYS[1], 'ttl_ms')
+for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ttl) end
+"""
+
+# ARGV[1]: 'full' to return state and log too.
+_READ = (
+    "if redis.call('EXISTS', KEYS[1]) == 0 then return false end"
+    + _TOUCH
+    + """
+local meta = redis.call('HGETALL', KEYS[1])
+if ARGV[1] == 'full' then
+  return {meta, redis.call('GET', KEYS[2]), redis.call('LRANGE', KEYS[3], 0, -1)}
+end
+return {meta, redis.call('STRLEN', KEYS[2])}
+"""
+)
+
+# ARGV: entry, points, key digest ('' = none), request digest, log capacity, keys to keep.
+_APPEND = (
+    """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
+if ARGV[3] ~= '' then
+  local record = redis.call('HGET', KEYS[4], ARGV[3])
+  if record then return {'replay', record} end
+end
+local points = tonumber(ARGV[2])
+if tonumber(redis.call('HGET', KEYS[1], 'log_points')) + points > tonumber(ARGV[5]) then return {'full'} end
+redis.call('RPUSH', KEYS[3], ARGV[1])
+local num_points = redis.call('HINCRBY', KEYS[1], 'num_points', points)
+local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+local log_points = redis.call('HINCRBY', KEYS[1], 'log_points', points)
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[4], ARGV[3], ARGV[4] .. ' ' .. num_points .. ' ' .. version)
+  if redis.call('RPUSH', KEYS[5], ARGV[3]) > tonumber(ARGV[6]) then
+    redis.call('HDEL', KEYS[4], redis.call('LPOP', KEYS[5]))
+  end
+end
+"""
+    + _TOUCH
+    + "return {'ok', num_points, version, log_points}"
+)
+
+# ARGV: fold epoch of the snapshot, log entries folded, points folded, new state.
+_COMMIT_FOLD = (
+    """
+if redis.call('HGET', KEYS[1], 'fold_epoch') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[4])
+redis.call('LTRIM', KEYS[3], tonumber(ARGV[2]), -1)
+redis.call('HINCRBY', KEYS[1], 'log_points', -tonumber(ARGV[3]))
+redis.call('HINCRBY', KEYS[1], 'fold_epoch', 1)
+"""
+    + _TOUCH
+    + "return 1"
+)
+
+
+def session_keys(session_id: str) -> list[str]:
+    return [f"{KEY_PREFIX}:{{{session_id}}}:{part}" for part in KEY_PARTS]
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True)
+class Session:
+    """A session's metadata: fixed at creation, plus the counters at the time it was read."""
+
+    session_id: str
+    tenant: str
+    model: str
+    fingerprint: str
+    x_transform: AffineMap
+    y_transform: AffineMap
+    created_at: float  # unix seconds
+    ttl_seconds: int
+    num_points: int = 0
+    version: int = 0  # context posts applied
+    state_bytes: int = 0
+
+    @property
+    def dim_x(self) -> int:
+        return len(self.x_transform.shift)
+
+    @property
+    def dim_y(self) -> int:
+        return len(self.y_transform.shift)
+
+    def to_meta(self) -> dict[str, str]:
+        def affine(t: AffineMap) -> str:
+            return orjson.dumps({"shift": t.shift, "scale": t.scale}, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+        return {
+            "tenant": self.tenant,
+            "model": self.model,
+            "fingerprint": self.fingerprint,
+            "x_transform": affine(self.x_transform),
+            "y_transform": affine(self.y_transform),
+            "created_at": repr(self.created_at),
+            "ttl_ms": str(self.ttl_seconds * 1000),
+            "num_points": "0",
+            "version": "0",
+            "log_points": "0",
+            "fold_epoch": "0",
+        }
+
+    @classmethod
+    def from_meta(cls, session_id: str, meta: dict[str, str], state_bytes: int) -> Session:
+        def affine(raw: str) -> AffineMap:
+            return AffineMap.from_lists(**orjson.loads(raw))
+
+        return cls(
+            session_id=session_id,
+            tenant=meta["tenant"],
+            model=meta["model"],
+            fingerprint=meta["fingerprint"],
+            x_transform=affine(meta["x_transform"]),
+            y_transform=affine(meta["y_transform"]),
+            created_at=float(meta["created_at"]),
+            ttl_seconds=int(meta["ttl_ms"]) // 1000,
+            num_points=int(meta["num_points"]),
+            version=int(meta["version"]),
+            state_bytes=state_bytes,
+        )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Meta, state and unfolded log of a session, read atomically."""
+
+    session: Session
+    state: bytes
+    log: list[bytes]
+    log_points: int
+    fold_epoch: int
+
+
+@dataclass(frozen=True)
+class Appended:
+    num_points: int
+    version: int
+    replayed: bool  # an Idempotency-Key repeat: nothing was applied
+
+
+FoldFn = Callable[[Snapshot], Awaitable[bytes]]  # snapshot -> state with its log folded in
+
+
+def _not_found(session_id: str) -> NotFoundError:
+    return NotFoundError(f"session {session_id} does not exist (or has expired)")
+
+
+def _decode_meta(flat: list[bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in zip(flat[::2], flat[1::2], strict=True)}
+
+
+class SessionStore:
+    def __init__(
+        self, redis: Redis, *, fold_threshold: int, max_points_per_request: int, idempotency_keys: int
+    ) -> None:
+        self.redis = redis
+        self.fold_threshold = fold_threshold
+        self.log_capacity = fold_threshold + max_points_per_request
+        self.idempotency_keys = idempotency_keys
+        self._read = redis.register_script(_READ)
+        self._append = redis.register_script(_APPEND)
+        self._commit_fold = redis.register_script(_COMMIT_FOLD)
+
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+    async def create(self, session: Session, state: bytes) -> Session:
+        keys = session_keys(session.session_id)
+        ttl_ms = session.ttl_seconds * 1000
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys[0], mapping=session.to_meta())
+            pipe.pexpire(keys[0], ttl_ms)
+            pipe.set(keys[1], state, px=ttl_ms)
+            await pipe.execute()
+        return replace(session, state_bytes=len(state))
+
+    async def get(self, session_id: str, tenant: str) -> Session:
+        """The session's metadata (refreshing its TTL); 404 if it does not exist or is another tenant's."""
+        reply = await self._read(keys=session_keys(session_id), args=["meta"])
+        meta = self._owned_meta(session_id, tenant, reply)
+        return Session.from_meta(session_id, meta, state_bytes=int(reply[1]))
+
+    async def snapshot(self, session_id: str, tenant: str) -> Snapshot:
+        reply = await self._read(keys=session_keys(session_id), args=["full"])
+        meta = self._owned_meta(session_id, tenant, reply)
+        return Snapshot(
+            session=Session.from_meta(session_id, meta, state_bytes=len(reply[1])),
+            state=reply[1],
+            log=reply[2],
+            log_points=int(meta["log_points"]),
+            fold_epoch=int(meta["fold_epoch"]),
+        )
+
+    @staticmethod
+    def _owned_meta(session_id: str, tenant: str, reply: list | None) -> dict[str, str]:
+        meta = _decode_meta(reply[0]) if reply is not None else None
+        if meta is None or meta["tenant"] != tenant:
+            # Another tenant's session gets the very same answer as a missing one.
+            raise _not_found(session_id)
+        return meta
+
+    async def delete(self, session_id: str, tenant: str) -> None:
+        await self.get(session_id, tenant)
+        if not await self.redis.delete(*session_keys(session_id)):
+            raise _not_found(session_id)
+
+    async def append(
+        self, session: Session, entry: bytes, points: int, idempotency_key: str | None, fold: FoldFn
+    ) -> Appended:
+        """Append one context post (float32 points in model units) to the session's log, exactly once."""
+        key_digest = _digest(idempotency_key.encode()) if idempotency_key is not None else ""
+        request_digest = _digest(entry)
+        args = [entry, points, key_digest, request_digest, self.log_capacity, self.idempotency_keys]
+        for _ in range(MAX_ATTEMPTS):
+            reply = await self._append(keys=session_keys(session.session_id), args=args)
+            status = reply[0].decode()
+            if status == "missing":
+                raise _not_found(session.session_id)
+            if status == "replay":
+                digest, num_points, version = reply[1].decode().split()
+                if digest != request_digest:
+                    raise UnprocessableError("this Idempotency-Key was already used with a different request body")
+                return Appended(int(num_points), int(version), replayed=True)
+            if status == "full":  # concurrent writers outran the folds: make room, then try again
+                await self.fold(session, fold)
+                continue
+            _, num_points, version, log_points = reply
+            if log_points >= self.fold_threshold:
+                await self._fold_after_append(session, fold)
+            return Appended(num_points, version, replayed=False)
+        raise UnavailableError(f"session {session.session_id} is too busy to take more points; retry shortly")
+
+    async def _fold_after_append(self, session: Session, fold: FoldFn) -> None:
+        # The post is already durable: a Redis failure here must not turn its answer into an error.
+        try:
+            await self.fold(session, fold)
+        except redis.exceptions.RedisError as e:
+            logger.warning("fold of session %s deferred: %s", session.session_id, e)
+
+    async def fold(self, session: Session, fold: FoldFn) -> None:
+        """Fold the log into the state until it is below the threshold (another folder may do it)."""
+        for _ in range(MAX_ATTEMPTS):
+            snapshot = await self.snapshot(session.session_id, session.tenant)
+            if snapshot.log_points < self.fold_threshold:
+                return
+            if await self.commit_fold(snapshot, await fold(snapshot)):
+                return
+
+    async def commit_fold(self, snapshot: Snapshot, state: bytes) -> bool:
+        """Replace the state by ``state`` (= snapshot state + snapshot log) unless another fold came first."""
+        if not snapshot.log:
+            return True
+        args = [snapshot.fold_epoch, len(snapshot.log), snapshot.log_points, state]
+        return bool(await self._commit_fold(keys=session_keys(snapshot.session.session_id), args=args))

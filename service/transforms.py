@@ -1,0 +1,78 @@
+"""Per-dimension affine maps between the user's units and the model's, and request points -> model inputs.
+
+A session stores ``model = (user - shift) / scale`` for x and for y. Predictions go back with
+``mean_user = mean * scale_y + shift_y`` and ``var_user = var * scale_y**2``. Bounds ``[low, high]``
+for x are mapped onto the model's training range ``x_range``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.errors import UnprocessableError
+from service.schemas import Affine, Bounds
+
+
+@dataclass(frozen=True)
+class AffineMap:
+    shift: np.ndarray  # float64 [dim]
+    scale: np.ndarray  # float64 [dim], > 0
+
+    @classmethod
+    def identity(cls, dim: int) -> AffineMap:
+        return cls(np.zeros(dim), np.ones(dim))
+
+    @classmethod
+    def from_lists(cls, shift: Sequence[float], scale: Sequence[float]) -> AffineMap:
+        return cls(np.asarray(shift, dtype=np.float64), np.asarray(scale, dtype=np.float64))
+
+    def to_model(self, user: np.ndarray) -> np.ndarray:
+        return (user - self.shift) / self.scale
+
+    def mean_to_user(self, mean: np.ndarray) -> np.ndarray:
+        return mean * self.scale + self.shift
+
+    def variance_to_user(self, variance: np.ndarray) -> np.ndarray:
+        return variance * self.scale**2
+
+
+def _per_dim(value: float | list[float], dim: int, name: str) -> np.ndarray:
+    if isinstance(value, float):
+        return np.full(dim, value)
+    if len(value) != dim:
+        raise UnprocessableError(f"{name} has {len(value)} values, the model has {dim} dimensions")
+    return np.asarray(value, dtype=np.float64)
+
+
+def resolve_x(spec: Affine | Bounds | None, dim: int, x_range: tuple[float, float]) -> AffineMap:
+    if spec is None:
+        return AffineMap.identity(dim)
+    if isinstance(spec, Affine):
+        return AffineMap(_per_dim(spec.shift, dim, "x_transform.shift"), _per_dim(spec.scale, dim, "x_transform.scale"))
+    low, high = _per_dim(spec.low, dim, "x_transform.low"), _per_dim(spec.high, dim, "x_transform.high")
+    if not np.all(high > low):
+        raise UnprocessableError("x_transform bounds need high > low in every dimension")
+    model_low, model_high = x_range
+    scale = (high - low) / (model_high - model_low)
+    return AffineMap(low - model_low * scale, scale)
+
+
+def resolve_y(spec: Affine | None, dim: int) -> AffineMap:
+    if spec is None:
+        return AffineMap.identity(dim)
+    return AffineMap(_per_dim(spec.shift, dim, "y_transform.shift"), _per_dim(spec.scale, dim, "y_transform.scale"))
+
+
+def model_points(points: list[list[float]], transform: AffineMap, name: str) -> np.ndarray:
+    """Validated request rows (user units) -> float32 [n, dim] in model units; 422 if they do not fit."""
+    dim = len(transform.shift)
+    if len(points[0]) != dim:
+        raise UnprocessableError(f"{name} has {len(points[0])} features per point, the session's model expects {dim}")
+    with np.errstate(over="ignore"):
+        out = transform.to_model(np.asarray(points, dtype=np.float64)).astype(np.float32)
+    if not np.isfinite(out).all():
+        raise UnprocessableError(f"{name} has values too large for the model after the session's transform")
+    return out

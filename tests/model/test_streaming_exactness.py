@@ -1,0 +1,126 @@
+"""Acceptance 1: however a state is built, predictions equal single-batch conditioning."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import CMANP
+from tests.model.conftest import random_points
+
+N = 300
+MEAN_TOL, REL_VAR_TOL = 1e-4, 1e-3
+
+
+def assert_same_predictions(net: CMANP, a, b, xq) -> None:
+    with torch.no_grad():
+        ma, va = net.predict(a, xq)
+        mb, vb = net.predict(b, xq)
+    assert (ma - mb).abs().max().item() <= MEAN_TOL
+    assert ((va - vb).abs() / va).max().item() <= REL_VAR_TOL
+    assert torch.equal(a.num_points, b.num_points)
+
+
+@pytest.fixture(scope="module")
+def points(net: CMANP):
+    x, y = random_points(N, net.cfg, seed=1)
+    xq = torch.linspace(-2.5, 2.5, 64).view(1, -1, 1).expand(1, -1, net.cfg.dim_x)
+    with torch.no_grad():
+        reference = net.condition(x, y)
+    return x, y, xq, reference
+
+
+@torch.no_grad()
+def test_one_point_at_a_time(net, points):
+    x, y, xq, reference = points
+    state = net.empty_state()
+    for i in range(N):
+        state = net.update(state, x[:, i : i + 1], y[:, i : i + 1])
+    assert state.num_points.item() == N and state.version == N
+    assert_same_predictions(net, reference, state, xq)
+
+
+@torch.no_grad()
+def test_random_chunk_sizes(net, points):
+    x, y, xq, reference = points
+    g = torch.Generator().manual_seed(2)
+    state, i = net.empty_state(), 0
+    while i < N:
+        k = int(torch.randint(1, 40, (), generator=g))
+        state = net.update(state, x[:, i : i + k], y[:, i : i + k])
+        i += k
+    assert_same_predictions(net, reference, state, xq)
+
+
+@torch.no_grad()
+def test_shuffled_order(net, points):
+    x, y, xq, reference = points
+    perm = torch.randperm(N, generator=torch.Generator().manual_seed(3))
+    assert_same_predictions(net, reference, net.condition(x[:, perm], y[:, perm], chunk_size=17), xq)
+
+
+@torch.no_grad()
+def test_merge_of_random_partition(net, points):
+    x, y, xq, reference = points
+    g = torch.Generator().manual_seed(4)
+    part = torch.randint(0, 5, (N,), generator=g)
+    states = [net.condition(x[:, part == p], y[:, part == p]) for p in range(5)]
+    merged = states[0]
+    for s in states[1:]:
+        merged = net.merge(merged, s)
+    assert_same_predictions(net, reference, merged, xq)
+
+
+@torch.no_grad()
+def test_merge_is_associative_commutative_with_empty_identity(net, points):
+    x, y, xq, _ = points
+    a, b, c = (net.condition(x[:, s], y[:, s]) for s in (slice(0, 50), slice(50, 120), slice(120, 300)))
+    left = net.merge(net.merge(a, b), c)
+    right = net.merge(a, net.merge(c, b))
+    assert_same_predictions(net, left, right, xq)
+    same = net.merge(net.empty_state(), a)
+    assert torch.equal(same.log_norm, a.log_norm) and torch.equal(same.value_sum, a.value_sum)
+
+
+@torch.no_grad()
+def test_chunked_predict_equals_unchunked(net, points):
+    _, _, xq, reference = points
+    m1, v1 = net.predict(reference, xq)
+    m2, v2 = net.predict(reference, xq, chunk_size=5)
+    assert torch.allclose(m1, m2, atol=1e-6) and torch.allclose(v1, v2, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_batched_sessions_are_independent(net):
+    """Element b of a batched state equals conditioning on element b's points alone."""
+    x, y = random_points(40, net.cfg, batch=3, seed=5)
+    xq = torch.linspace(-2, 2, 16).view(1, -1, 1).expand(3, -1, net.cfg.dim_x)
+    batched = net.predict(net.condition(x, y), xq)
+    for b in range(3):
+        single = net.predict(net.condition(x[b : b + 1], y[b : b + 1]), xq[b : b + 1])
+        assert torch.allclose(batched[0][b], single[0][0], atol=1e-5)
+
+
+@torch.no_grad()
+def test_accumulators_match_plain_attention(net):
+    """Independent check of the accumulator maths: softmax attention over all points plus the
+    null point, computed directly with SDPA, equals reading the streamed accumulators."""
+    cfg = net.cfg
+    x, y = random_points(57, cfg, seed=6)
+    state = net.empty_state()
+    for i in range(0, 57, 10):
+        state = net.update(state, x[:, i : i + 10], y[:, i : i + 10])
+    streamed = net.data_attn.read(state.log_norm, state.value_sum)
+
+    attn = net.data_attn
+    emb = F.layer_norm(net.context_embed(torch.cat([x, y], -1)), (cfg.d_model,))
+    kv = attn.kv(emb).view(1, 57, cfg.n_blocks, 2, cfg.n_heads, cfg.head_dim)
+    keys = kv[:, :, :, 0].permute(0, 2, 3, 1, 4)  # [1, K, H, N, Dh]
+    values = kv[:, :, :, 1].permute(0, 2, 3, 1, 4)
+    q = attn.q(attn.norm_q(attn.latents)).view(cfg.n_blocks, cfg.n_latents, cfg.n_heads, cfg.head_dim)
+    q = q.permute(0, 2, 1, 3).unsqueeze(0)  # [1, K, H, L, Dh]
+    scores = q @ keys.transpose(-1, -2) / cfg.head_dim**0.5  # [1, K, H, L, N]
+    scores = torch.cat([scores, attn.null_score.unsqueeze(0).unsqueeze(-1)], -1)
+    weights = scores.softmax(-1)
+    out = weights[..., :-1] @ values + weights[..., -1:] * attn.null_value.unsqueeze(0)
+    direct = attn.latents + attn.out(out.permute(0, 1, 3, 2, 4).flatten(-2))
+    assert (direct - streamed).abs().max().item() < 1e-4

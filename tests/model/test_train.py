@@ -1,0 +1,46 @@
+"""Training: the curriculum's sizes, and --resume continuing bit-for-bit."""
+
+import torch
+
+from model.cmanp import CMANPConfig
+from model.data.gp import GPSampler
+from model.train import TrainConfig, lr_at, main, sample_training_batch
+
+TINY = ["--d-model", "16", "--n-heads", "2", "--n-blocks", "2", "--n-latents", "8", "--ff-width", "32",
+        "--embed-depth", "2", "--batch-size", "4", "--eval-every", "3", "--eval-batches", "2",
+        "--warmup-steps", "2", "--long-context-max", "80"]
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_resume_continues_exactly(tmp_path):
+    main([*TINY, "--steps", "8", "--out", str(tmp_path / "a")])
+    main([*TINY, "--steps", "8", "--run-steps", "5", "--out", str(tmp_path / "b")])
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["step"] == 5
+    main([*TINY, "--steps", "8", "--out", str(tmp_path / "b"), "--resume"])
+    a, b = weights(tmp_path / "a" / "last.pt"), weights(tmp_path / "b" / "last.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "a" / "best.safetensors").exists()
+
+
+def test_init_from_continues_at_the_recorded_step(tmp_path):
+    main([*TINY, "--steps", "6", "--out", str(tmp_path / "a")])
+    main([*TINY, "--steps", "9", "--out", str(tmp_path / "c"), "--init-from", str(tmp_path / "a" / "best.safetensors")])
+    assert torch.load(tmp_path / "c" / "last.pt", weights_only=True)["step"] == 9
+
+
+def test_curriculum_covers_protocol_long_and_empty_contexts():
+    tc = TrainConfig(batch_size=2, long_context_prob=0.3, empty_context_prob=0.1, long_context_max=300)
+    sampler, g = GPSampler("rbf"), torch.Generator().manual_seed(0)
+    sizes = [sample_training_batch(sampler, tc, g).xc.shape[1] for _ in range(300)]
+    assert 0 in sizes and max(sizes) > 46 and max(sizes) <= 300
+    assert sum(3 <= n <= 46 for n in sizes) > 150
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    tc = TrainConfig(steps=1000, warmup_steps=100, lr=1e-3)
+    assert lr_at(0, tc) < lr_at(99, tc) <= 1e-3
+    assert lr_at(500, tc) < lr_at(100, tc) and lr_at(1000, tc) < 1e-9
+    assert CMANPConfig().n_latents == 128  # the default config is the paper's
