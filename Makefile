@@ -21,8 +21,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(PY) -m ruff check model service tests bench
-	$(PY) -m ruff format --check model service tests bench
+	$(PY) -m ruff check model service tests bench examples
+	$(PY) -m ruff format --check model service tests bench examples
 
 train: $(STAMP)
 	$(PY) -m model.train --config configs/gp-rbf.json --out runs/gp-rbf --resume

@@ -321,7 +321,7 @@ class CMANP(nn.Module):
         self._fingerprint = None
         return super().train(mode)
 
-    def load_state_dict(self, *args, **kwargs):  # noqa: ANN002, ANN003 - same signature as nn.Module
+    def load_state_dict(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201 - nn.Module's signature
         self._fingerprint = None
         return super().load_state_dict(*args, **kwargs)
 
@@ -352,9 +352,7 @@ class CMANP(nn.Module):
         if not isinstance(state, CMANPState):
             raise ValueError(f"{name} must be a CMANPState, got {type(state).__name__}")
         if state.fingerprint != self.fingerprint:
-            raise ValueError(
-                f"{name} was built by model {state.fingerprint}, not by this model ({self.fingerprint})"
-            )
+            raise ValueError(f"{name} was built by model {state.fingerprint}, not by this model ({self.fingerprint})")
 
     # ---- state --------------------------------------------------------------------------------
     def empty_state(self, batch_size: int = 1) -> CMANPState:
@@ -368,8 +366,7 @@ class CMANP(nn.Module):
     def _empty_accumulators(self, batch_size: int) -> tuple[Tensor, Tensor]:
         cfg = self.cfg
         shape = (batch_size, cfg.n_blocks, cfg.n_heads, cfg.n_latents)
-        return (torch.full(shape, -math.inf, device=self.device),
-                torch.zeros(*shape, cfg.head_dim, device=self.device))
+        return (torch.full(shape, -math.inf, device=self.device), torch.zeros(*shape, cfg.head_dim, device=self.device))
 
     def _chunk_state(self, x: Tensor, y: Tensor) -> CMANPState:
         log_norm, value_sum = self.data_attn.accumulate(self.context_embed(torch.cat([x, y], dim=-1)))
@@ -479,4 +476,3 @@ class CMANP(nn.Module):
 
 def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
-

@@ -76,15 +76,20 @@ def main(argv: list[str] | None = None) -> dict:
             batches = streaming_set(n, args.num_tasks, args.num_targets, args.kernel, args.batch_size, args.cache_dir)
             r = score(net, batches, f"N={n}")
             result["curve"][str(n)] = r
-            print(f"{n:>6} {r['model']['ll']:>9.3f} ± {r['model']['se']:.3f} {r['oracle']['ll']:>9.3f} ± "
-                  f"{r['oracle']['se']:.3f}", flush=True)
+            print(
+                f"{n:>6} {r['model']['ll']:>9.3f} ± {r['model']['se']:.3f} {r['oracle']['ll']:>9.3f} ± "
+                f"{r['oracle']['se']:.3f}",
+                flush=True,
+            )
     else:
         result["mode"] = "protocol"
         batches = protocol_set(args.kernel, args.num_batches, args.batch_size, args.cache_dir)
         result.update(score(net, batches, args.kernel))
-        print(f"{args.kernel}: model LL {result['model']['ll']:.4f} ± {result['model']['se']:.4f}   "
-              f"oracle LL {result['oracle']['ll']:.4f} ± {result['oracle']['se']:.4f}   "
-              f"({result['model']['num_tasks']} tasks)")
+        print(
+            f"{args.kernel}: model LL {result['model']['ll']:.4f} ± {result['model']['se']:.4f}   "
+            f"oracle LL {result['oracle']['ll']:.4f} ± {result['oracle']['se']:.4f}   "
+            f"({result['model']['num_tasks']} tasks)"
+        )
     result["seconds"] = round(time.time() - t0, 1)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -114,8 +114,18 @@ def train(mc: CMANPConfig, tc: TrainConfig, out: Path, resume: bool, init_from: 
 
     def save_state() -> None:
         tmp = state_path.with_suffix(".tmp")
-        torch.save({"model": net.state_dict(), "optim": opt.state_dict(), "data_rng": g.get_state(),
-                    "torch_rng": torch.get_rng_state(), "step": step, "best": best, "elapsed": elapsed}, tmp)
+        torch.save(
+            {
+                "model": net.state_dict(),
+                "optim": opt.state_dict(),
+                "data_rng": g.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "step": step,
+                "best": best,
+                "elapsed": elapsed,
+            },
+            tmp,
+        )
         tmp.replace(state_path)
 
     sampler = GPSampler("rbf", dim_x=mc.dim_x, x_range=mc.x_range)
@@ -147,9 +157,17 @@ def train(mc: CMANPConfig, tc: TrainConfig, out: Path, resume: bool, init_from: 
                 tqdm.write(f"step {step}: held-out RBF LL {ll:.4f} (best {max(best, ll):.4f})")
                 if ll > best:
                     best = ll
-                    save_checkpoint(net, out / "best.safetensors", info={
-                        "step": step, "heldout_ll": ll, "train": asdict(tc),
-                        "train_seconds": elapsed + time.time() - last_save, "torch": torch.__version__})
+                    save_checkpoint(
+                        net,
+                        out / "best.safetensors",
+                        info={
+                            "step": step,
+                            "heldout_ll": ll,
+                            "train": asdict(tc),
+                            "train_seconds": elapsed + time.time() - last_save,
+                            "torch": torch.__version__,
+                        },
+                    )
             now = time.time()
             if now - last_save > 60 * tc.save_every_minutes:
                 elapsed += now - last_save
@@ -188,8 +206,13 @@ def main(argv: list[str] | None = None) -> None:
                 values[f.name] = flag
         return cls(**values)
 
-    train(build(CMANPConfig, file.get("model", {})), build(TrainConfig, file.get("train", {})), args.out,
-          args.resume, args.init_from)
+    train(
+        build(CMANPConfig, file.get("model", {})),
+        build(TrainConfig, file.get("train", {})),
+        args.out,
+        args.resume,
+        args.init_from,
+    )
 
 
 if __name__ == "__main__":

@@ -58,7 +58,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             registry = ModelRegistry.load(settings.checkpoint_dir, settings.default_model)
             inference = Inference(settings.inference_workers, settings.torch_threads)
             app.state.services = Services(settings, store, registry, inference, metrics)
-            logger.info("serving on http://%s:%d (API docs at /docs)", settings.host, settings.port)
             yield
 
     app = FastAPI(

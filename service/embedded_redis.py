@@ -29,7 +29,7 @@ def redis_server_binary() -> Path:
     return Path(spec.submodule_search_locations[0]) / "bin" / "redis-server"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -55,7 +55,7 @@ class EmbeddedRedis:
         fixed_port = self.port != 0
         for _ in range(1 if fixed_port else START_ATTEMPTS):
             if not fixed_port:
-                self.port = _free_port()
+                self.port = free_port()
             if self._launch(timeout):
                 return self.url
         raise RuntimeError(f"redis-server did not start; see {self.data_dir / 'redis-server.log'}")

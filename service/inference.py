@@ -11,6 +11,7 @@ import functools
 from collections.abc import Callable
 from typing import TypeVar
 
+import anyio
 import anyio.to_thread
 import numpy as np
 import torch

@@ -25,7 +25,7 @@ class OrjsonResponse(JSONResponse):
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def check_points(points: list[list[float]], name: str) -> None:
+def _check_points(points: list[list[float]], name: str) -> None:
     if not points:
         raise ValueError(f"{name} is empty; send at least one point")
     width = len(points[0])
@@ -94,8 +94,8 @@ class Context(Body):
 
     @model_validator(mode="after")
     def _rectangular(self) -> Context:
-        check_points(self.x, "x")
-        check_points(self.y, "y")
+        _check_points(self.x, "x")
+        _check_points(self.y, "y")
         if len(self.x) != len(self.y):
             raise ValueError(f"x has {len(self.x)} points but y has {len(self.y)}")
         return self
@@ -111,7 +111,7 @@ class Query(Body):
 
     @model_validator(mode="after")
     def _rectangular(self) -> Query:
-        check_points(self.x, "x")
+        _check_points(self.x, "x")
         return self
 
 

@@ -12,9 +12,11 @@ Design: an append log folded lazily with the model's exact update. Rewriting the
 blob on every post serialises writers on one read-modify-write; appending is cheap and never
 conflicts. A context post is one Lua script (atomic): replay an idempotency record if there is
 one, else append the post's points to the log, bump ``num_points`` and ``version``, record the
-key and refresh the TTL. The log is folded into the state on predict and whenever it reaches
-``fold_threshold`` points: a fold snapshots meta, state and log atomically, computes the new
-state off the event loop, and commits with a script that checks the fold epoch is unchanged,
+key and refresh the TTL. Predict reads meta, state and log atomically and folds the log into its
+own in-memory copy of the state, writing nothing. The stored state is rewritten only when the
+log reaches ``fold_threshold`` points (once per that many points, not on every predict, which
+would multiply the append-only-file traffic): the fold computes the new state off the event
+loop from such a snapshot, then commits with a script that checks the fold epoch is unchanged,
 writes the state and LTRIMs exactly the folded prefix (appends only add at the tail). A
 conflicting commit is dropped and the fold retried. The update is exact and order-independent,
 so whatever the interleaving, every acknowledged point is counted exactly once.
@@ -22,8 +24,8 @@ so whatever the interleaving, every acknowledged point is counted exactly once.
 Memory per session is bounded by a constant: an append is refused while the log would exceed
 ``fold_threshold + max_points_per_request`` points (the writer folds, then appends again), and
 only the last ``idempotency_keys`` keys are remembered (each for at most the session's TTL),
-stored as 16-byte digests so a record's size does not depend on the key. In all:
-state + (fold_threshold + max_points_per_request) * (dim_x + dim_y) * 4 bytes + ~60 bytes per
+stored as fixed-size digests so a record's size does not depend on the key. In all:
+state + (fold_threshold + max_points_per_request) * (dim_x + dim_y) * 4 bytes + ~110 bytes per
 remembered key + a small meta hash.
 
 The Redis client must not retry commands itself: if an append ran but its reply was lost, a
@@ -140,7 +142,9 @@ class Session:
     def dim_y(self) -> int:
         return len(self.y_transform.shift)
 
-    def to_meta(self) -> dict[str, str]:
+    def initial_meta(self) -> dict[str, str]:
+        """The meta hash of a new session: its fixed fields, and counters at zero."""
+
         def affine(t: AffineMap) -> str:
             return orjson.dumps({"shift": t.shift, "scale": t.scale}, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
@@ -226,7 +230,7 @@ class SessionStore:
         keys = session_keys(session.session_id)
         ttl_ms = session.ttl_seconds * 1000
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys[0], mapping=session.to_meta())
+            pipe.hset(keys[0], mapping=session.initial_meta())
             pipe.pexpire(keys[0], ttl_ms)
             pipe.set(keys[1], state, px=ttl_ms)
             await pipe.execute()
@@ -263,7 +267,7 @@ class SessionStore:
             raise _not_found(session_id)
 
     async def append(
-        self, session: Session, entry: bytes, points: int, idempotency_key: str | None, fold: FoldFn
+        self, session: Session, entry: bytes, points: int, idempotency_key: str | None, compute: FoldFn
     ) -> Appended:
         """Append one context post (float32 points in model units) to the session's log, exactly once."""
         key_digest = _digest(idempotency_key.encode()) if idempotency_key is not None else ""
@@ -280,33 +284,31 @@ class SessionStore:
                     raise UnprocessableError("this Idempotency-Key was already used with a different request body")
                 return Appended(int(num_points), int(version), replayed=True)
             if status == "full":  # concurrent writers outran the folds: make room, then try again
-                await self.fold(session, fold)
+                await self.fold(session, compute)
                 continue
             _, num_points, version, log_points = reply
             if log_points >= self.fold_threshold:
-                await self._fold_after_append(session, fold)
+                await self._fold_after_append(session, compute)
             return Appended(num_points, version, replayed=False)
         raise UnavailableError(f"session {session.session_id} is too busy to take more points; retry shortly")
 
-    async def _fold_after_append(self, session: Session, fold: FoldFn) -> None:
+    async def _fold_after_append(self, session: Session, compute: FoldFn) -> None:
         # The post is already durable: a Redis failure here must not turn its answer into an error.
         try:
-            await self.fold(session, fold)
+            await self.fold(session, compute)
         except redis.exceptions.RedisError as e:
             logger.warning("fold of session %s deferred: %s", session.session_id, e)
 
-    async def fold(self, session: Session, fold: FoldFn) -> None:
+    async def fold(self, session: Session, compute: FoldFn) -> None:
         """Fold the log into the state until it is below the threshold (another folder may do it)."""
         for _ in range(MAX_ATTEMPTS):
             snapshot = await self.snapshot(session.session_id, session.tenant)
             if snapshot.log_points < self.fold_threshold:
                 return
-            if await self.commit_fold(snapshot, await fold(snapshot)):
+            if await self._commit(snapshot, await compute(snapshot)):
                 return
 
-    async def commit_fold(self, snapshot: Snapshot, state: bytes) -> bool:
+    async def _commit(self, snapshot: Snapshot, state: bytes) -> bool:
         """Replace the state by ``state`` (= snapshot state + snapshot log) unless another fold came first."""
-        if not snapshot.log:
-            return True
         args = [snapshot.fold_epoch, len(snapshot.log), snapshot.log_points, state]
         return bool(await self._commit_fold(keys=session_keys(snapshot.session.session_id), args=args))

@@ -25,18 +25,20 @@ def _save(path: Path, batches: list[GPBatch]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {}
     for i, b in enumerate(batches):
-        for name in ("xc", "yc", "xt", "yt", "length", "scale", "period"):
+        for name in _FIELDS:
             arrays[f"{i}/{name}"] = getattr(b, name).numpy()
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez_compressed(tmp, count=np.array(len(batches)), **arrays)
     os.replace(tmp, path)
 
 
+_FIELDS = ("xc", "yc", "xt", "yt", "length", "scale", "period")
+
+
 def _load(path: Path, kernel: Kernel) -> list[GPBatch]:
     with np.load(path) as f:
         return [
-            GPBatch(**{k: torch.from_numpy(f[f"{i}/{k}"]) for k in ("xc", "yc", "xt", "yt", "length", "scale", "period")},
-                    kernel=kernel)
+            GPBatch(**{k: torch.from_numpy(f[f"{i}/{k}"]) for k in _FIELDS}, kernel=kernel)
             for i in range(int(f["count"]))
         ]
 
@@ -49,8 +51,9 @@ def _cached(path: Path, kernel: Kernel, make: callable) -> list[GPBatch]:  # typ
     return batches
 
 
-def protocol_set(kernel: Kernel, num_batches: int = 3000, batch_size: int = 16,
-                 cache_dir: Path = DEFAULT_CACHE) -> list[GPBatch]:
+def protocol_set(
+    kernel: Kernel, num_batches: int = 3000, batch_size: int = 16, cache_dir: Path = DEFAULT_CACHE
+) -> list[GPBatch]:
     """The paper's evaluation set for one kernel."""
     seed = PROTOCOL_SEED + KERNELS.index(kernel)
     path = cache_dir / f"protocol-{kernel}-{num_batches}x{batch_size}-seed{seed}-v{GENERATOR_VERSION}.npz"
@@ -63,8 +66,14 @@ def protocol_set(kernel: Kernel, num_batches: int = 3000, batch_size: int = 16,
     return _cached(path, kernel, make)
 
 
-def streaming_set(num_context: int, num_tasks: int = 64, num_targets: int = 50, kernel: Kernel = "rbf",
-                  batch_size: int = 16, cache_dir: Path = DEFAULT_CACHE) -> list[GPBatch]:
+def streaming_set(
+    num_context: int,
+    num_tasks: int = 64,
+    num_targets: int = 50,
+    kernel: Kernel = "rbf",
+    batch_size: int = 16,
+    cache_dir: Path = DEFAULT_CACHE,
+) -> list[GPBatch]:
     """Tasks with exactly ``num_context`` context points, for the streaming curve."""
     seed = STREAMING_SEED + num_context + 100_000 * KERNELS.index(kernel)
     name = f"streaming-{kernel}-n{num_context}-{num_tasks}t{num_targets}-b{batch_size}-seed{seed}-v{GENERATOR_VERSION}"

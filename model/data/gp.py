@@ -35,8 +35,14 @@ class GPBatch:
 
     def to(self, device: torch.device | str) -> GPBatch:
         moved = {k: getattr(self, k).to(device) for k in ("xc", "yc", "xt", "yt")}
-        return GPBatch(**moved, length=self.length, scale=self.scale, period=self.period,
-                       kernel=self.kernel, noise_std=self.noise_std)
+        return GPBatch(
+            **moved,
+            length=self.length,
+            scale=self.scale,
+            period=self.period,
+            kernel=self.kernel,
+            noise_std=self.noise_std,
+        )
 
 
 def kernel_matrix(kernel: Kernel, x1: Tensor, x2: Tensor, length: Tensor, scale: Tensor, period: Tensor) -> Tensor:
@@ -99,11 +105,21 @@ class GPSampler:
             eps = z / torch.sqrt(chi2 / self.t_df)
         y = f + self.noise_std * eps
         x, y = x.float(), y.float()
-        return GPBatch(x[:, :num_context], y[:, :num_context], x[:, num_context:], y[:, num_context:],
-                       length, scale, period, self.kernel, self.noise_std)
+        return GPBatch(
+            x[:, :num_context],
+            y[:, :num_context],
+            x[:, num_context:],
+            y[:, num_context:],
+            length,
+            scale,
+            period,
+            self.kernel,
+            self.noise_std,
+        )
 
-    def sample_protocol(self, batch_size: int, generator: torch.Generator,
-                        max_context: int = 46, max_total: int = 49) -> GPBatch:
+    def sample_protocol(
+        self, batch_size: int, generator: torch.Generator, max_context: int = 46, max_total: int = 49
+    ) -> GPBatch:
         """The paper's sizes: N ~ U{3..46}, M ~ U{3..49-N}, shared across the batch."""
         nc = int(torch.randint(3, max_context + 1, (1,), generator=generator))
         nt = int(torch.randint(3, max_total - nc + 1, (1,), generator=generator))

@@ -4,4 +4,8 @@ The version prefix is part of each router's own prefix, so that a route's path (
 metrics label and in Location headers) is its full public path.
 """
 
+from service.schemas import Problem
+
 API_PREFIX = "/v1"
+# The error answers every /v1 route may give, for the OpenAPI docs (see service.errors).
+PROBLEM_RESPONSES: dict[int | str, dict] = {code: {"model": Problem} for code in (400, 401, 404, 409, 413, 422, 503)}

@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.dependencies import ServicesDep, TenantDep
-from service.routers import API_PREFIX
+from service.routers import API_PREFIX, PROBLEM_RESPONSES
 from service.schemas import ModelInfo, ModelList
 
-router = APIRouter(prefix=f"{API_PREFIX}/models", tags=["models"])
+router = APIRouter(prefix=f"{API_PREFIX}/models", tags=["models"], responses=PROBLEM_RESPONSES)
 
 
 @router.get("")

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Header, Response
 from service.dependencies import ServicesDep, TenantDep
 from service.errors import TooLargeError, UnprocessableError
 from service.inference import log_entry
-from service.routers import API_PREFIX
+from service.routers import API_PREFIX, PROBLEM_RESPONSES
 from service.schemas import (
     AffineOut,
     Context,
@@ -25,7 +25,6 @@ from service.schemas import (
     CreateSession,
     OrjsonResponse,
     Prediction,
-    Problem,
     Query,
     SessionInfo,
 )
@@ -37,7 +36,7 @@ SESSION_ID_BYTES = 24  # 192 random bits
 router = APIRouter(
     prefix=f"{API_PREFIX}/sessions",
     tags=["sessions"],
-    responses={code: {"model": Problem} for code in (400, 401, 404, 409, 413, 422, 503)},
+    responses=PROBLEM_RESPONSES,
 )
 
 IdempotencyKey = Annotated[
@@ -134,8 +133,8 @@ async def add_context(
     model = services.registry.pinned(session.model, session.fingerprint)
     x = model_points(body.x, session.x_transform, "x")
     y = model_points(body.y, session.y_transform, "y")
-    fold = functools.partial(services.inference.fold, model)
-    appended = await services.store.append(session, log_entry(x, y), len(x), idempotency_key, fold)
+    compute_fold = functools.partial(services.inference.fold, model)
+    appended = await services.store.append(session, log_entry(x, y), len(x), idempotency_key, compute_fold)
     if appended.replayed:
         response.headers["Idempotent-Replayed"] = "true"
         services.metrics.idempotent_replays.inc()

@@ -13,8 +13,20 @@ from tests.model.conftest import random_points, small_model
 
 
 def test_round_trip_keeps_config_weights_and_fingerprint(tmp_path):
-    net = small_model(seed=3, cfg=CMANPConfig(dim_x=2, dim_y=3, d_model=16, n_heads=2, n_blocks=2, n_latents=8,
-                                              ff_width=32, embed_depth=2, x_range=(-1.0, 1.0)))
+    net = small_model(
+        seed=3,
+        cfg=CMANPConfig(
+            dim_x=2,
+            dim_y=3,
+            d_model=16,
+            n_heads=2,
+            n_blocks=2,
+            n_latents=8,
+            ff_width=32,
+            embed_depth=2,
+            x_range=(-1.0, 1.0),
+        ),
+    )
     path = tmp_path / "m.safetensors"
     fp = save_checkpoint(net, path, info={"note": "test"})
     loaded = load_checkpoint(path)
@@ -61,17 +73,25 @@ def test_foreign_and_garbage_files_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="not a CMANP checkpoint"):
         read_metadata(foreign)
     bad_cfg = tmp_path / "c.safetensors"
-    save_file({"w": torch.zeros(2)}, str(bad_cfg), metadata={
-        "format": "cmanp-checkpoint", "format_version": "1", "fingerprint": "0" * 32,
-        "config": json.dumps({"d_model": 64, "n_heads": 5})})
+    save_file(
+        {"w": torch.zeros(2)},
+        str(bad_cfg),
+        metadata={
+            "format": "cmanp-checkpoint",
+            "format_version": "1",
+            "fingerprint": "0" * 32,
+            "config": json.dumps({"d_model": 64, "n_heads": 5}),
+        },
+    )
     with pytest.raises(ValueError, match="not divisible"):
         load_checkpoint(bad_cfg)
 
 
 def test_image_completion_dims_work_end_to_end():
     """2-D inputs with 3 outputs (image completion) stream exactly, like 1-D."""
-    net = small_model(cfg=CMANPConfig(dim_x=2, dim_y=3, d_model=16, n_heads=2, n_blocks=2, n_latents=8,
-                                      ff_width=32, embed_depth=2))
+    net = small_model(
+        cfg=CMANPConfig(dim_x=2, dim_y=3, d_model=16, n_heads=2, n_blocks=2, n_latents=8, ff_width=32, embed_depth=2)
+    )
     x, y = random_points(40, net.cfg, seed=2)
     xq = torch.rand(1, 6, 2)
     with torch.no_grad():

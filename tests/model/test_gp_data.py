@@ -25,8 +25,14 @@ def numpy_kernel(kind, a, b, length, scale, period):
 @pytest.mark.parametrize("kind", ["rbf", "matern", "periodic"])
 def test_kernel_matrix_matches_the_formula(kind):
     a, b = np.linspace(-2, 2, 7), np.linspace(-1, 1.5, 5)
-    ours = kernel_matrix(kind, torch.tensor(a).view(1, -1, 1), torch.tensor(b).view(1, -1, 1),
-                         torch.tensor([0.3]), torch.tensor([0.7]), torch.tensor([0.4]))
+    ours = kernel_matrix(
+        kind,
+        torch.tensor(a).view(1, -1, 1),
+        torch.tensor(b).view(1, -1, 1),
+        torch.tensor([0.3]),
+        torch.tensor([0.7]),
+        torch.tensor([0.4]),
+    )
     assert np.allclose(ours[0].numpy(), numpy_kernel(kind, a, b, 0.3, 0.7, 0.4), atol=1e-12)
 
 

@@ -6,9 +6,30 @@ from model.cmanp import CMANPConfig
 from model.data.gp import GPSampler
 from model.train import TrainConfig, lr_at, main, sample_training_batch
 
-TINY = ["--d-model", "16", "--n-heads", "2", "--n-blocks", "2", "--n-latents", "8", "--ff-width", "32",
-        "--embed-depth", "2", "--batch-size", "4", "--eval-every", "3", "--eval-batches", "2",
-        "--warmup-steps", "2", "--long-context-max", "80"]
+TINY = [
+    "--d-model",
+    "16",
+    "--n-heads",
+    "2",
+    "--n-blocks",
+    "2",
+    "--n-latents",
+    "8",
+    "--ff-width",
+    "32",
+    "--embed-depth",
+    "2",
+    "--batch-size",
+    "4",
+    "--eval-every",
+    "3",
+    "--eval-batches",
+    "2",
+    "--warmup-steps",
+    "2",
+    "--long-context-max",
+    "80",
+]
 
 
 def weights(path):

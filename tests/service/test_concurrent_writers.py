@@ -12,7 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import (
+
+from service.client import CMANPClient, RetryPolicy
+from service.store import KEY_PREFIX
+from tests.service.helpers import (
     API_KEYS,
     assert_same_state,
     expected_prediction,
@@ -21,9 +24,6 @@ from conftest import (
     sample_points,
     stored_state,
 )
-
-from service.client import CMANPClient, RetryPolicy
-from service.store import KEY_PREFIX
 
 WRITERS, POSTS = 8, 100
 QUERIES = np.linspace(-2.0, 2.0, 25)[:, None]

@@ -5,13 +5,15 @@ Also: transforms, the session lifecycle, the model list, metrics, health, and th
 
 from __future__ import annotations
 
+import time
+
 import anyio
 import httpx
 import numpy as np
 import pytest
-from conftest import API_KEYS, TINY_CARD, expected_prediction, sample_points
 
 from service.client import AsyncCMANPClient, CMANPClient, CMANPError
+from tests.service.helpers import API_KEYS, TINY_CARD, expected_prediction, sample_points, session_keys_in_redis
 
 QUERIES = np.linspace(-2.0, 2.0, 41)[:, None]
 
@@ -19,7 +21,9 @@ QUERIES = np.linspace(-2.0, 2.0, 41)[:, None]
 def test_predictions_equal_model_predict(client: CMANPClient, tiny_net) -> None:
     session = client.create_session()
     prior = client.predict(session.session_id, QUERIES)
-    np.testing.assert_allclose(prior.mean, expected_prediction(tiny_net, np.empty((0, 1)), None, QUERIES)[0], atol=1e-4)
+    np.testing.assert_allclose(
+        prior.mean, expected_prediction(tiny_net, np.empty((0, 1)), np.empty((0, 1)), QUERIES)[0], atol=1e-4
+    )
 
     # 600 points in uneven posts: the log is folded into the state several times on the way.
     x, y = sample_points(600, seed=1)
@@ -111,6 +115,8 @@ def test_health_and_readiness(server: str) -> None:
     ready = httpx.get(f"{server}/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
     assert httpx.get(f"{server}/docs").status_code == 200
+    paths = httpx.get(f"{server}/openapi.json").json()["paths"]
+    assert {"/v1/sessions", "/v1/sessions/{session_id}/context", "/v1/sessions/{session_id}/predict"} <= set(paths)
 
 
 def test_async_client(server: str, tiny_net) -> None:
@@ -130,6 +136,20 @@ def test_async_client(server: str, tiny_net) -> None:
     np.testing.assert_allclose(mean, expected_prediction(tiny_net, x, y, QUERIES)[0], rtol=0, atol=1e-4)
 
 
-def test_client_rejects_non_finite_points_before_sending(client: CMANPClient) -> None:
-    with pytest.raises(ValueError, match="NaN or Inf"):
-        client.add_context("any", [np.nan], [1.0])
+def test_every_key_expires_and_use_refreshes_the_ttl(client: CMANPClient, redis_client) -> None:
+    session_id = client.create_session(ttl_seconds=600).session_id
+    client.add_context(session_id, [0.1, 0.2], [0.3, 0.4])  # creates the log and idempotency keys too
+    keys = session_keys_in_redis(redis_client, session_id)
+    assert len(keys) == 5
+    for key in keys:
+        redis_client.pexpire(key, 30_000)
+    client.get_session(session_id)  # a use
+    assert all(590_000 < redis_client.pttl(key) <= 600_000 for key in keys)
+
+    for key in keys:
+        redis_client.pexpire(key, 1)
+    time.sleep(0.05)
+    with pytest.raises(CMANPError) as err:
+        client.predict(session_id, [0.0])
+    assert err.value.status == 404
+    assert session_keys_in_redis(redis_client, session_id) == []

@@ -1,0 +1,126 @@
+"""Helpers for the service tests: checkpoints, settings, live servers, sample data, and independent
+expectations.
+
+Expected numbers are always computed independently, by calling the model directly on all the
+points (``expected_prediction``, ``assert_same_state``), never taken from the service. Raw
+session keys are read straight from Redis (``raw_session``, ``stored_state``).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import redis
+import torch
+import uvicorn
+
+from model import CMANP, CMANPConfig, CMANPState, save_checkpoint
+from service.app import create_app
+from service.settings import Settings
+from service.store import KEY_PREFIX
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = CMANPConfig(n_blocks=2, n_latents=16, d_model=32, ff_width=64, embed_depth=2)
+API_KEYS = {"alice": "alice-key", "bob": "bob-key"}
+TINY_CARD = {"rbf_ll": 1.25, "matern_ll": 0.5}
+
+
+def build_checkpoint(directory: Path, name: str, config: CMANPConfig, seed: int, card: dict | None = None) -> Path:
+    torch.manual_seed(seed)
+    path = directory / f"{name}.safetensors"
+    save_checkpoint(CMANP(config).eval(), path)
+    if card is not None:
+        path.with_suffix(".json").write_text(json.dumps(card))
+    return path
+
+
+def make_settings(redis_url: str, checkpoint_dir: Path, **overrides: object) -> Settings:
+    options: dict[str, object] = {
+        "redis_url": redis_url,
+        "checkpoint_dir": checkpoint_dir,
+        "default_model": "tiny",
+        "api_keys": ",".join(f"{tenant}:{key}" for tenant, key in API_KEYS.items()),
+        "torch_threads": 1,
+        "inference_workers": 1,
+        "log_level": "warning",
+    }
+    return Settings(**{**options, **overrides})
+
+
+@contextmanager
+def live_server(settings: Settings) -> Iterator[str]:
+    """Run the app with uvicorn in a thread, on a free port; yields its base URL."""
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def sample_points(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n noisy samples of a smooth function, x uniform in the model's range [-2, 2]; float32-exact values."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-2.0, 2.0, size=(n, 1)).astype(np.float32)
+    y = (np.sin(3 * x) + 0.1 * rng.standard_normal((n, 1))).astype(np.float32)
+    return x.astype(np.float64), y.astype(np.float64)
+
+
+def _batch(a: np.ndarray) -> torch.Tensor:
+    return torch.tensor(a[None], dtype=torch.float32)
+
+
+def expected_prediction(net: CMANP, x: np.ndarray, y: np.ndarray, xq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The model's own answer: batch-condition on all points at once (none: the prior), then predict."""
+    with torch.no_grad():
+        state = net.condition(_batch(x), _batch(y)) if len(x) else net.empty_state()
+        mean, variance = net.predict(state, _batch(xq))
+    return mean[0].double().numpy(), variance[0].double().numpy()
+
+
+def session_keys_in_redis(client: redis.Redis, session_id: str) -> list[bytes]:
+    return sorted(client.scan_iter(match=f"{KEY_PREFIX}:{{{session_id}}}:*"))
+
+
+def raw_session(client: redis.Redis, session_id: str) -> dict[bytes, bytes]:
+    """Every key of the session with its serialised value (DUMP); TTLs are not part of it."""
+    return {key: client.dump(key) for key in session_keys_in_redis(client, session_id)}
+
+
+def stored_state(client: redis.Redis, session_id: str, net: CMANP) -> CMANPState:
+    """The session's exact state as Redis holds it: the state blob with the unfolded log applied.
+
+    Read straight from the raw keys (the log is float32 rows [x | y] in model units).
+    """
+    state = net.state_from_bytes(client.get(f"{KEY_PREFIX}:{{{session_id}}}:state"))
+    log = client.lrange(f"{KEY_PREFIX}:{{{session_id}}}:log", 0, -1)
+    if log:
+        dx = net.cfg.dim_x
+        rows = torch.from_numpy(np.frombuffer(b"".join(log), dtype="<f4").reshape(1, -1, dx + net.cfg.dim_y).copy())
+        with torch.no_grad():
+            state = net.update(state, rows[..., :dx], rows[..., dx:])
+    return state
+
+
+def assert_same_state(got: CMANPState, x: np.ndarray, y: np.ndarray, net: CMANP) -> None:
+    """Accumulators equal batch conditioning on (x, y): far more sensitive than predictions (one point shows)."""
+    with torch.no_grad():
+        want = net.condition(_batch(x), _batch(y))
+    assert int(got.num_points[0]) == len(x)
+    torch.testing.assert_close(got.log_norm, want.log_norm, rtol=0, atol=1e-5)
+    torch.testing.assert_close(got.value_sum, want.value_sum, rtol=0, atol=1e-5)

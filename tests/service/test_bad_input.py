@@ -1,0 +1,100 @@
+"""Acceptance 5: bad requests get a 4xx problem with a clear detail and leave the stored state byte-identical.
+
+The session under attack has a folded state and a non-empty log; every one of its Redis keys is
+compared (DUMP) before and after each request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from service.client import CMANPClient
+from tests.service.helpers import API_KEYS, raw_session, sample_points
+
+ALICE = {"Authorization": f"Bearer {API_KEYS['alice']}"}
+BOB = {"Authorization": f"Bearer {API_KEYS['bob']}"}
+JSON = {"Content-Type": "application/json"}
+OK_POINT = {"x": [[0.5]], "y": [[0.5]]}
+
+# (name, endpoint, body (dict as JSON, bytes as is), headers, expected status, words in the detail)
+CASES = [
+    ("nan", "context", b'{"x": [[NaN]], "y": [[0.5]]}', ALICE | JSON, 422, "finite number"),
+    ("inf", "context", b'{"x": [[0.5]], "y": [[Infinity]]}', ALICE | JSON, 422, "finite number"),
+    ("overflow", "context", b'{"x": [[1e400]], "y": [[0.5]]}', ALICE | JSON, 422, "finite number"),
+    ("too-large-for-float32", "context", {"x": [[1e300]], "y": [[0.5]]}, ALICE, 422, "too large"),
+    ("nan-query", "predict", b'{"x": [[NaN]]}', ALICE | JSON, 422, "finite number"),
+    ("string-number", "context", {"x": [["0.5"]], "y": [[0.5]]}, ALICE, 422, "valid number"),
+    ("wrong-x-dim", "context", {"x": [[0.5, 1.0]], "y": [[0.5]]}, ALICE, 422, "2 features per point"),
+    ("wrong-y-dim", "context", {"x": [[0.5]], "y": [[0.5, 1.0]]}, ALICE, 422, "2 features per point"),
+    ("wrong-query-dim", "predict", {"x": [[0.5, 1.0, 2.0]]}, ALICE, 422, "3 features per point"),
+    ("ragged", "context", {"x": [[0.5], [0.5, 1.0]], "y": [[0.5], [0.5]]}, ALICE, 422, "ragged"),
+    ("count-mismatch", "context", {"x": [[0.5], [0.6]], "y": [[0.5]]}, ALICE, 422, "2 points but y has 1"),
+    ("empty", "context", {"x": [], "y": []}, ALICE, 422, "empty"),
+    ("empty-rows", "context", {"x": [[]], "y": [[]]}, ALICE, 422, "no features"),
+    ("empty-query", "predict", {"x": []}, ALICE, 422, "empty"),
+    ("flat-array", "context", {"x": [0.5], "y": [0.5]}, ALICE, 422, "valid list"),
+    ("missing-field", "context", {"x": [[0.5]]}, ALICE, 422, "body.y"),
+    ("unknown-field", "context", {**OK_POINT, "z": 1}, ALICE, 422, "extra inputs"),
+    ("too-many-points", "context", {"x": [[0.0]] * 1001, "y": [[0.0]] * 1001}, ALICE, 413, "limit is 1000"),
+    ("too-many-queries", "predict", {"x": [[0.0]] * 1001}, ALICE, 413, "limit is 1000"),
+    ("malformed-json", "context", b'{"x": [[0.5]], "y": [[0.5]', ALICE | JSON, 400, "malformed JSON"),
+    ("long-idempotency-key", "context", OK_POINT, ALICE | {"Idempotency-Key": "k" * 129}, 422, "at most 128"),
+    ("unknown-session", "context-unknown", OK_POINT, ALICE, 404, "does not exist"),
+    ("other-tenant-context", "context", OK_POINT, BOB, 404, "does not exist"),
+    ("other-tenant-predict", "predict", {"x": [[0.5]]}, BOB, 404, "does not exist"),
+    ("other-tenant-delete", "delete", None, BOB, 404, "does not exist"),
+    ("missing-key", "context", OK_POINT, {}, 401, "Authorization"),
+    ("wrong-key", "context", OK_POINT, {"Authorization": "Bearer nope"}, 401, "unknown API key"),
+    ("wrong-scheme", "predict", {"x": [[0.5]]}, {"Authorization": f"Basic {API_KEYS['alice']}"}, 401, "Bearer"),
+]
+
+
+@pytest.fixture(scope="module")
+def victim(server: str) -> Iterator[str]:
+    """A session with a folded state (300 points) and an unfolded log (10 more)."""
+    with CMANPClient(server, API_KEYS["alice"]) as client:
+        session_id = client.create_session().session_id
+        x, y = sample_points(310, seed=8)
+        client.add_context(session_id, x[:300], y[:300])
+        client.add_context(session_id, x[300:], y[300:])
+        yield session_id
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body", "headers", "status", "words"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_bad_request_is_refused_and_changes_nothing(
+    server: str, victim: str, redis_client, endpoint: str, body, headers: dict, status: int, words: str
+) -> None:
+    before = raw_session(redis_client, victim)
+    assert {k.rsplit(b":", 1)[1] for k in before} >= {b"meta", b"state", b"log"}
+    paths = {
+        "context": f"/v1/sessions/{victim}/context",
+        "predict": f"/v1/sessions/{victim}/predict",
+        "delete": f"/v1/sessions/{victim}",
+        "context-unknown": "/v1/sessions/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA/context",
+    }
+    method = "DELETE" if endpoint == "delete" else "POST"
+    content = body if isinstance(body, bytes) or body is None else None
+    response = httpx.request(
+        method, server + paths[endpoint], content=content, json=None if content else body, headers=headers
+    )
+
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert set(problem) == {"type", "title", "detail", "status"} and problem["status"] == status
+    assert words.lower() in problem["detail"].lower(), problem["detail"]
+    if status == 401:
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert raw_session(redis_client, victim) == before
+
+
+def test_another_tenants_session_is_indistinguishable_from_a_missing_one(server: str, victim: str) -> None:
+    theirs = httpx.get(f"{server}/v1/sessions/{victim}", headers=BOB).json()
+    missing = httpx.get(f"{server}/v1/sessions/{'B' * 32}", headers=BOB).json()
+    assert theirs["status"] == missing["status"] == 404
+    assert theirs["detail"].replace(victim, "ID") == missing["detail"].replace("B" * 32, "ID")

@@ -1,0 +1,73 @@
+"""Acceptance 3: one Idempotency-Key posted 5 times, 3 of them concurrently, is applied exactly once.
+
+Also: reusing a key with a different body is refused, and the remembered keys per session are bounded.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+
+from service.client import CMANPClient, CMANPError, ContextResult
+from service.store import KEY_PREFIX
+from tests.service.helpers import API_KEYS, assert_same_state, raw_session, sample_points, stored_state
+
+AUTH = {"Authorization": f"Bearer {API_KEYS['alice']}"}
+
+
+def test_repeated_key_is_applied_once(client: CMANPClient, redis_client, tiny_net) -> None:
+    session_id = client.create_session().session_id
+    x0, y0 = sample_points(20, seed=5)
+    client.add_context(session_id, x0, y0)  # some context first, so a double count would show
+    x, y = sample_points(7, seed=6)
+
+    def post(_: int) -> ContextResult:
+        return client.add_context(session_id, x, y, idempotency_key="retry-me")
+
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(post, range(3)))
+    results += [post(3), post(4)]
+
+    assert {(r.num_points, r.version) for r in results} == {(27, 2)}  # all five got the original answer
+    assert sorted(r.replayed for r in results) == [False, True, True, True, True]
+    info = client.get_session(session_id)
+    assert (info.num_points, info.version) == (27, 2)
+    assert_same_state(
+        stored_state(redis_client, session_id, tiny_net), np.vstack([x0, x]), np.vstack([y0, y]), tiny_net
+    )
+
+
+def test_key_reused_with_another_body_is_refused(server: str, client: CMANPClient, redis_client) -> None:
+    session_id = client.create_session().session_id
+    client.add_context(session_id, [0.1], [0.2], idempotency_key="k")
+    before = raw_session(redis_client, session_id)
+    response = httpx.post(
+        f"{server}/v1/sessions/{session_id}/context",
+        json={"x": [[0.1]], "y": [[0.3]]},
+        headers={**AUTH, "Idempotency-Key": "k"},
+    )
+    assert response.status_code == 422 and "different request body" in response.json()["detail"]
+    assert raw_session(redis_client, session_id) == before
+
+
+def test_remembered_keys_are_bounded(server: str, client: CMANPClient, redis_client) -> None:
+    session_id = client.create_session().session_id
+    with httpx.Client(base_url=server, headers=AUTH) as http:
+        for i in range(140):  # the default bound is 128 keys per session
+            body = {"x": [[0.01 * i]], "y": [[0.0]]}
+            assert http.post(f"/v1/sessions/{session_id}/context", json=body, headers={"Idempotency-Key": f"k{i}"})
+    prefix = f"{KEY_PREFIX}:{{{session_id}}}"
+    assert redis_client.hlen(f"{prefix}:idem") == redis_client.llen(f"{prefix}:idemq") == 128
+    # The newest keys are still remembered; the oldest were forgotten, so a repeat of one applies again.
+    assert client.add_context(session_id, [0.01 * 139], [0.0], idempotency_key="k139").replayed
+    assert not client.add_context(session_id, [0.0], [0.0], idempotency_key="k0").replayed
+
+
+def test_key_longer_than_128_characters_is_refused(client: CMANPClient) -> None:
+    session_id = client.create_session().session_id
+    with pytest.raises(CMANPError) as err:
+        client.add_context(session_id, [0.0], [0.0], idempotency_key="k" * 129)
+    assert err.value.status == 422 and "idempotency-key" in err.value.detail.lower()

@@ -1,0 +1,41 @@
+"""Settings come from CMANP_* environment variables; API_KEYS is 'tenant:key,...'."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.settings import Settings
+
+
+def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CMANP_REDIS_URL", "redis://example:6379/1")
+    monkeypatch.setenv("CMANP_MAX_POINTS_PER_REQUEST", "77")
+    monkeypatch.setenv("CMANP_API_KEYS", "alice:k1, bob:k2")
+    monkeypatch.setenv("CMANP_LOG_LEVEL", "DEBUG")
+    settings = Settings()
+    assert settings.redis_url == "redis://example:6379/1"
+    assert settings.max_points_per_request == 77
+    assert settings.log_level == "debug"
+    assert settings.api_keys == {
+        hashlib.sha256(b"k1").hexdigest(): "alice",
+        hashlib.sha256(b"k2").hexdigest(): "bob",
+    }
+
+
+def test_defaults_use_the_embedded_redis_and_the_shipped_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("REDIS_URL", "API_KEYS", "DEFAULT_MODEL", "CHECKPOINT_DIR", "PORT"):
+        monkeypatch.delenv(f"CMANP_{name}", raising=False)
+    settings = Settings()
+    assert settings.redis_url is None and settings.redis_data_dir == Path("var/redis")
+    assert (settings.default_model, settings.checkpoint_dir) == ("cmanp-gp-rbf", Path("checkpoints"))
+    assert settings.api_keys == {} and settings.port == 8000
+
+
+@pytest.mark.parametrize("spec", ["alice", "alice:", ":key", "alice:k,bob:k"])
+def test_malformed_api_keys_are_refused(spec: str) -> None:
+    with pytest.raises(ValidationError):
+        Settings(api_keys=spec)
