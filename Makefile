@@ -27,10 +27,12 @@ lint: $(STAMP)
 train: $(STAMP)
 	$(PY) -m model.train --config configs/gp-rbf.json --out runs/gp-rbf --resume
 
+CARD_JSON := $(CHECKPOINT:.safetensors=.json)
 eval: $(STAMP)
-	$(PY) -m model.evaluate --checkpoint $(CHECKPOINT) --kernel rbf --out runs/eval-rbf.json
-	$(PY) -m model.evaluate --checkpoint $(CHECKPOINT) --kernel matern --out runs/eval-matern.json
-	$(PY) -m model.evaluate --checkpoint $(CHECKPOINT) --context-sizes 10,50,100,200,500,1000 --out runs/eval-streaming.json
+	$(PY) -m model.evaluate --checkpoint $(CHECKPOINT) --kernel rbf --out runs/eval-rbf.json --card-json $(CARD_JSON)
+	$(PY) -m model.evaluate --checkpoint $(CHECKPOINT) --kernel matern --out runs/eval-matern.json --card-json $(CARD_JSON)
+	$(PY) -m model.evaluate --checkpoint $(CHECKPOINT) --context-sizes 10,50,100,200,500,1000 \
+		--out runs/eval-streaming.json --card-json $(CARD_JSON)
 
 bench-memory: $(STAMP)
 	$(PY) -m bench.constant_memory --checkpoint $(CHECKPOINT)

@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", type=Path, help="write the results as JSON here")
+    p.add_argument("--card-json", type=Path, help="merge the headline numbers into this model-card sidecar")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -94,7 +95,28 @@ def main(argv: list[str] | None = None) -> dict:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))
+    if args.card_json:
+        update_card_json(args.card_json, result)
     return result
+
+
+def update_card_json(path: Path, result: dict) -> None:
+    """Merge one run's headline numbers into a checkpoint's sidecar (what GET /v1/models serves)."""
+    card = json.loads(path.read_text()) if path.exists() else {}
+    if card.get("fingerprint") not in (None, result["fingerprint"]):
+        card = {}  # numbers of other weights are stale
+    card["fingerprint"] = result["fingerprint"]
+    if result["mode"] == "protocol":
+        k = result["kernel"]
+        card[f"{k}_ll"] = round(result["model"]["ll"], 4)
+        card[f"{k}_ll_se"] = round(result["model"]["se"], 4)
+        card[f"{k}_oracle_ll"] = round(result["oracle"]["ll"], 4)
+        card[f"{k}_num_tasks"] = result["model"]["num_tasks"]
+    else:
+        curve = result["curve"]
+        card[f"streaming_{result['kernel']}_ll"] = {n: round(r["model"]["ll"], 4) for n, r in curve.items()}
+        card[f"streaming_{result['kernel']}_oracle_ll"] = {n: round(r["oracle"]["ll"], 4) for n, r in curve.items()}
+    path.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,40 @@
+"""The evaluation CLI scores through the streaming API; its numbers must equal the training path's."""
+
+import json
+
+import torch
+
+from model import save_checkpoint
+from model.data.eval_sets import protocol_set, streaming_set
+from model.evaluate import main
+from model.gp_oracle import gp_log_likelihood
+from tests.model.conftest import small_model
+
+
+def test_protocol_eval_matches_the_training_forward_and_the_oracle(tmp_path):
+    net = small_model()
+    ckpt, card = tmp_path / "m.safetensors", tmp_path / "m.json"
+    save_checkpoint(net, ckpt)
+    result = main(["--checkpoint", str(ckpt), "--kernel", "matern", "--num-batches", "3", "--batch-size", "4",
+                   "--cache-dir", str(tmp_path), "--out", str(tmp_path / "r.json"), "--card-json", str(card)])
+    batches = protocol_set("matern", 3, 4, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("protocol-matern-*.npz"))) == 1  # cached once
+    with torch.no_grad():  # an independent path: the one-pass training forward
+        forward = torch.cat([net.log_likelihood(b.xc, b.yc, b.xt, b.yt) for b in batches])
+    oracle = torch.cat([gp_log_likelihood(b) for b in batches])
+    assert abs(result["model"]["ll"] - forward.mean().item()) < 1e-5
+    assert abs(result["oracle"]["ll"] - oracle.mean().item()) < 1e-9
+    assert result["model"]["num_tasks"] == 12
+    assert json.loads(card.read_text())["matern_ll"] == round(result["model"]["ll"], 4)
+
+
+def test_streaming_eval_has_the_requested_sizes(tmp_path):
+    net = small_model()
+    ckpt = tmp_path / "m.safetensors"
+    save_checkpoint(net, ckpt)
+    result = main(["--checkpoint", str(ckpt), "--context-sizes", "5,40", "--num-tasks", "6", "--num-targets", "7",
+                   "--cache-dir", str(tmp_path)])
+    assert set(result["curve"]) == {"5", "40"}
+    assert result["curve"]["40"]["model"]["num_tasks"] == 6
+    batch = streaming_set(40, 6, 7, cache_dir=tmp_path)[0]
+    assert batch.xc.shape[1:] == (40, 1) and batch.xt.shape[1:] == (7, 1)
