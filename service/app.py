@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from service.body_limit import BodySizeLimit
 from service.dependencies import Services
 from service.embedded_redis import EmbeddedRedis
 from service.errors import install_error_handlers
@@ -69,6 +70,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    # Added first, so it sits inside the metrics middleware: the routes then read the counted body
+    # directly, and its 413 is not wrapped by the metrics middleware's task group.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.middleware("http")(metrics.observe)
     app.include_router(health.router)
     app.include_router(models.router)

@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = CMANPConfig(n_blocks=2, n_latents=16, d_model=32, ff_width=64, embed_depth=2)
 API_KEYS = {"alice": "alice-key", "bob": "bob-key"}
 TINY_CARD = {"rbf_ll": 1.25, "matern_ll": 0.5}
+BODY_LIMIT = 64 * 1024  # comfortably above 1000 points of JSON
 
 
 def build_checkpoint(directory: Path, name: str, config: CMANPConfig, seed: int, card: dict | None = None) -> Path:
@@ -49,6 +50,7 @@ def make_settings(redis_url: str, checkpoint_dir: Path, **overrides: object) -> 
         "torch_threads": 1,
         "inference_workers": 1,
         "log_level": "warning",
+        "max_body_bytes": BODY_LIMIT,
     }
     return Settings(**{**options, **overrides})
 

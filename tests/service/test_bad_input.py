@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from service.client import CMANPClient
-from tests.service.helpers import API_KEYS, raw_session, sample_points
+from tests.service.helpers import API_KEYS, BODY_LIMIT, raw_session, sample_points
 
 ALICE = {"Authorization": f"Bearer {API_KEYS['alice']}"}
 BOB = {"Authorization": f"Bearer {API_KEYS['bob']}"}
@@ -40,6 +40,14 @@ CASES = [
     ("unknown-field", "context", {**OK_POINT, "z": 1}, ALICE, 422, "extra inputs"),
     ("too-many-points", "context", {"x": [[0.0]] * 1001, "y": [[0.0]] * 1001}, ALICE, 413, "limit is 1000"),
     ("too-many-queries", "predict", {"x": [[0.0]] * 1001}, ALICE, 413, "limit is 1000"),
+    (
+        "oversized-body",
+        "context",
+        b'{"x": [[0.5]], "y": [[0.5]], "p": "' + b"a" * BODY_LIMIT + b'"}',
+        ALICE | JSON,
+        413,
+        "larger than",
+    ),
     ("malformed-json", "context", b'{"x": [[0.5]], "y": [[0.5]', ALICE | JSON, 400, "malformed JSON"),
     ("long-idempotency-key", "context", OK_POINT, ALICE | {"Idempotency-Key": "k" * 129}, 422, "at most 128"),
     ("unknown-session", "context-unknown", OK_POINT, ALICE, 404, "does not exist"),
@@ -98,3 +106,19 @@ def test_another_tenants_session_is_indistinguishable_from_a_missing_one(server:
     missing = httpx.get(f"{server}/v1/sessions/{'B' * 32}", headers=BOB).json()
     assert theirs["status"] == missing["status"] == 404
     assert theirs["detail"].replace(victim, "ID") == missing["detail"].replace("B" * 32, "ID")
+
+
+def test_streamed_body_over_the_limit_is_refused_and_changes_nothing(server: str, victim: str, redis_client) -> None:
+    """Without a Content-Length (chunked upload), the limit is enforced while the body streams in."""
+    before = raw_session(redis_client, victim)
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"x": [[0.5]], "y": [[0.5]], "p": "'
+        for _ in range(BODY_LIMIT // 1024 + 1):
+            yield b"a" * 1024
+        yield b'"}'
+
+    response = httpx.post(f"{server}/v1/sessions/{victim}/context", content=chunks(), headers=ALICE | JSON)
+    assert response.status_code == 413 and "larger than" in response.json()["detail"]
+    assert response.headers["content-type"] == "application/problem+json"
+    assert raw_session(redis_client, victim) == before
