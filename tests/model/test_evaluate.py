@@ -15,8 +15,24 @@ def test_protocol_eval_matches_the_training_forward_and_the_oracle(tmp_path):
     net = small_model()
     ckpt, card = tmp_path / "m.safetensors", tmp_path / "m.json"
     save_checkpoint(net, ckpt)
-    result = main(["--checkpoint", str(ckpt), "--kernel", "matern", "--num-batches", "3", "--batch-size", "4",
-                   "--cache-dir", str(tmp_path), "--out", str(tmp_path / "r.json"), "--card-json", str(card)])
+    result = main(
+        [
+            "--checkpoint",
+            str(ckpt),
+            "--kernel",
+            "matern",
+            "--num-batches",
+            "3",
+            "--batch-size",
+            "4",
+            "--cache-dir",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "r.json"),
+            "--card-json",
+            str(card),
+        ]
+    )
     batches = protocol_set("matern", 3, 4, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("protocol-matern-*.npz"))) == 1  # cached once
     with torch.no_grad():  # an independent path: the one-pass training forward
@@ -32,8 +48,20 @@ def test_streaming_eval_has_the_requested_sizes(tmp_path):
     net = small_model()
     ckpt = tmp_path / "m.safetensors"
     save_checkpoint(net, ckpt)
-    result = main(["--checkpoint", str(ckpt), "--context-sizes", "5,40", "--num-tasks", "6", "--num-targets", "7",
-                   "--cache-dir", str(tmp_path)])
+    result = main(
+        [
+            "--checkpoint",
+            str(ckpt),
+            "--context-sizes",
+            "5,40",
+            "--num-tasks",
+            "6",
+            "--num-targets",
+            "7",
+            "--cache-dir",
+            str(tmp_path),
+        ]
+    )
     assert set(result["curve"]) == {"5", "40"}
     assert result["curve"]["40"]["model"]["num_tasks"] == 6
     batch = streaming_set(40, 6, 7, cache_dir=tmp_path)[0]
