@@ -424,11 +424,13 @@ class CMANP(nn.Module):
     def latents(self, state: CMANPState) -> Tensor:
         """The derived block outputs for a state, computed once per state object and cached."""
         self._check_state(state)
-        cached = state._derived
-        if cached is None or cached[0] != self.fingerprint or torch.is_grad_enabled():
-            cached = (self.fingerprint, self._derive(state.log_norm, state.value_sum))
-            state._derived = cached
-        return cached[1]
+        grad = torch.is_grad_enabled()
+        if state._derived is not None and state._derived[0] == self.fingerprint and not grad:
+            return state._derived[1]
+        latents = self._derive(state.log_norm, state.value_sum)
+        if not grad:  # never pin an autograd graph to a state object
+            state._derived = (self.fingerprint, latents)
+        return latents
 
     def _decode(self, latents: Tensor, xq: Tensor) -> tuple[Tensor, Tensor]:
         z = self.query_embed(xq)

@@ -124,3 +124,20 @@ def test_accumulators_match_plain_attention(net):
     out = weights[..., :-1] @ values + weights[..., -1:] * attn.null_value.unsqueeze(0)
     direct = attn.latents + attn.out(out.permute(0, 1, 3, 2, 4).flatten(-2))
     assert (direct - streamed).abs().max().item() < 1e-4
+
+
+def test_derived_latents_are_cached_per_state_without_grad(small, monkeypatch):
+    calls = []
+    derive = small._derive
+    monkeypatch.setattr(small, "_derive", lambda *a: calls.append(1) or derive(*a))
+    x, y = random_points(10, small.cfg, seed=9)
+    xq = torch.zeros(1, 4, 1)
+    with torch.no_grad():
+        state = small.condition(x, y)
+        first = small.predict(state, xq)
+        second = small.predict(state, xq)
+        assert len(calls) == 1 and torch.equal(first[0], second[0])
+        small.predict(small.update(state, x[:, :1], y[:, :1]), xq)  # a new state derives afresh
+        assert len(calls) == 2
+    small.predict(state, xq)  # with grad on: recomputed, and no graph is cached on the state
+    assert len(calls) == 3 and not state._derived[1].requires_grad
