@@ -5,8 +5,9 @@ Keys, all with the hash tag ``{session_id}`` so that a session lives in one Redi
     cmanp:{id}:meta   hash    owner, pinned model name + fingerprint, transforms, TTL, counters
     cmanp:{id}:state  string  the model's versioned state blob (constant size)
     cmanp:{id}:log    list    context posts not yet folded into the state (float32, model units)
-    cmanp:{id}:idem   hash    digest(Idempotency-Key) -> "digest(request) num_points version"
-    cmanp:{id}:idemq  list    the same key digests, oldest first
+    cmanp:{id}:idem   string  a ring of the last ``idempotency_keys`` idempotency records, each
+                              digest(key) | digest(request) | num_points | version (64 bytes),
+                              allocated in full when the session is created
 
 Design: an append log folded lazily with the model's exact update. Rewriting the ~100 KB state
 blob on every post serialises writers on one read-modify-write; appending is cheap and never
@@ -23,9 +24,10 @@ so whatever the interleaving, every acknowledged point is counted exactly once.
 
 Memory per session is bounded by a constant: an append is refused while the log would exceed
 ``fold_threshold + max_points_per_request`` points (the writer folds, then appends again), and
-only the last ``idempotency_keys`` keys are remembered (each for at most the session's TTL),
-stored as fixed-size digests so a record's size does not depend on the key. In all:
-state + (fold_threshold + max_points_per_request) * (dim_x + dim_y) * 4 bytes + ~110 bytes per
+only the last ``idempotency_keys`` keys are remembered (each for at most the session's TTL).
+Their ring is written in place (SETRANGE) and never resized, so a session that posts one point
+per request with a key each uses the same idempotency memory as one that never posted. In all:
+state + (fold_threshold + max_points_per_request) * (dim_x + dim_y) * 4 bytes + 64 bytes per
 remembered key + a small meta hash.
 
 The Redis client must not retry commands itself: if an append ran but its reply was lost, a
@@ -50,7 +52,10 @@ from service.transforms import AffineMap
 logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "cmanp"
-KEY_PARTS = ("meta", "state", "log", "idem", "idemq")  # the order of KEYS in every script
+KEY_PARTS = ("meta", "state", "log", "idem")  # the order of KEYS in every script
+DIGEST_BYTES = 16
+COUNTER_DIGITS = 16  # num_points and version, zero-padded decimal: exact up to 2^53 in Lua
+RECORD_BYTES = 2 * DIGEST_BYTES + 2 * COUNTER_DIGITS
 MAX_ATTEMPTS = 20  # folds/appends lost to concurrent folds before giving up (never seen in practice)
 
 _TOUCH = """
@@ -71,25 +76,29 @@ return {meta, redis.call('STRLEN', KEYS[2])}
 """
 )
 
-# ARGV: entry, points, key digest ('' = none), request digest, log capacity, keys to keep.
+# ARGV: entry, points, key digest ('' = none), request digest, log capacity, ring slots.
+# A ring record is found by a plain substring search for the key digest, accepted only at a
+# record boundary; the slot for the next record is meta's `idem_next`, modulo the ring size.
 _APPEND = (
-    """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
+    f"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return {{'missing'}} end
+local record_bytes = {RECORD_BYTES}
 if ARGV[3] ~= '' then
-  local record = redis.call('HGET', KEYS[4], ARGV[3])
-  if record then return {'replay', record} end
+  local ring = redis.call('GET', KEYS[4]) or ''
+  local at = string.find(ring, ARGV[3], 1, true)
+  while at and (at - 1) % record_bytes ~= 0 do at = string.find(ring, ARGV[3], at + 1, true) end
+  if at then return {{'replay', string.sub(ring, at + {DIGEST_BYTES}, at + record_bytes - 1)}} end
 end
 local points = tonumber(ARGV[2])
-if tonumber(redis.call('HGET', KEYS[1], 'log_points')) + points > tonumber(ARGV[5]) then return {'full'} end
+if tonumber(redis.call('HGET', KEYS[1], 'log_points')) + points > tonumber(ARGV[5]) then return {{'full'}} end
 redis.call('RPUSH', KEYS[3], ARGV[1])
 local num_points = redis.call('HINCRBY', KEYS[1], 'num_points', points)
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
 local log_points = redis.call('HINCRBY', KEYS[1], 'log_points', points)
 if ARGV[3] ~= '' then
-  redis.call('HSET', KEYS[4], ARGV[3], ARGV[4] .. ' ' .. num_points .. ' ' .. version)
-  if redis.call('RPUSH', KEYS[5], ARGV[3]) > tonumber(ARGV[6]) then
-    redis.call('HDEL', KEYS[4], redis.call('LPOP', KEYS[5]))
-  end
+  local slot = (redis.call('HINCRBY', KEYS[1], 'idem_next', 1) - 1) % tonumber(ARGV[6])
+  local counters = string.format('%0{COUNTER_DIGITS}d%0{COUNTER_DIGITS}d', num_points, version)
+  redis.call('SETRANGE', KEYS[4], slot * record_bytes, ARGV[3] .. ARGV[4] .. counters)
 end
 """
     + _TOUCH
@@ -114,8 +123,8 @@ def session_keys(session_id: str) -> list[str]:
     return [f"{KEY_PREFIX}:{{{session_id}}}:{part}" for part in KEY_PARTS]
 
 
-def _digest(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
 
 
 @dataclass(frozen=True)
@@ -160,6 +169,7 @@ class Session:
             "version": "0",
             "log_points": "0",
             "fold_epoch": "0",
+            "idem_next": "0",
         }
 
     @classmethod
@@ -233,6 +243,7 @@ class SessionStore:
             pipe.hset(keys[0], mapping=session.initial_meta())
             pipe.pexpire(keys[0], ttl_ms)
             pipe.set(keys[1], state, px=ttl_ms)
+            pipe.set(keys[3], bytes(self.idempotency_keys * RECORD_BYTES), px=ttl_ms)
             await pipe.execute()
         return replace(session, state_bytes=len(state))
 
@@ -270,7 +281,7 @@ class SessionStore:
         self, session: Session, entry: bytes, points: int, idempotency_key: str | None, compute: FoldFn
     ) -> Appended:
         """Append one context post (float32 points in model units) to the session's log, exactly once."""
-        key_digest = _digest(idempotency_key.encode()) if idempotency_key is not None else ""
+        key_digest = _digest(idempotency_key.encode()) if idempotency_key is not None else b""
         request_digest = _digest(entry)
         args = [entry, points, key_digest, request_digest, self.log_capacity, self.idempotency_keys]
         for _ in range(MAX_ATTEMPTS):
@@ -279,10 +290,12 @@ class SessionStore:
             if status == "missing":
                 raise _not_found(session.session_id)
             if status == "replay":
-                digest, num_points, version = reply[1].decode().split()
-                if digest != request_digest:
+                record = reply[1]
+                if record[:DIGEST_BYTES] != request_digest:
                     raise UnprocessableError("this Idempotency-Key was already used with a different request body")
-                return Appended(int(num_points), int(version), replayed=True)
+                counters = record[DIGEST_BYTES:]
+                num_points, version = int(counters[:COUNTER_DIGITS]), int(counters[COUNTER_DIGITS:])
+                return Appended(num_points, version, replayed=True)
             if status == "full":  # concurrent writers outran the folds: make room, then try again
                 await self.fold(session, compute)
                 continue

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from service.client import AsyncCMANPClient, CMANPClient, CMANPError
+from service.store import KEY_PARTS
 from tests.service.helpers import API_KEYS, TINY_CARD, expected_prediction, sample_points, session_keys_in_redis
 
 QUERIES = np.linspace(-2.0, 2.0, 41)[:, None]
@@ -140,7 +141,7 @@ def test_every_key_expires_and_use_refreshes_the_ttl(client: CMANPClient, redis_
     session_id = client.create_session(ttl_seconds=600).session_id
     client.add_context(session_id, [0.1, 0.2], [0.3, 0.4])  # creates the log and idempotency keys too
     keys = session_keys_in_redis(redis_client, session_id)
-    assert len(keys) == 5
+    assert len(keys) == len(KEY_PARTS)
     for key in keys:
         redis_client.pexpire(key, 30_000)
     client.get_session(session_id)  # a use

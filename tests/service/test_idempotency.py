@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from service.client import CMANPClient, CMANPError, ContextResult
-from service.store import KEY_PREFIX
+from service.store import KEY_PREFIX, RECORD_BYTES
 from tests.service.helpers import API_KEYS, assert_same_state, raw_session, sample_points, stored_state
 
 AUTH = {"Authorization": f"Bearer {API_KEYS['alice']}"}
@@ -59,8 +59,8 @@ def test_remembered_keys_are_bounded(server: str, client: CMANPClient, redis_cli
         for i in range(140):  # the default bound is 128 keys per session
             body = {"x": [[0.01 * i]], "y": [[0.0]]}
             assert http.post(f"/v1/sessions/{session_id}/context", json=body, headers={"Idempotency-Key": f"k{i}"})
-    prefix = f"{KEY_PREFIX}:{{{session_id}}}"
-    assert redis_client.hlen(f"{prefix}:idem") == redis_client.llen(f"{prefix}:idemq") == 128
+    # The records live in a ring allocated once, at creation: 140 keys later it has not grown.
+    assert redis_client.strlen(f"{KEY_PREFIX}:{{{session_id}}}:idem") == 128 * RECORD_BYTES
     # The newest keys are still remembered; the oldest were forgotten, so a repeat of one applies again.
     assert client.add_context(session_id, [0.01 * 139], [0.0], idempotency_key="k139").replayed
     assert not client.add_context(session_id, [0.0], [0.0], idempotency_key="k0").replayed

@@ -7,8 +7,6 @@ and idempotency records are bounded by settings, not by the number of points; me
 
 from __future__ import annotations
 
-import pytest
-
 from service.client import CMANPClient
 from tests.service.helpers import sample_points, session_keys_in_redis
 
@@ -37,13 +35,6 @@ def test_memory_is_constant_in_the_number_of_points(client: CMANPClient, redis_c
         assert abs(usage[n] - usage[10]) / usage[10] < 0.05, usage
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (issue 4, acceptance 4): with one point per post, each with an Idempotency-Key, "
-    "the 128 remembered key records (~110 B each) and the unfolded log (< 256 points) add ~13 KB, "
-    "about 12% of the state: bounded, but over the 5% budget. Fix: compact records and fewer keys, "
-    "or a smaller fold threshold; then remove this marker.",
-)
 def test_memory_is_constant_with_single_point_posts_and_keys(client: CMANPClient, redis_client) -> None:
     session_id = client.create_session(model="realistic").session_id
     x, y = sample_points(1_000, seed=7)
