@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -133,6 +134,9 @@ def train(mc: CMANPConfig, tc: TrainConfig, out: Path, resume: bool, init_from: 
     print(f"model: {count_parameters(net):,} parameters; training to step {tc.steps}")
     net.train()
     last_save, t0, tasks = time.time(), time.time(), 0
+    # A background job ignores SIGINT and dies on SIGTERM without unwinding: make both raise
+    # KeyboardInterrupt, so the `finally` below saves the training state before exiting.
+    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     bar = tqdm(total=tc.steps, initial=step, dynamic_ncols=True, mininterval=5)
     ema = None
     stop = min(tc.steps, step + tc.run_steps) if tc.run_steps else tc.steps
@@ -177,6 +181,8 @@ def train(mc: CMANPConfig, tc: TrainConfig, out: Path, resume: bool, init_from: 
         elapsed += time.time() - last_save
         save_state()
         bar.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         print(f"stopped at step {step}; state in {state_path}")
 
 

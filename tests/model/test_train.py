@@ -1,5 +1,10 @@
-"""Training: the curriculum's sizes, and --resume continuing bit-for-bit."""
+"""Training: the curriculum's sizes, --resume continuing bit-for-bit, and saving when stopped."""
 
+import signal
+import subprocess
+import sys
+
+import pytest
 import torch
 
 from model.cmanp import CMANPConfig
@@ -65,3 +70,27 @@ def test_schedule_warms_up_then_decays_to_zero():
     assert lr_at(0, tc) < lr_at(99, tc) <= 1e-3
     assert lr_at(500, tc) < lr_at(100, tc) and lr_at(1000, tc) < 1e-9
     assert CMANPConfig().n_latents == 128  # the default config is the paper's
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_background_run_saves_its_state(tmp_path, sig):
+    """Regression: a run started with `nohup ... &` ignores SIGINT, and SIGTERM skipped the save."""
+
+    def like_a_background_job() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "model.train", *TINY, "--steps", "1000000", "--out", str(out)]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=like_a_background_job
+    )
+    try:
+        for line in proc.stdout:
+            if line.startswith("step 3:"):  # past the first held-out evaluation: training is under way
+                break
+        proc.send_signal(sig)
+        assert proc.wait(timeout=60) != -signal.SIGKILL
+        assert "stopped at step" in proc.stdout.read()
+    finally:
+        proc.kill()
+    assert torch.load(out / "last.pt", weights_only=True)["step"] >= 3
