@@ -13,10 +13,13 @@ function ticks(low, high, count) {
   return values;
 }
 
+// A tick value without floating-point noise (0.30000000000000004 -> "0.3").
+const label = (v) => String(+v.toFixed(6));
+
 export class Chart {
-  constructor(canvas, { xRange, yRange, xLabel = "", yLabel = "", formatY = (v) => String(v) }) {
+  constructor(canvas, { xRange, yRange, xLabel = "", yLabel = "" }) {
     this.canvas = canvas;
-    Object.assign(this, { xRange, yRange, xLabel, yLabel, formatY });
+    Object.assign(this, { xRange, yRange, xLabel, yLabel });
   }
 
   // Match the backing store to the displayed size and the screen's pixel ratio, then clear.
@@ -71,7 +74,7 @@ export class Chart {
       ctx.moveTo(this.px(x), MARGIN.top);
       ctx.lineTo(this.px(x), height - MARGIN.bottom);
       ctx.stroke();
-      ctx.fillText(String(+x.toFixed(6)), this.px(x), height - MARGIN.bottom + 4);
+      ctx.fillText(label(x), this.px(x), height - MARGIN.bottom + 4);
     }
     ctx.textAlign = "right";
     ctx.textBaseline = "middle";
@@ -80,7 +83,7 @@ export class Chart {
       ctx.moveTo(MARGIN.left, this.py(y));
       ctx.lineTo(width - MARGIN.right, this.py(y));
       ctx.stroke();
-      ctx.fillText(this.formatY(y), MARGIN.left - 6, this.py(y));
+      ctx.fillText(label(y), MARGIN.left - 6, this.py(y));
     }
     ctx.textAlign = "center";
     ctx.textBaseline = "bottom";

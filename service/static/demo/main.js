@@ -202,27 +202,17 @@ function render() {
 function renderHistory() {
   const history = view.history;
   if (!history.length) return;
-  const maxPoints = Math.max(10, ...history.map(([n]) => n));
-  const maxBytes = Math.max(...history.map(([, b]) => b));
+  const points = history.map(([n]) => n);
+  const kib = history.map(([, bytes]) => bytes / 1024);
   const chart = new Chart($("history"), {
-    xRange: [0, maxPoints],
-    yRange: [0, maxBytes * 1.3],
+    xRange: [0, Math.max(10, ...points)],
+    yRange: [0, Math.max(...kib) * 1.3],
     xLabel: "context points",
     yLabel: "KiB",
-    formatY: (v) => (v / 1024).toFixed(0),
   });
   chart.begin();
-  chart.line(
-    history.map(([n]) => n),
-    history.map(([, b]) => b),
-    { color: "#1d4ed8", width: 2 },
-  );
-  chart.dots(
-    history.map(([n]) => n),
-    history.map(([, b]) => b),
-    "#1d4ed8",
-    2.5,
-  );
+  chart.line(points, kib, { color: "#1d4ed8", width: 2 });
+  chart.dots(points, kib, "#1d4ed8", 2.5);
   const [first, last] = [history[0], history[history.length - 1]];
   $("state-note").textContent =
     first[1] === last[1]
