@@ -1,6 +1,6 @@
 """The FastAPI app: ``create_app(settings)`` wires Redis, the models, the routers and the error handlers.
 
-The live demo page is served at ``/demo`` (files in ``service/static/demo``).
+The live demo page is served at ``/demo`` (``service.routers.demo``).
 
 Startup (lifespan): use ``CMANP_REDIS_URL``, or start the bundled redis-server on
 ``CMANP_REDIS_DATA_DIR``; load every checkpoint in ``CMANP_CHECKPOINT_DIR``. Shutdown closes the
@@ -13,10 +13,8 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi.staticfiles import StaticFiles
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -28,15 +26,12 @@ from service.errors import install_error_handlers
 from service.inference import Inference
 from service.metrics import Metrics
 from service.registry import ModelRegistry
-from service.routers import health, models, sessions
+from service.routers import demo, health, models, sessions
 from service.schemas import OrjsonResponse
 from service.settings import Settings
 from service.store import SessionStore
 
 logger = logging.getLogger(__name__)
-
-# The live demo page (/demo): static HTML, CSS and ES modules, a plain same-origin client of the API.
-DEMO_DIR = Path(__file__).resolve().parent / "static" / "demo"
 
 
 def connect_redis(url: str, timeout: float) -> Redis:
@@ -84,5 +79,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(sessions.router)
-    app.mount("/demo", StaticFiles(directory=DEMO_DIR, html=True), name="demo")
+    app.include_router(demo.router)
     return app

@@ -1,4 +1,5 @@
-"""The /demo page in a real browser (Debian's headless chromium via selenium) against the live server.
+"""The /demo page: its files over HTTP, and the page in a real browser (Debian's headless chromium via
+selenium) against the live server; the browser tests skip when chromium is not installed.
 
 The page is checked from outside: the points it posted are read back from Redis and compared with
 where the clicks landed, and the band is found in the canvas pixels where the service's own
@@ -11,6 +12,7 @@ import io
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import redis
@@ -23,8 +25,6 @@ from service.client import CMANPClient
 from tests.service.browser import chromium, click_plot, missing_browser, plot, wait_for_points
 from tests.service.helpers import API_KEYS, logged_points
 
-pytestmark = pytest.mark.skipif(missing_browser() is not None, reason=str(missing_browser()))
-
 # The plot's layout, as service/static/demo/chart.js and main.js draw it: margins around the
 # plotting area (CSS pixels) and the y range; x spans the model's range (the tiny model's [-2, 2]).
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 56, 16, 12, 34
@@ -36,6 +36,8 @@ CLICKS = [(0.2, 0.35), (0.5, 0.6), (0.8, 0.3)]  # fractions of the canvas, from 
 @pytest.fixture
 def page(server: str) -> Iterator[WebDriver]:
     """The demo page, loaded and given alice's API key (without one it can only show a 401)."""
+    if reason := missing_browser():
+        pytest.skip(reason)
     with chromium() as driver:
         driver.get(f"{server}/demo")
         key = driver.find_element(By.ID, "api-key")
@@ -73,6 +75,17 @@ def canvas_pixels(driver: WebDriver) -> np.ndarray:
 
 def is_band(rgb: np.ndarray) -> bool:
     return bool(np.all(np.abs(rgb - BAND_RGB) < 8))
+
+
+def test_the_page_and_only_its_files_are_served(server: str) -> None:
+    with httpx.Client(base_url=server) as http:
+        page = http.get("/demo")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert '<script type="module" src="/demo/main.js">' in page.text
+        script = http.get("/demo/main.js")
+        assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+        for outside in ("/demo/nothing.js", "/demo/..%2Fapp.py", "/demo/%2E%2E%2F%2E%2E%2Fpyproject.toml"):
+            assert http.get(outside).status_code == 404, outside
 
 
 def test_clicks_become_context_points_and_the_band_is_drawn(
