@@ -51,6 +51,8 @@ class SessionInfo:
     expires_at: str
     x_transform: dict[str, list[float]]
     y_transform: dict[str, list[float]]
+    out_of_range_fraction: float
+    calibration: dict[str, Any]  # status, coverage, PIT histogram, ... (see the API docs)
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class Prediction:
     variance: np.ndarray  # [m, dim_y]
     num_points: int
     version: int
+    warnings: list[str]  # e.g. queries outside the model's training input range
 
 
 @dataclass(frozen=True)
@@ -146,7 +149,7 @@ def _context_result(response: httpx.Response) -> ContextResult:
 def _prediction(response: httpx.Response) -> Prediction:
     data = response.json()
     mean, variance = np.asarray(data["mean"], dtype=np.float64), np.asarray(data["variance"], dtype=np.float64)
-    return Prediction(mean, variance, data["num_points"], data["version"])
+    return Prediction(mean, variance, data["num_points"], data["version"], data["warnings"])
 
 
 def _models(response: httpx.Response) -> list[ModelInfo]:
