@@ -12,7 +12,9 @@ for the first fold of a session (9 scoring blocks) and a later one (1 block).
 
 Prints and writes JSON (default bench/out/calibration_cost.json): posts/s and p50/p99 latency
 per round and mode, the ratio of the median posts/s, scoring on / off, and the ratio within each
-round (its on and off runs are back to back).
+round (its on and off runs are back to back). Also the server's CPU time per post, which other
+load on a shared machine disturbs far less than posts/s, and the throughput ratio it implies for
+a CPU-bound server (CPU per post off / on).
 """
 
 from __future__ import annotations
@@ -36,6 +38,12 @@ from service.embedded_redis import EmbeddedRedis, free_port
 
 CHECKPOINT_DIR = Path("checkpoints")
 MODEL = "cmanp-gp-rbf"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_server(redis_url: str, scoring: bool) -> tuple[subprocess.Popen, str]:
@@ -153,17 +161,23 @@ def main() -> None:
             process, url = start_server(redis.url, scoring=mode == "on")
             stack.callback(process.wait, 30)
             stack.callback(process.terminate)
-            servers[mode] = url
+            servers[mode] = (process.pid, url)
         for r in range(args.rounds):
             for mode in ("on", "off") if r % 2 == 0 else ("off", "on"):
-                result = asyncio.run(load(servers[mode], args.sessions, args.writers, args.seconds, seed=r))
+                pid, url = servers[mode]
+                cpu = cpu_seconds(pid)
+                result = asyncio.run(load(url, args.sessions, args.writers, args.seconds, seed=r))
+                # Server CPU per post: far less sensitive than posts/s to other work on a shared CPU.
+                result["server_cpu_ms_per_post"] = 1e3 * (cpu_seconds(pid) - cpu) / result["posts"]
                 rounds[mode].append(result)
                 print(
                     f"round {r} scoring {mode:3}: {result['posts_per_s']:7.1f} posts/s, "
-                    f"p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms",
+                    f"p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, "
+                    f"server CPU {result['server_cpu_ms_per_post']:.3f} ms/post",
                     flush=True,
                 )
     median = {mode: statistics.median(r["posts_per_s"] for r in rounds[mode]) for mode in rounds}
+    cpu = {mode: statistics.median(r["server_cpu_ms_per_post"] for r in rounds[mode]) for mode in rounds}
     # Each round pairs an "on" and an "off" run back to back: their ratio cancels slow drift.
     pair_ratios = [on["posts_per_s"] / off["posts_per_s"] for on, off in zip(rounds["on"], rounds["off"], strict=True)]
     report = {
@@ -175,12 +189,19 @@ def main() -> None:
         "median_posts_per_s": median,
         "throughput_ratio_on_over_off": median["on"] / median["off"],
         "round_ratios_on_over_off": pair_ratios,
+        "median_server_cpu_ms_per_post": cpu,
+        # What the CPU cost implies for a CPU-bound server: posts/s with scoring on, over off.
+        "cpu_throughput_ratio_on_over_off": cpu["off"] / cpu["on"],
     }
     for key, value in folds.items():
         print(f"{key}: {value:.1f}")
     ratio = report["throughput_ratio_on_over_off"]
     print(f"median posts/s: scoring on {median['on']:.1f}, off {median['off']:.1f}; ratio on/off {ratio:.3f}")
     print("ratio on/off per round: " + ", ".join(f"{r:.3f}" for r in pair_ratios))
+    print(
+        f"median server CPU per post: scoring on {cpu['on']:.3f} ms, off {cpu['off']:.3f} ms; "
+        f"implied throughput ratio on/off {report['cpu_throughput_ratio_on_over_off']:.3f}"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 
