@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 idempotency_keys=settings.idempotency_keys_per_session,
             )
             registry = ModelRegistry.load(settings.checkpoint_dir, settings.default_model)
-            inference = Inference(settings.inference_workers, settings.torch_threads)
+            inference = Inference(settings.inference_workers, settings.torch_threads, settings.calibration)
             app.state.services = Services(settings, store, registry, inference, metrics)
             yield
 

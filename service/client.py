@@ -51,6 +51,8 @@ class SessionInfo:
     expires_at: str
     x_transform: dict[str, list[float]]
     y_transform: dict[str, list[float]]
+    out_of_range_fraction: float
+    calibration: dict[str, Any]  # status, coverage, PIT histogram, ... (see the API docs)
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class Prediction:
     variance: np.ndarray  # [m, dim_y]
     num_points: int
     version: int
+    warnings: list[str]  # e.g. queries outside the model's training input range
     covariance: np.ndarray | None = None  # [dim_y, m, m], asked for with joint=True
     samples: np.ndarray | None = None  # [S, m, dim_y] joint sample paths, asked for with num_samples=S
 
@@ -155,7 +158,7 @@ def _prediction(response: httpx.Response) -> Prediction:
         None if data.get(k) is None else np.asarray(data[k], dtype=np.float64) for k in ("covariance", "samples")
     )
     mean, variance = np.asarray(data["mean"], dtype=np.float64), np.asarray(data["variance"], dtype=np.float64)
-    return Prediction(mean, variance, data["num_points"], data["version"], covariance, samples)
+    return Prediction(mean, variance, data["num_points"], data["version"], data["warnings"], covariance, samples)
 
 
 def _models(response: httpx.Response) -> list[ModelInfo]:
