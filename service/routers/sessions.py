@@ -86,6 +86,7 @@ def _check_count(points: int, limit: int) -> None:
 async def create_session(
     body: CreateSession, services: ServicesDep, tenant: TenantDep, response: Response
 ) -> SessionInfo:
+    """A new session; 403 when the tenant already has ``CMANP_MAX_SESSIONS_PER_TENANT`` live ones."""
     settings = services.settings
     model = services.registry.get(body.model)
     ttl = body.ttl_seconds or settings.session_ttl_seconds
@@ -101,7 +102,12 @@ async def create_session(
         created_at=time.time(),
         ttl_seconds=ttl,
     )
-    session = await services.store.create(session, model.empty_state)
+    await services.quota.admit(tenant, session.session_id, ttl)
+    try:
+        session = await services.store.create(session, model.empty_state)
+    except BaseException:
+        await services.quota.release(tenant, session.session_id)
+        raise
     services.metrics.sessions_created.inc()
     response.headers["Location"] = f"{router.prefix}/{session.session_id}"
     return _info(session)
@@ -115,6 +121,7 @@ async def get_session(session_id: str, services: ServicesDep, tenant: TenantDep)
 @router.delete("/{session_id}", status_code=204)
 async def delete_session(session_id: str, services: ServicesDep, tenant: TenantDep) -> None:
     await services.store.delete(session_id, tenant)
+    await services.quota.release(tenant, session_id)
     services.metrics.sessions_deleted.inc()
 
 
