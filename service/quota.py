@@ -74,11 +74,11 @@ class SessionQuota:
         """Remove the candidates whose session is gone, re-score the live ones; True if any was removed."""
         if not candidates:
             return False
+        seconds, micros = await self.redis.time()  # not in the pipeline: a cluster pipeline needs keys
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.time()
             for session_id in candidates:
                 pipe.pttl(session_keys(session_id)[0])
-            (seconds, micros), *ttls = await pipe.execute()
+            ttls = await pipe.execute()
         now_ms = seconds * 1000 + micros // 1000
         gone = [session_id for session_id, ttl in zip(candidates, ttls, strict=True) if ttl == -2]
         alive = {session_id: now_ms + ttl for session_id, ttl in zip(candidates, ttls, strict=True) if ttl >= 0}
