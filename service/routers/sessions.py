@@ -12,6 +12,7 @@ import time
 from datetime import UTC, datetime
 from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, Header, Response
 
 from service.dependencies import ServicesDep, TenantDep
@@ -160,14 +161,14 @@ async def predict(session_id: str, body: Query, services: ServicesDep, tenant: T
     model = services.registry.pinned(session.model, session.fingerprint)
     x = model_points(body.x, session.x_transform, "x")
     mean, variance = await services.inference.predict(model, snapshot, x)
+    with np.errstate(over="ignore"):
+        mean, variance = session.y_transform.mean_to_user(mean), session.y_transform.variance_to_user(variance)
+    if not (np.isfinite(mean).all() and np.isfinite(variance).all()):
+        # JSON has no Inf or NaN; e.g. a huge y_transform.scale overflows the variance (scale squared).
+        raise UnprocessableError("the prediction is not a finite number in this session's units (see its y_transform)")
     services.metrics.predictions.inc()
     services.metrics.predicted_points.inc(len(x))
     # Returned as numpy arrays straight to orjson: much faster than validating lists of floats.
     return OrjsonResponse(
-        {
-            "mean": session.y_transform.mean_to_user(mean),
-            "variance": session.y_transform.variance_to_user(variance),
-            "num_points": session.num_points,
-            "version": session.version,
-        }
+        {"mean": mean, "variance": variance, "num_points": session.num_points, "version": session.version}
     )

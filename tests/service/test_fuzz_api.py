@@ -1,10 +1,13 @@
 """Acceptance 1 of the hardening issue: schemathesis fuzzes the OpenAPI schema, in process over ASGI.
 
 Every operation gets schema-valid (positive) and schema-breaking (negative) requests, with a
-valid, a wrong or no API key, on random session ids or on a live session that has points. The
-app runs with its real lifespan against the test redis-server and the tiny model. Each answer
-must not be a server error, and must match the schema: a declared status code, content type,
-headers and body; a request the schema forbids must not succeed.
+valid, a wrong or no API key, on random session ids or on a live session that has points. As
+random point arrays almost never fit a session (right width, equal counts), a share of the
+context and predict bodies on the live session are replaced by well-formed random points, so
+that the model paths are fuzzed too. The app runs with its real lifespan against the test
+redis-server and the tiny model. Each answer must not be a server error, and must match the
+schema: a declared status code, content type, headers and body; a request the schema forbids
+must not succeed.
 """
 
 from __future__ import annotations
@@ -44,6 +47,24 @@ CHECKS = [
     negative_data_rejection,
 ]
 AUTH = {"valid": {"Authorization": f"Bearer {FUZZ_KEY}"}, "wrong": {"Authorization": "Bearer nope"}, "none": {}}
+# Feature values in one feature (the tiny model's dim_x = dim_y = 1): either all moderate, or any
+# finite float32 (then mostly huge: those requests are refused by the range check).
+MODERATE = st.floats(-1e3, 1e3, width=32)
+ANY = st.floats(allow_nan=False, allow_infinity=False, width=32)
+
+
+def _points(n: int, value: st.SearchStrategy[float]) -> st.SearchStrategy[list[list[float]]]:
+    return st.lists(st.lists(value, min_size=1, max_size=1), min_size=n, max_size=n)
+
+
+def _bodies(fields: tuple[str, ...]) -> st.SearchStrategy[dict]:
+    def of(n: int, value: st.SearchStrategy[float]) -> st.SearchStrategy[dict]:
+        return st.fixed_dictionaries({field: _points(n, value) for field in fields})
+
+    return st.tuples(st.integers(1, 20), st.sampled_from([MODERATE, ANY])).flatmap(lambda args: of(*args))
+
+
+WELL_FORMED = {"context": _bodies(("x", "y")), "predict": _bodies(("x",))}
 
 
 @pytest.fixture(scope="module")
@@ -79,11 +100,17 @@ def test_fuzzed_requests_get_no_server_error_and_match_the_schema(schema) -> Non
         database=None,
         suppress_health_check=list(HealthCheck),
     )
-    @given(case=cases, auth=st.sampled_from(["valid"] * 4 + ["wrong", "none"]), on_live=st.booleans())
-    def fuzz(case, auth: str, on_live: bool) -> None:
+    @given(case=cases, auth=st.sampled_from(["valid"] * 4 + ["wrong", "none"]), on_live=st.booleans(), data=st.data())
+    def fuzz(case, auth: str, on_live: bool, data: st.DataObject) -> None:
         if on_live and "session_id" in (case.path_parameters or {}):
             case.path_parameters["session_id"] = live[0]
-        response = case.call(headers=AUTH[auth])
+            action = case.path.rsplit("/", 1)[-1]
+            if action in WELL_FORMED and data.draw(st.booleans(), label="well-formed body"):
+                case.body = data.draw(WELL_FORMED[action], label="body")
+        # The key chosen here replaces any Authorization header schemathesis generated.
+        headers = {k: v for k, v in (case.headers or {}).items() if k.lower() != "authorization"}
+        case.headers = headers | AUTH[auth]
+        response = case.call()
         statuses.setdefault(case.operation.label, Counter())[response.status_code] += 1
         case.validate_response(response, checks=CHECKS)
         if case.method == "DELETE" and response.status_code == 204 and case.path_parameters["session_id"] == live[0]:
