@@ -20,9 +20,12 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# pip-audit checks every installed distribution against PyPI's advisory data (needs PyPI's JSON API);
+# torch's local "+cpu" build and this package itself are not on PyPI, so they are listed as skipped.
 lint: $(STAMP)
 	$(PY) -m ruff check model service tests bench examples
 	$(PY) -m ruff format --check model service tests bench examples
+	$(PY) -m pip_audit --skip-editable --progress-spinner off
 
 train: $(STAMP)
 	$(PY) -m model.train --config configs/gp-rbf.json --out runs/gp-rbf --resume

@@ -6,6 +6,14 @@ Startup (lifespan): use ``CMANP_REDIS_URL``, or start the bundled redis-server o
 ``CMANP_REDIS_DATA_DIR``; load every checkpoint in ``CMANP_CHECKPOINT_DIR``. Shutdown closes the
 Redis client and stops the bundled server. Model calls run in worker threads (see
 ``service.inference``; thread counts are explained in ``service.settings``).
+
+Graceful shutdown: on SIGTERM uvicorn stops accepting connections and lets the requests in
+flight finish (up to ``CMANP_SHUTDOWN_GRACE_SECONDS``) before the lifespan's shutdown closes
+Redis. Nothing can be left half-written even if a request is cut off: each write to a session
+is one Lua script or one MULTI/EXEC transaction (``service.store``), applied whole or not at all.
+
+Middleware, outermost first: request id and access log (``service.logs``), CORS (only when
+``CMANP_CORS_ALLOW_ORIGINS`` is set: browsers get no access by default), metrics, body limit.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -24,7 +33,10 @@ from service.dependencies import Services
 from service.embedded_redis import EmbeddedRedis
 from service.errors import install_error_handlers
 from service.inference import Inference
+from service.logs import REQUEST_ID_HEADER, RequestContext
 from service.metrics import Metrics
+from service.quota import SessionQuota
+from service.rate_limit import RateLimiter
 from service.registry import ModelRegistry
 from service.routers import demo, health, models, sessions
 from service.schemas import OrjsonResponse
@@ -58,9 +70,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 max_points_per_request=settings.max_points_per_request,
                 idempotency_keys=settings.idempotency_keys_per_session,
             )
+            quota = SessionQuota(redis, settings.max_sessions_per_tenant)
+            limiter = None
+            if settings.rate_limit_per_second > 0:
+                limiter = RateLimiter(redis, settings.rate_limit_per_second, settings.rate_limit_burst)
             registry = ModelRegistry.load(settings.checkpoint_dir, settings.default_model)
             inference = Inference(settings.inference_workers, settings.torch_threads, settings.calibration)
-            app.state.services = Services(settings, store, registry, inference, metrics)
+            app.state.services = Services(settings, store, registry, inference, metrics, quota, limiter)
             yield
 
     app = FastAPI(
@@ -76,6 +92,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # directly, and its 413 is not wrapped by the metrics middleware's task group.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.middleware("http")(metrics.observe)
+    if settings.cors_allow_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_allow_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", REQUEST_ID_HEADER],
+            expose_headers=["Location", "Retry-After", "Idempotent-Replayed", REQUEST_ID_HEADER],
+        )
+    app.add_middleware(RequestContext)
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(sessions.router)

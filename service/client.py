@@ -3,11 +3,11 @@
 Results are typed dataclasses; points and predictions are numpy arrays (a 1-D array means one
 feature per point). Failures come back as ``CMANPError`` carrying the problem details.
 
-Transient failures (connection errors, timeouts, 502/503/504) are retried with exponential
-backoff, honouring ``Retry-After``. Each ``add_context`` call generates one Idempotency-Key and
+Transient failures (connection errors, timeouts, 502/503/504, and 429 from the rate limit) are
+retried with exponential backoff, honouring ``Retry-After``. Each ``add_context`` call generates one Idempotency-Key and
 sends it with every retry, so a retry whose first attempt did reach the server applies nothing
 twice. ``create_session`` is only retried when the server cannot have acted on the request (it
-could not be reached, or it answered 503).
+could not be reached, or it answered 429 or 503).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import numpy as np
 import orjson
 from numpy.typing import ArrayLike
 
-RETRY_STATUSES = frozenset({502, 503, 504})
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+NOT_APPLIED_STATUSES = frozenset({429, 503})  # the server refused before acting: safe to resend anything
 T = TypeVar("T")
 
 
@@ -192,7 +193,7 @@ class RetryPolicy:
             if not (call.idempotent or isinstance(outcome, httpx.ConnectError | httpx.ConnectTimeout)):
                 return None
             retry_after = 0.0
-        elif outcome.status_code in RETRY_STATUSES and (call.idempotent or outcome.status_code == 503):
+        elif outcome.status_code in RETRY_STATUSES and (call.idempotent or outcome.status_code in NOT_APPLIED_STATUSES):
             header = outcome.headers.get("Retry-After", "")
             retry_after = float(header) if header.isdigit() else 0.0
         else:

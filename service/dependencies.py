@@ -3,12 +3,14 @@
 Auth: when ``CMANP_API_KEYS`` is set, every ``/v1`` call needs ``Authorization: Bearer <key>``;
 the key names the tenant. Sessions belong to their tenant, and the store answers another
 tenant exactly as it answers for a missing session (404), so ids leak nothing. Without keys,
-every caller is the anonymous tenant "".
+every caller is the anonymous tenant "". With ``CMANP_RATE_LIMIT_PER_SECOND`` set, each
+tenant's ``/v1`` calls then pass its rate limit (``service.rate_limit``) before anything else.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -18,6 +20,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from service.errors import UnauthorizedError
 from service.inference import Inference
 from service.metrics import Metrics
+from service.quota import SessionQuota
+from service.rate_limit import RateLimiter
 from service.registry import ModelRegistry
 from service.settings import Settings
 from service.store import SessionStore
@@ -32,6 +36,8 @@ class Services:
     registry: ModelRegistry
     inference: Inference
     metrics: Metrics
+    quota: SessionQuota
+    rate_limiter: RateLimiter | None  # None: no rate limit
 
 
 def get_services(request: Request) -> Services:
@@ -47,11 +53,25 @@ def authenticate(
         return ANONYMOUS
     if credentials is None:
         raise UnauthorizedError("missing 'Authorization: Bearer <key>' header")
-    tenant = tenants.get(hashlib.sha256(credentials.credentials.encode()).hexdigest())
+    # Only digests are stored, and the presented key's digest is compared with every one of them
+    # by hmac.compare_digest, whose time depends on the lengths alone (all 64), never on where the
+    # bytes differ; no loop exit either. So the time of an answer says nothing about any key.
+    digest = hashlib.sha256(credentials.credentials.encode()).hexdigest()
+    tenant = None
+    for known, owner in tenants.items():
+        if hmac.compare_digest(known, digest):
+            tenant = owner
     if tenant is None:
         raise UnauthorizedError("unknown API key")
     return tenant
 
 
+async def rate_limited_tenant(request: Request, tenant: Annotated[str, Depends(authenticate)]) -> str:
+    limiter = get_services(request).rate_limiter
+    if limiter is not None:
+        await limiter.acquire(tenant)
+    return tenant
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
-TenantDep = Annotated[str, Depends(authenticate)]
+TenantDep = Annotated[str, Depends(rate_limited_tenant)]

@@ -47,6 +47,10 @@ class UnauthorizedError(ServiceError):
     headers = {"WWW-Authenticate": "Bearer"}
 
 
+class ForbiddenError(ServiceError):
+    status = 403
+
+
 class NotFoundError(ServiceError):
     status = 404
 
@@ -61,6 +65,14 @@ class TooLargeError(ServiceError):
 
 class UnprocessableError(ServiceError):
     status = 422
+
+
+class TooManyRequestsError(ServiceError):
+    status = 429
+
+    def __init__(self, detail: str, retry_after_seconds: int) -> None:
+        super().__init__(detail)
+        self.headers = {"Retry-After": str(retry_after_seconds)}
 
 
 class UnavailableError(ServiceError):

@@ -18,6 +18,11 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
+def parse_origins(spec: str) -> list[str]:
+    """``"https://a.example,https://b.example"`` -> a list; ``"*"`` allows any origin."""
+    return [origin.strip() for origin in spec.split(",") if origin.strip()]
+
+
 def parse_api_keys(spec: str) -> dict[str, str]:
     """``"tenant:key,tenant2:key2"`` -> {sha256(key) hex: tenant}. Only key digests are kept in memory."""
     tenants: dict[str, str] = {}
@@ -45,9 +50,16 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1 << 20, ge=1, description="largest request body; more gets 413 before parsing")
     fold_threshold_points: int = Field(256, ge=1, description="fold the append log into the state at this size")
     idempotency_keys_per_session: int = Field(128, ge=1, description="most recent keys remembered per session")
+    max_sessions_per_tenant: int = Field(1_000, ge=1, description="live sessions per tenant; one more gets 403")
+    rate_limit_per_second: float = Field(0.0, ge=0, description="/v1 requests per second per tenant; 0 = no limit")
+    rate_limit_burst: int = Field(20, ge=1, description="requests a tenant may send at once under the rate limit")
     api_keys: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict, description="'tenant:key,...'; empty = no auth"
     )
+    cors_allow_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="'https://a.example,...' may call the API from a browser; empty = CORS off"
+    )
+    shutdown_grace_seconds: int = Field(30, ge=1, description="on SIGTERM, wait this long for requests in flight")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
@@ -60,6 +72,11 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_api_keys(cls, value: object) -> object:
         return parse_api_keys(value) if isinstance(value, str) else value
+
+    @field_validator("cors_allow_origins", mode="before")
+    @classmethod
+    def _parse_origins(cls, value: object) -> object:
+        return parse_origins(value) if isinstance(value, str) else value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -15,6 +15,11 @@ import numpy as np
 from service.errors import UnprocessableError
 from service.schemas import Affine, Bounds
 
+# Largest magnitude accepted in the model's units. The models are trained on O(1) values; far
+# beyond that their activations overflow float32 (NaN predictions, or a state that no longer
+# loads). A million is far outside any meaningful input and far inside the overflow.
+MAX_MODEL_VALUE = 1e6
+
 
 @dataclass(frozen=True)
 class AffineMap:
@@ -73,6 +78,9 @@ def model_points(points: list[list[float]], transform: AffineMap, name: str) -> 
         raise UnprocessableError(f"{name} has {len(points[0])} features per point, the session's model expects {dim}")
     with np.errstate(over="ignore"):
         out = transform.to_model(np.asarray(points, dtype=np.float64)).astype(np.float32)
-    if not np.isfinite(out).all():
-        raise UnprocessableError(f"{name} has values too large for the model after the session's transform")
+    if not (np.abs(out) <= MAX_MODEL_VALUE).all():  # also false for inf
+        raise UnprocessableError(
+            f"{name} has values too large for the model: beyond ±{MAX_MODEL_VALUE:g} in its units after the "
+            "session's transform (choose a transform that maps your data near the model's range)"
+        )
     return out

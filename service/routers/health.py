@@ -6,6 +6,7 @@ from fastapi import APIRouter, Response
 
 from service.dependencies import ServicesDep
 from service.errors import UnavailableError
+from service.routers import PROBLEM_RESPONSES
 
 router = APIRouter(tags=["health"])
 
@@ -16,7 +17,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: PROBLEM_RESPONSES[503]})
 async def readyz(services: ServicesDep) -> dict[str, object]:
     """Redis answers and the default model is loaded; 503 otherwise."""
     await services.store.ping()  # a Redis outage becomes 503 + Retry-After in service.errors

@@ -16,6 +16,7 @@ import time
 from datetime import UTC, datetime
 from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, Header, Response
 
 from service.calibration import Aggregates
@@ -93,6 +94,7 @@ def _check_count(points: int, limit: int) -> None:
 async def create_session(
     body: CreateSession, services: ServicesDep, tenant: TenantDep, response: Response
 ) -> SessionInfo:
+    """A new session; 403 when the tenant already has ``CMANP_MAX_SESSIONS_PER_TENANT`` live ones."""
     settings = services.settings
     model = services.registry.get(body.model)
     ttl = body.ttl_seconds or settings.session_ttl_seconds
@@ -108,7 +110,12 @@ async def create_session(
         created_at=time.time(),
         ttl_seconds=ttl,
     )
-    session = await services.store.create(session, model.empty_state)
+    await services.quota.admit(tenant, session.session_id, ttl)
+    try:
+        session = await services.store.create(session, model.empty_state)
+    except BaseException:
+        await services.quota.release(tenant, session.session_id)
+        raise
     services.metrics.sessions_created.inc()
     response.headers["Location"] = f"{router.prefix}/{session.session_id}"
     return _info(session, Aggregates(), services.inference.scoring)
@@ -130,6 +137,7 @@ async def get_session(session_id: str, services: ServicesDep, tenant: TenantDep)
 @router.delete("/{session_id}", status_code=204)
 async def delete_session(session_id: str, services: ServicesDep, tenant: TenantDep) -> None:
     await services.store.delete(session_id, tenant)
+    await services.quota.release(tenant, session_id)
     services.metrics.sessions_deleted.inc()
 
 
@@ -170,13 +178,18 @@ async def predict(session_id: str, body: Query, services: ServicesDep, tenant: T
     model = services.registry.pinned(session.model, session.fingerprint)
     x = model_points(body.x, session.x_transform, "x")
     mean, variance = await services.inference.predict(model, snapshot, x)
+    with np.errstate(over="ignore"):
+        mean, variance = session.y_transform.mean_to_user(mean), session.y_transform.variance_to_user(variance)
+    if not (np.isfinite(mean).all() and np.isfinite(variance).all()):
+        # JSON has no Inf or NaN; e.g. a huge y_transform.scale overflows the variance (scale squared).
+        raise UnprocessableError("the prediction is not a finite number in this session's units (see its y_transform)")
     services.metrics.predictions.inc()
     services.metrics.predicted_points.inc(len(x))
     # Returned as numpy arrays straight to orjson: much faster than validating lists of floats.
     return OrjsonResponse(
         {
-            "mean": session.y_transform.mean_to_user(mean),
-            "variance": session.y_transform.variance_to_user(variance),
+            "mean": mean,
+            "variance": variance,
             "num_points": session.num_points,
             "version": session.version,
             "warnings": model.training_range.query_warnings(x),

@@ -129,6 +129,10 @@ def test_state_from_bytes_rejects_inconsistent_values(small, state):
         small.state_from_bytes(negative.to_bytes())
 
 
+# Every reason a damaged blob can be refused for; each says what is wrong with it.
+DAMAGE = "truncated|corrupted|bad magic|format version|dtype code|belongs to model|has dims|batch size 0"
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_random_truncation_or_bit_flips_are_rejected(small, state, data):
@@ -138,5 +142,19 @@ def test_random_truncation_or_bit_flips_are_rejected(small, state, data):
     else:
         for pos in data.draw(st.lists(st.integers(0, 8 * len(blob) - 1), min_size=1, max_size=8, unique=True)):
             blob[pos // 8] ^= 1 << (pos % 8)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=DAMAGE):
         small.state_from_bytes(bytes(blob))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(prefix=st.integers(0, 64), junk=st.binary(min_size=0, max_size=256), keep_size=st.booleans())
+def test_random_bytes_in_place_of_a_state_are_rejected(small, state, prefix, junk, keep_size):
+    """A valid header followed by junk (of the right total size, or not), or junk alone, never loads."""
+    blob = state.to_bytes()
+    damaged = blob[:prefix] + junk
+    if keep_size:
+        damaged = (damaged + blob[len(damaged) :])[: len(blob)]
+    if damaged == blob:
+        return
+    with pytest.raises(ValueError, match=DAMAGE):
+        small.state_from_bytes(damaged)

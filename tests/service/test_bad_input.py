@@ -25,6 +25,8 @@ CASES = [
     ("inf", "context", b'{"x": [[0.5]], "y": [[Infinity]]}', ALICE | JSON, 422, "finite number"),
     ("overflow", "context", b'{"x": [[1e400]], "y": [[0.5]]}', ALICE | JSON, 422, "finite number"),
     ("too-large-for-float32", "context", {"x": [[1e300]], "y": [[0.5]]}, ALICE, 422, "too large"),
+    ("far-outside-the-model", "context", {"x": [[0.5]], "y": [[1.5e6]]}, ALICE, 422, "beyond ±1e+06"),
+    ("far-outside-query", "predict", {"x": [[-4.98e22]]}, ALICE, 422, "beyond ±1e+06"),
     ("nan-query", "predict", b'{"x": [[NaN]]}', ALICE | JSON, 422, "finite number"),
     ("string-number", "context", {"x": [["0.5"]], "y": [[0.5]]}, ALICE, 422, "valid number"),
     ("wrong-x-dim", "context", {"x": [[0.5, 1.0]], "y": [[0.5]]}, ALICE, 422, "2 features per point"),
@@ -122,3 +124,11 @@ def test_streamed_body_over_the_limit_is_refused_and_changes_nothing(server: str
     assert response.status_code == 413 and "larger than" in response.json()["detail"]
     assert response.headers["content-type"] == "application/problem+json"
     assert raw_session(redis_client, victim) == before
+
+
+def test_a_prediction_that_overflows_the_users_units_is_refused(server: str) -> None:
+    """A variance is scale**2 times the model's: with scale 1e200 it is no float64, and JSON has no Inf."""
+    with CMANPClient(server, API_KEYS["alice"]) as client:
+        session_id = client.create_session(y_transform={"scale": 1e200}).session_id
+    response = httpx.post(f"{server}/v1/sessions/{session_id}/predict", json={"x": [[0.5]]}, headers=ALICE)
+    assert response.status_code == 422 and "not a finite number" in response.json()["detail"]

@@ -16,7 +16,12 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CMANP_MAX_POINTS_PER_REQUEST", "77")
     monkeypatch.setenv("CMANP_API_KEYS", "alice:k1, bob:k2")
     monkeypatch.setenv("CMANP_LOG_LEVEL", "DEBUG")
+    monkeypatch.setenv("CMANP_CORS_ALLOW_ORIGINS", "https://a.example, https://b.example")
+    monkeypatch.setenv("CMANP_RATE_LIMIT_PER_SECOND", "2.5")
+    monkeypatch.setenv("CMANP_MAX_SESSIONS_PER_TENANT", "7")
     settings = Settings()
+    assert settings.cors_allow_origins == ["https://a.example", "https://b.example"]
+    assert (settings.rate_limit_per_second, settings.max_sessions_per_tenant) == (2.5, 7)
     assert settings.redis_url == "redis://example:6379/1"
     assert settings.max_points_per_request == 77
     assert settings.log_level == "debug"
@@ -27,12 +32,15 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_defaults_use_the_embedded_redis_and_the_shipped_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("REDIS_URL", "API_KEYS", "DEFAULT_MODEL", "CHECKPOINT_DIR", "PORT"):
+    names = ("REDIS_URL", "API_KEYS", "DEFAULT_MODEL", "CHECKPOINT_DIR", "PORT", "CORS_ALLOW_ORIGINS")
+    for name in (*names, "RATE_LIMIT_PER_SECOND", "MAX_SESSIONS_PER_TENANT"):
         monkeypatch.delenv(f"CMANP_{name}", raising=False)
     settings = Settings()
     assert settings.redis_url is None and settings.redis_data_dir == Path("var/redis")
     assert (settings.default_model, settings.checkpoint_dir) == ("cmanp-gp-rbf", Path("checkpoints"))
     assert settings.api_keys == {} and settings.port == 8000
+    assert settings.cors_allow_origins == []  # CORS off
+    assert settings.rate_limit_per_second == 0 and settings.max_sessions_per_tenant == 1000
 
 
 @pytest.mark.parametrize("spec", ["alice", "alice:", ":key", "alice:k,bob:k"])
