@@ -44,7 +44,7 @@ from dataclasses import dataclass, replace
 
 import orjson
 import redis.exceptions
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from service.errors import NotFoundError, UnavailableError, UnprocessableError
 from service.transforms import AffineMap
@@ -223,7 +223,7 @@ def _decode_meta(flat: list[bytes]) -> dict[str, str]:
 
 class SessionStore:
     def __init__(
-        self, redis: Redis, *, fold_threshold: int, max_points_per_request: int, idempotency_keys: int
+        self, redis: Redis | RedisCluster, *, fold_threshold: int, max_points_per_request: int, idempotency_keys: int
     ) -> None:
         self.redis = redis
         self.fold_threshold = fold_threshold

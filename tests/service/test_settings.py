@@ -16,8 +16,9 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CMANP_MAX_POINTS_PER_REQUEST", "77")
     monkeypatch.setenv("CMANP_API_KEYS", "alice:k1, bob:k2")
     monkeypatch.setenv("CMANP_LOG_LEVEL", "DEBUG")
+    monkeypatch.setenv("CMANP_REDIS_CLUSTER", "true")
     settings = Settings()
-    assert settings.redis_url == "redis://example:6379/1"
+    assert settings.redis_url == "redis://example:6379/1" and settings.redis_cluster
     assert settings.max_points_per_request == 77
     assert settings.log_level == "debug"
     assert settings.api_keys == {
@@ -27,10 +28,12 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_defaults_use_the_embedded_redis_and_the_shipped_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("REDIS_URL", "API_KEYS", "DEFAULT_MODEL", "CHECKPOINT_DIR", "PORT"):
+    names = ("REDIS_URL", "REDIS_CLUSTER", "REDIS_APPENDFSYNC", "API_KEYS", "DEFAULT_MODEL", "CHECKPOINT_DIR", "PORT")
+    for name in names:
         monkeypatch.delenv(f"CMANP_{name}", raising=False)
     settings = Settings()
     assert settings.redis_url is None and settings.redis_data_dir == Path("var/redis")
+    assert settings.redis_appendfsync == "always" and not settings.redis_cluster
     assert (settings.default_model, settings.checkpoint_dir) == ("cmanp-gp-rbf", Path("checkpoints"))
     assert settings.api_keys == {} and settings.port == 8000
 
@@ -39,3 +42,8 @@ def test_defaults_use_the_embedded_redis_and_the_shipped_model(monkeypatch: pyte
 def test_malformed_api_keys_are_refused(spec: str) -> None:
     with pytest.raises(ValidationError):
         Settings(api_keys=spec)
+
+
+def test_a_cluster_needs_its_url() -> None:
+    with pytest.raises(ValidationError, match="REDIS_URL"):
+        Settings(redis_cluster=True)
