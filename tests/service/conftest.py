@@ -8,7 +8,7 @@ Cluster in modules that set ``pytestmark = BOTH_BACKENDS`` (from helpers) (each 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,21 @@ from tests.service.helpers import API_KEYS, REPO, TINY, TINY_CARD, build_checkpo
 from tests.service.processes import LocalRedisCluster
 
 torch.set_num_threads(1)
+
+_FIGURES: list[str] = []
+
+
+@pytest.fixture
+def figures() -> Callable[[str], None]:
+    """``figures(line)`` reports a measured figure; all are printed at the end of the run."""
+    return _FIGURES.append
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _FIGURES:
+        terminalreporter.section("measured figures (crash and scale-out tests)")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")
