@@ -11,6 +11,7 @@ cluster node. The server listens on 127.0.0.1 only, on a free port.
 from __future__ import annotations
 
 import importlib.util
+import os
 import socket
 import subprocess
 import time
@@ -49,10 +50,17 @@ class EmbeddedRedis:
     After a first start, the port is fixed: starting again reuses the port and the data.
     """
 
-    def __init__(self, data_dir: Path, port: int = 0, options: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int = 0,
+        options: Mapping[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port
         self.options = dict(options or {})
+        self.env = {**os.environ, **env} if env else None  # extra environment variables of the server
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -84,7 +92,7 @@ class EmbeddedRedis:
         for name, value in self.options.items():
             command += [f"--{name}", value]
         with open(self.data_dir / "redis-server.log", "ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env)
         client = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
         deadline = time.monotonic() + timeout
         try:
