@@ -64,23 +64,21 @@ static int open_and_track(const char *symbol, const char *path, int flags, mode_
     return fd;
 }
 
-static mode_t mode_of(int flags, va_list ap) { return (flags & (O_CREAT | O_TMPFILE)) ? va_arg(ap, int) : 0; }
+/* open and open64 (redis calls both): the mode argument is only there with O_CREAT or O_TMPFILE. */
+#define TRACKING_OPEN(symbol)                                                   \
+    int symbol(const char *path, int flags, ...) {                              \
+        mode_t mode = 0;                                                        \
+        if (flags & (O_CREAT | O_TMPFILE)) {                                    \
+            va_list ap;                                                         \
+            va_start(ap, flags);                                                \
+            mode = va_arg(ap, int);                                             \
+            va_end(ap);                                                         \
+        }                                                                       \
+        return open_and_track(#symbol, path, flags, mode);                      \
+    }
 
-int open(const char *path, int flags, ...) {
-    va_list ap;
-    va_start(ap, flags);
-    mode_t mode = mode_of(flags, ap);
-    va_end(ap);
-    return open_and_track("open", path, flags, mode);
-}
-
-int open64(const char *path, int flags, ...) {
-    va_list ap;
-    va_start(ap, flags);
-    mode_t mode = mode_of(flags, ap);
-    va_end(ap);
-    return open_and_track("open64", path, flags, mode);
-}
+TRACKING_OPEN(open)
+TRACKING_OPEN(open64)
 
 ssize_t write(int fd, const void *buf, size_t count) {
     pthread_mutex_lock(&lock);

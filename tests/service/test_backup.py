@@ -12,22 +12,15 @@ import shutil
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import redis
 
-from service.client import CMANPClient
 from service.embedded_redis import EmbeddedRedis
-from tests.service.helpers import (
-    API_KEYS,
-    assert_same_state,
-    expected_prediction,
-    live_server,
-    make_settings,
-    sample_points,
-    stored_state,
-)
+from tests.service.helpers import live_server, make_settings, sample_points
+from tests.service.history import History, check_session, write
 
-QUERIES = np.linspace(-2.0, 2.0, 9)[:, None]
+POINTS = 300  # a fold at 256, and 44 points still in the log
 
 
 def wait_for(raw: redis.Redis, field: str, timeout: float = 30.0) -> None:
@@ -38,31 +31,29 @@ def wait_for(raw: redis.Redis, field: str, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-def check_restored(server: EmbeddedRedis, session_id: str, x: np.ndarray, y: np.ndarray, net, checkpoint_dir) -> None:
-    with (
-        live_server(make_settings(server.url, checkpoint_dir)) as url,
-        CMANPClient(url, API_KEYS["alice"]) as client,
-        redis.Redis.from_url(server.url) as raw,
-    ):
-        assert client.get_session(session_id).num_points == len(x)
-        mean, _ = expected_prediction(net, x, y, QUERIES)
-        np.testing.assert_allclose(client.predict(session_id, QUERIES).mean, mean, rtol=0, atol=1e-4)
-        assert_same_state(stored_state(raw, session_id, net), x, y, net)
+def check_restored(
+    server: EmbeddedRedis, session_id: str, x: np.ndarray, y: np.ndarray, checkpoint_dir: Path, net
+) -> None:
+    """The restored session holds exactly points 0..POINTS-1 (not the one posted after the backups)."""
+    settings = make_settings(server.url, checkpoint_dir, api_keys="")
+    with live_server(settings) as url, redis.Redis.from_url(server.url) as raw:
+        check_session(url, session_id, list(range(POINTS)), x, y, net, raw)
 
 
 def test_aof_and_rdb_backups_restore_the_sessions(tmp_path: Path, checkpoint_dir: Path, tiny_net) -> None:
-    x, y = sample_points(310, seed=31)
+    x, y = sample_points(POINTS + 1, seed=31)
     live = EmbeddedRedis(tmp_path / "live", options={"appendfsync": "always"})
     live.start()
     try:
         with (
-            live_server(make_settings(live.url, checkpoint_dir)) as url,
-            CMANPClient(url, API_KEYS["alice"]) as client,
+            live_server(make_settings(live.url, checkpoint_dir, api_keys="")) as url,
             redis.Redis.from_url(live.url) as raw,
         ):
-            session_id = client.create_session().session_id
-            client.add_context(session_id, x[:280], y[:280])  # folded into the state
-            client.add_context(session_id, x[280:300], y[280:300])  # still in the log
+            session_id = httpx.post(f"{url}/v1/sessions", json={}).json()["session_id"]
+            history = History()
+            for thread in write([url], session_id, x[:POINTS], y[:POINTS], 4, history):
+                thread.join(timeout=60)
+            assert len(history.acked) == POINTS
 
             raw.bgrewriteaof()
             wait_for(raw, "aof_rewrite_in_progress")
@@ -75,14 +66,15 @@ def test_aof_and_rdb_backups_restore_the_sessions(tmp_path: Path, checkpoint_dir
             (tmp_path / "rdb-backup").mkdir()
             shutil.copy(live.data_dir / "dump.rdb", tmp_path / "rdb-backup" / "dump.rdb")
 
-            client.add_context(session_id, x[300:], y[300:])  # after the backups: not in them
+            after = {"x": [[float(x[POINTS, 0])]], "y": [[float(y[POINTS, 0])]]}  # after the backups: not in them
+            assert httpx.post(f"{url}/v1/sessions/{session_id}/context", json=after).status_code == 200
     finally:
         live.stop()
 
     from_aof = EmbeddedRedis(tmp_path / "aof-backup")
     from_aof.start()  # replays the copied AOF
     try:
-        check_restored(from_aof, session_id, x[:300], y[:300], tiny_net, checkpoint_dir)
+        check_restored(from_aof, session_id, x, y, checkpoint_dir, tiny_net)
     finally:
         from_aof.stop()
 
@@ -97,6 +89,6 @@ def test_aof_and_rdb_backups_restore_the_sessions(tmp_path: Path, checkpoint_dir
     restarted = EmbeddedRedis(tmp_path / "rdb-backup")  # appendonly yes: loads the new AOF, not the RDB
     restarted.start()
     try:
-        check_restored(restarted, session_id, x[:300], y[:300], tiny_net, checkpoint_dir)
+        check_restored(restarted, session_id, x, y, checkpoint_dir, tiny_net)
     finally:
         restarted.stop()
