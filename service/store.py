@@ -234,6 +234,9 @@ class SessionStore:
         self._commit_fold = redis.register_script(_COMMIT_FOLD)
 
     async def ping(self) -> bool:
+        if isinstance(self.redis, RedisCluster):
+            # Every master: sessions live on all of them, and one node answering proves little.
+            return bool(await self.redis.ping(target_nodes=RedisCluster.PRIMARIES))
         return bool(await self.redis.ping())
 
     async def create(self, session: Session, state: bytes) -> Session:
