@@ -47,8 +47,16 @@ def percentiles(latencies: list[float]) -> dict[str, float]:
 async def store_appends(url: str, seconds: float, concurrency: int) -> dict[str, float]:
     client = connect_redis(url, timeout=5)
     store = SessionStore(client, fold_threshold=1 << 40, max_points_per_request=1, idempotency_keys=128)
+    identity = AffineMap.from_lists([0.0], [1.0])
     session = Session(
-        "bench", "", "m", "f", AffineMap.from_lists([0.0], [1.0]), AffineMap.from_lists([0.0], [1.0]), 0.0, 3600
+        "bench",
+        tenant="",
+        model="m",
+        fingerprint="f",
+        x_transform=identity,
+        y_transform=identity,
+        created_at=0.0,
+        ttl_seconds=3600,
     )
     await store.create(session, b"state")
     entry = np.zeros(2, dtype="<f4").tobytes()

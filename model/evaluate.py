@@ -104,7 +104,8 @@ def update_card_json(path: Path, result: dict) -> None:
     """Merge one run's headline numbers into a checkpoint's sidecar (what GET /v1/models serves)."""
     card = json.loads(path.read_text()) if path.exists() else {}
     if card.get("fingerprint") not in (None, result["fingerprint"]):
-        card = {}  # numbers of other weights are stale
+        # Numbers of other weights are stale; the training output range is a fact about the data.
+        card = {k: v for k, v in card.items() if k == "y_range"}
     card["fingerprint"] = result["fingerprint"]
     if result["mode"] == "protocol":
         k = result["kernel"]

@@ -1,5 +1,7 @@
 """The FastAPI app: ``create_app(settings)`` wires Redis, the models, the routers and the error handlers.
 
+The live demo page is served at ``/demo`` (``service.routers.demo``).
+
 Startup (lifespan): use ``CMANP_REDIS_URL`` (a Redis Cluster with ``CMANP_REDIS_CLUSTER=true``),
 or start the bundled redis-server on ``CMANP_REDIS_DATA_DIR``; load every checkpoint in
 ``CMANP_CHECKPOINT_DIR``. Shutdown closes the Redis client and stops the bundled server. Model
@@ -25,7 +27,7 @@ from service.errors import install_error_handlers
 from service.inference import Inference
 from service.metrics import Metrics
 from service.registry import ModelRegistry
-from service.routers import health, models, sessions
+from service.routers import demo, health, models, sessions
 from service.schemas import OrjsonResponse
 from service.settings import Settings
 from service.store import SessionStore
@@ -62,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 idempotency_keys=settings.idempotency_keys_per_session,
             )
             registry = ModelRegistry.load(settings.checkpoint_dir, settings.default_model)
-            inference = Inference(settings.inference_workers, settings.torch_threads)
+            inference = Inference(settings.inference_workers, settings.torch_threads, settings.calibration)
             app.state.services = Services(settings, store, registry, inference, metrics)
             yield
 
@@ -82,4 +84,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(sessions.router)
+    app.include_router(demo.router)
     return app

@@ -51,6 +51,8 @@ class SessionInfo:
     expires_at: str
     x_transform: dict[str, list[float]]
     y_transform: dict[str, list[float]]
+    out_of_range_fraction: float
+    calibration: dict[str, Any]  # status, coverage, PIT histogram, ... (see the API docs)
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,9 @@ class Prediction:
     variance: np.ndarray  # [m, dim_y]
     num_points: int
     version: int
+    warnings: list[str]  # e.g. queries outside the model's training input range
+    covariance: np.ndarray | None = None  # [dim_y, m, m], asked for with joint=True
+    samples: np.ndarray | None = None  # [S, m, dim_y] joint sample paths, asked for with num_samples=S
 
 
 @dataclass(frozen=True)
@@ -129,8 +134,12 @@ def _context_call(session_id: str, x: ArrayLike, y: ArrayLike, idempotency_key: 
     return _Call("POST", f"/v1/sessions/{session_id}/context", body, headers)
 
 
-def _predict_call(session_id: str, x: ArrayLike) -> _Call:
-    return _Call("POST", f"/v1/sessions/{session_id}/predict", {"x": _points(x, "x")})
+def _predict_call(session_id: str, x: ArrayLike, joint: bool, num_samples: int | None, seed: int | None) -> _Call:
+    body: dict[str, Any] = {"x": _points(x, "x")}
+    if joint:
+        body["joint"] = True
+    body.update({k: v for k, v in (("num_samples", num_samples), ("seed", seed)) if v is not None})
+    return _Call("POST", f"/v1/sessions/{session_id}/predict", body)
 
 
 def _session(response: httpx.Response) -> SessionInfo:
@@ -145,8 +154,11 @@ def _context_result(response: httpx.Response) -> ContextResult:
 
 def _prediction(response: httpx.Response) -> Prediction:
     data = response.json()
+    covariance, samples = (
+        None if data.get(k) is None else np.asarray(data[k], dtype=np.float64) for k in ("covariance", "samples")
+    )
     mean, variance = np.asarray(data["mean"], dtype=np.float64), np.asarray(data["variance"], dtype=np.float64)
-    return Prediction(mean, variance, data["num_points"], data["version"])
+    return Prediction(mean, variance, data["num_points"], data["version"], data["warnings"], covariance, samples)
 
 
 def _models(response: httpx.Response) -> list[ModelInfo]:
@@ -238,8 +250,16 @@ class CMANPClient:
     ) -> ContextResult:
         return _context_result(self._send(_context_call(session_id, x, y, idempotency_key)))
 
-    def predict(self, session_id: str, x: ArrayLike) -> Prediction:
-        return _prediction(self._send(_predict_call(session_id, x)))
+    def predict(
+        self,
+        session_id: str,
+        x: ArrayLike,
+        joint: bool = False,
+        num_samples: int | None = None,
+        seed: int | None = None,
+    ) -> Prediction:
+        """Mean and variance at x; joint=True adds the covariance, num_samples=S adds S joint sample paths."""
+        return _prediction(self._send(_predict_call(session_id, x, joint, num_samples, seed)))
 
     def get_session(self, session_id: str) -> SessionInfo:
         return _session(self._send(_Call("GET", f"/v1/sessions/{session_id}")))
@@ -309,8 +329,15 @@ class AsyncCMANPClient:
     ) -> ContextResult:
         return _context_result(await self._send(_context_call(session_id, x, y, idempotency_key)))
 
-    async def predict(self, session_id: str, x: ArrayLike) -> Prediction:
-        return _prediction(await self._send(_predict_call(session_id, x)))
+    async def predict(
+        self,
+        session_id: str,
+        x: ArrayLike,
+        joint: bool = False,
+        num_samples: int | None = None,
+        seed: int | None = None,
+    ) -> Prediction:
+        return _prediction(await self._send(_predict_call(session_id, x, joint, num_samples, seed)))
 
     async def get_session(self, session_id: str) -> SessionInfo:
         return _session(await self._send(_Call("GET", f"/v1/sessions/{session_id}")))

@@ -2,6 +2,10 @@
 
 Requests are labelled by route template (``/v1/sessions/{session_id}``), never by raw path, so
 session ids cannot blow up the label cardinality.
+
+Calibration (``service.calibration``) is aggregated across sessions per model, from the folds
+this process committed: counters of scored values, interval hits and PIT bins (sum them across
+processes), and coverage gauges, this process's hits / scored values since it started.
 """
 
 from __future__ import annotations
@@ -10,7 +14,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 from fastapi import Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from service.calibration import LEVELS, PIT_BINS, Aggregates
 
 
 class Metrics:
@@ -31,6 +37,35 @@ class Metrics:
         self.predicted_points = counter("predicted_points", "query points predicted")
         self.sessions_created = counter("sessions_created", "sessions created")
         self.sessions_deleted = counter("sessions_deleted", "sessions deleted")
+        self.scored_values = counter("calibration_scored_values", "context values scored before folding", ("model",))
+        self.covered = counter(
+            "calibration_covered_values", "scored values inside the central predictive interval", ("model", "level")
+        )
+        self.pit = counter("calibration_pit_values", "scored values per PIT bin [bin, bin + 0.1)", ("model", "bin"))
+        self.out_of_range = counter(
+            "out_of_range_points", "context points outside the model's training range", ("model",)
+        )
+        self.coverage = Gauge(
+            "cmanp_calibration_coverage",
+            "fraction of scored values inside the central predictive interval (this process)",
+            ("model", "level"),
+            registry=self.registry,
+        )
+        self._calibration: dict[str, Aggregates] = {}  # per model, this process's folds
+
+    def record_fold(self, model: str, folded: Aggregates) -> None:
+        """Add a committed fold's calibration sums to the model's counters and gauges."""
+        self.scored_values.labels(model).inc(folded.values)
+        self.out_of_range.labels(model).inc(folded.out_of_range)
+        for i, count in enumerate(folded.pit):
+            self.pit.labels(model, f"{i / PIT_BINS:.1f}").inc(count)
+        for level, covered in zip(LEVELS, folded.covered, strict=True):
+            self.covered.labels(model, f"{level:g}").inc(covered)
+        total = self._calibration[model] = self._calibration.get(model, Aggregates()) + folded
+        coverage = total.coverage()
+        if coverage is not None:  # None until this process has scored a value of the model
+            for level, fraction in zip(LEVELS, coverage, strict=True):
+                self.coverage.labels(model, f"{level:g}").set(fraction)
 
     async def observe(self, request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         """HTTP middleware: count and time every request."""

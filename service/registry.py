@@ -1,7 +1,8 @@
 """The served models: every ``*.safetensors`` in the checkpoint directory, named by file stem.
 
 A model card sidecar ``<stem>.json`` (headline eval numbers) is served as the model's metrics
-when present. Sessions pin a model's name and fingerprint; ``pinned`` refuses a session whose
+when present; its ``y_range``, the training output range, feeds the range guard
+(``service.training_range``). Sessions pin a model's name and fingerprint; ``pinned`` refuses a session whose
 model is gone or was replaced by different weights, so a session never gets silently wrong
 predictions from a model that did not build its state.
 """
@@ -16,6 +17,7 @@ from typing import Any
 
 from model import CMANP, load_checkpoint
 from service.errors import ConflictError, NotFoundError
+from service.training_range import TrainingRange
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +28,7 @@ class ServedModel:
     net: CMANP
     metrics: dict[str, Any] | None
     empty_state: bytes  # the state blob of a new session
+    training_range: TrainingRange
 
     @property
     def fingerprint(self) -> str:
@@ -44,7 +47,9 @@ class ServedModel:
         net = load_checkpoint(path)
         card = path.with_suffix(".json")
         metrics = json.loads(card.read_text()) if card.is_file() else None
-        return cls(path.stem, net, metrics, net.empty_state(batch_size=1).to_bytes())
+        y_range = (metrics or {}).pop("y_range", None)
+        training_range = TrainingRange(net.cfg.x_range, tuple(y_range) if y_range else None)
+        return cls(path.stem, net, metrics, net.empty_state(batch_size=1).to_bytes(), training_range)
 
 
 class ModelRegistry:
@@ -72,14 +77,19 @@ class ModelRegistry:
             raise NotFoundError(f"model {name!r} is not served; GET /v1/models lists the served models")
         return self.models[name]
 
-    def pinned(self, name: str, fingerprint: str) -> ServedModel:
-        """The model a session was created with, if it is still served with the same weights."""
+    def serving(self, name: str, fingerprint: str) -> ServedModel | None:
+        """The model a session was created with, or None if it is gone or was replaced."""
         served = self.models.get(name)
-        if served is None:
+        return served if served is not None and served.fingerprint == fingerprint else None
+
+    def pinned(self, name: str, fingerprint: str) -> ServedModel:
+        """The model a session was created with, if it is still served with the same weights (else 409)."""
+        served = self.serving(name, fingerprint)
+        if served is not None:
+            return served
+        if name not in self.models:
             raise ConflictError(f"this session's model {name!r} is no longer served; create a new session")
-        if served.fingerprint != fingerprint:
-            raise ConflictError(
-                f"this session's model {name!r} was replaced (its state was built by fingerprint {fingerprint}, "
-                f"the served weights are {served.fingerprint}); create a new session"
-            )
-        return served
+        raise ConflictError(
+            f"this session's model {name!r} was replaced (its state was built by fingerprint {fingerprint}, "
+            f"the served weights are {self.models[name].fingerprint}); create a new session"
+        )

@@ -7,7 +7,7 @@ that need the session's model (feature dimensions, point limits) happen in the r
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi.responses import JSONResponse
@@ -72,6 +72,20 @@ class CreateSession(Body):
     ttl_seconds: int | None = Field(None, ge=1, description="idle expiry; default: CMANP_SESSION_TTL_SECONDS")
 
 
+class CalibrationReport(BaseModel):
+    """Prequential calibration of the session's points (see ``service.calibration``), in model units."""
+
+    enabled: bool = Field(description="whether this server scores points (CMANP_CALIBRATION)")
+    status: Literal["ok", "insufficient_data", "miscalibrated"]
+    reasons: list[str] = Field(description="why the status is miscalibrated; empty otherwise")
+    scored_points: int = Field(description="points scored by the state before them")
+    mean_log_density: float | None = Field(description="mean log predictive density per point")
+    standardised_residual_mean: float | None = Field(description="of z = (y - mean) / std; calibrated: 0")
+    standardised_residual_variance: float | None = Field(description="of z; calibrated: 1")
+    coverage: dict[str, float] = Field(description="fraction of values inside the central 50%, 90%, 95% intervals")
+    pit_histogram: list[int] = Field(description="counts of PIT = Phi(z) in 10 equal bins of [0, 1]; calibrated: flat")
+
+
 class SessionInfo(BaseModel):
     session_id: str
     model: str
@@ -86,6 +100,10 @@ class SessionInfo(BaseModel):
     expires_at: str
     x_transform: AffineOut
     y_transform: AffineOut
+    out_of_range_fraction: float = Field(
+        description="fraction of the points whose x or y lies outside the model's training range (model units)"
+    )
+    calibration: CalibrationReport
 
 
 class Context(Body):
@@ -120,6 +138,7 @@ class Prediction(BaseModel):
     variance: list[list[float]]
     num_points: int
     version: int
+    warnings: list[str] = Field(description="e.g. queries outside the model's training input range")
 
 
 # ---- models and errors --------------------------------------------------------------------------
@@ -131,6 +150,7 @@ class ModelInfo(BaseModel):
     dim_x: int
     dim_y: int
     x_range: tuple[float, float]
+    y_range: tuple[float, float] | None = Field(description="training output range (model card); None: not stated")
     config: dict[str, Any]
     metrics: dict[str, Any] | None = Field(description="headline eval numbers from the model card, if any")
     default: bool

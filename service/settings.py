@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per model call")
     inference_workers: int = Field(os.cpu_count() or 1, ge=1, description="model calls running at once")
     redis_timeout_seconds: float = Field(5.0, gt=0, description="socket timeout of Redis calls")
+    calibration: bool = Field(True, description="score each context point against the state before it")
 
     @field_validator("api_keys", mode="before")
     @classmethod

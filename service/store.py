@@ -20,7 +20,10 @@ would multiply the append-only-file traffic): the fold computes the new state of
 loop from such a snapshot, then commits with a script that checks the fold epoch is unchanged,
 writes the state and LTRIMs exactly the folded prefix (appends only add at the tail). A
 conflicting commit is dropped and the fold retried. The update is exact and order-independent,
-so whatever the interleaving, every acknowledged point is counted exactly once.
+so whatever the interleaving, every acknowledged point is counted exactly once. A fold may also
+return sums (``Fold.sums``, e.g. calibration scores of the folded points, see
+``service.calibration``): the same commit adds them to meta fields ``sum:<name>``, so they too
+count every folded point exactly once, and a session's record stays constant-size.
 
 Memory per session is bounded by a constant: an append is refused while the log would exceed
 ``fold_threshold + max_points_per_request`` points (the writer folds, then appends again), and
@@ -40,7 +43,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import orjson
 import redis.exceptions
@@ -54,6 +57,7 @@ logger = logging.getLogger(__name__)
 KEY_PREFIX = "cmanp"
 KEY_PARTS = ("meta", "state", "log", "idem")  # the order of KEYS in every script
 DIGEST_BYTES = 16
+SUM_PREFIX = "sum:"  # meta fields that hold a fold's sums
 COUNTER_DIGITS = 16  # num_points and version, zero-padded decimal: exact up to 2^53 in Lua
 RECORD_BYTES = 2 * DIGEST_BYTES + 2 * COUNTER_DIGITS
 MAX_ATTEMPTS = 20  # folds/appends lost to concurrent folds before giving up (never seen in practice)
@@ -105,7 +109,8 @@ end
     + "return {'ok', num_points, version, log_points}"
 )
 
-# ARGV: fold epoch of the snapshot, log entries folded, points folded, new state.
+# ARGV: fold epoch of the snapshot, log entries folded, points folded, new state, then pairs of
+# meta field and amount to add (the fold's sums).
 _COMMIT_FOLD = (
     """
 if redis.call('HGET', KEYS[1], 'fold_epoch') ~= ARGV[1] then return 0 end
@@ -113,6 +118,7 @@ redis.call('SET', KEYS[2], ARGV[4])
 redis.call('LTRIM', KEYS[3], tonumber(ARGV[2]), -1)
 redis.call('HINCRBY', KEYS[1], 'log_points', -tonumber(ARGV[3]))
 redis.call('HINCRBY', KEYS[1], 'fold_epoch', 1)
+for i = 5, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1]) end
 """
     + _TOUCH
     + "return 1"
@@ -142,6 +148,7 @@ class Session:
     num_points: int = 0
     version: int = 0  # context posts applied
     state_bytes: int = 0
+    sums: dict[str, float] = field(default_factory=dict)  # what the committed folds added up (Fold.sums)
 
     @property
     def dim_x(self) -> int:
@@ -189,6 +196,7 @@ class Session:
             num_points=int(meta["num_points"]),
             version=int(meta["version"]),
             state_bytes=state_bytes,
+            sums={k.removeprefix(SUM_PREFIX): float(v) for k, v in meta.items() if k.startswith(SUM_PREFIX)},
         )
 
 
@@ -204,13 +212,22 @@ class Snapshot:
 
 
 @dataclass(frozen=True)
+class Fold:
+    """A snapshot's state with its log folded in, and sums to add to the session's record with it."""
+
+    state: bytes
+    sums: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Appended:
     num_points: int
     version: int
     replayed: bool  # an Idempotency-Key repeat: nothing was applied
+    folds: tuple[Fold, ...] = ()  # the folds this append committed
 
 
-FoldFn = Callable[[Snapshot], Awaitable[bytes]]  # snapshot -> state with its log folded in
+FoldFn = Callable[[Snapshot], Awaitable[Fold]]
 
 
 def _not_found(session_id: str) -> NotFoundError:
@@ -287,6 +304,7 @@ class SessionStore:
         key_digest = _digest(idempotency_key.encode()) if idempotency_key is not None else b""
         request_digest = _digest(entry)
         args = [entry, points, key_digest, request_digest, self.log_capacity, self.idempotency_keys]
+        folds: list[Fold] = []
         for _ in range(MAX_ATTEMPTS):
             reply = await self._append(keys=session_keys(session.session_id), args=args)
             status = reply[0].decode()
@@ -300,31 +318,38 @@ class SessionStore:
                 num_points, version = int(counters[:COUNTER_DIGITS]), int(counters[COUNTER_DIGITS:])
                 return Appended(num_points, version, replayed=True)
             if status == "full":  # concurrent writers outran the folds: make room, then try again
-                await self.fold(session, compute)
+                folds.extend(filter(None, [await self.fold(session, compute)]))
                 continue
             _, num_points, version, log_points = reply
             if log_points >= self.fold_threshold:
-                await self._fold_after_append(session, compute)
-            return Appended(num_points, version, replayed=False)
+                folds.extend(filter(None, [await self._fold_after_append(session, compute)]))
+            return Appended(num_points, version, replayed=False, folds=tuple(folds))
         raise UnavailableError(f"session {session.session_id} is too busy to take more points; retry shortly")
 
-    async def _fold_after_append(self, session: Session, compute: FoldFn) -> None:
+    async def _fold_after_append(self, session: Session, compute: FoldFn) -> Fold | None:
         # The post is already durable: a Redis failure here must not turn its answer into an error.
         try:
-            await self.fold(session, compute)
+            return await self.fold(session, compute)
         except redis.exceptions.RedisError as e:
             logger.warning("fold of session %s deferred: %s", session.session_id, e)
+            return None
 
-    async def fold(self, session: Session, compute: FoldFn) -> None:
-        """Fold the log into the state until it is below the threshold (another folder may do it)."""
+    async def fold(self, session: Session, compute: FoldFn) -> Fold | None:
+        """Fold the log into the state if it is at the threshold; the fold committed here, if any
+        (None: the log was below the threshold, or another folder did it)."""
         for _ in range(MAX_ATTEMPTS):
             snapshot = await self.snapshot(session.session_id, session.tenant)
             if snapshot.log_points < self.fold_threshold:
-                return
-            if await self._commit(snapshot, await compute(snapshot)):
-                return
+                return None
+            fold = await compute(snapshot)
+            if await self._commit(snapshot, fold):
+                return fold
+        return None
 
-    async def _commit(self, snapshot: Snapshot, state: bytes) -> bool:
-        """Replace the state by ``state`` (= snapshot state + snapshot log) unless another fold came first."""
-        args = [snapshot.fold_epoch, len(snapshot.log), snapshot.log_points, state]
+    async def _commit(self, snapshot: Snapshot, fold: Fold) -> bool:
+        """Replace the state by the fold's (= snapshot state + snapshot log) and add its sums, unless
+        another fold came first."""
+        args: list[bytes | str | int] = [snapshot.fold_epoch, len(snapshot.log), snapshot.log_points, fold.state]
+        for name, amount in fold.sums.items():
+            args += [SUM_PREFIX + name, repr(amount)]
         return bool(await self._commit_fold(keys=session_keys(snapshot.session.session_id), args=args))

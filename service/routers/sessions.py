@@ -2,6 +2,10 @@
 
 Points travel in the user's units; each session's transforms map them into the model's units
 (``service.transforms``). Predictions come back in user units.
+
+``GET /v1/sessions/{id}`` reports the session's prequential calibration and its out-of-range
+fraction over every point posted: the sums the folds committed, plus those of the unfolded log,
+scored the same way without writing (``service.calibration``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Response
 
+from service.calibration import Aggregates
 from service.dependencies import ServicesDep, TenantDep
 from service.errors import TooLargeError, UnprocessableError
 from service.inference import log_entry
@@ -58,7 +63,7 @@ def _affine_out(t: AffineMap) -> AffineOut:
     return AffineOut(shift=t.shift.tolist(), scale=t.scale.tolist())
 
 
-def _info(session: Session) -> SessionInfo:
+def _info(session: Session, calibration: Aggregates, scoring: bool) -> SessionInfo:
     # Every read refreshes the TTL, so the session now expires one TTL from now.
     return SessionInfo(
         session_id=session.session_id,
@@ -74,6 +79,8 @@ def _info(session: Session) -> SessionInfo:
         expires_at=_iso(time.time() + session.ttl_seconds),
         x_transform=_affine_out(session.x_transform),
         y_transform=_affine_out(session.y_transform),
+        out_of_range_fraction=calibration.out_of_range / session.num_points if session.num_points else 0.0,
+        calibration=calibration.report(enabled=scoring),
     )
 
 
@@ -104,12 +111,20 @@ async def create_session(
     session = await services.store.create(session, model.empty_state)
     services.metrics.sessions_created.inc()
     response.headers["Location"] = f"{router.prefix}/{session.session_id}"
-    return _info(session)
+    return _info(session, Aggregates(), services.inference.scoring)
 
 
 @router.get("/{session_id}")
 async def get_session(session_id: str, services: ServicesDep, tenant: TenantDep) -> SessionInfo:
-    return _info(await services.store.get(session_id, tenant))
+    """The session's metadata, its calibration and its out-of-range fraction."""
+    snapshot = await services.store.snapshot(session_id, tenant)
+    session = snapshot.session
+    calibration = Aggregates.from_sums(session.sums)
+    # A session whose model is gone keeps readable metadata; its unfolded log can no longer be scored.
+    model = services.registry.serving(session.model, session.fingerprint)
+    if model is not None and snapshot.log:
+        calibration += await services.inference.score_log(model, snapshot)
+    return _info(session, calibration, services.inference.scoring)
 
 
 @router.delete("/{session_id}", status_code=204)
@@ -135,6 +150,8 @@ async def add_context(
     y = model_points(body.y, session.y_transform, "y")
     compute_fold = functools.partial(services.inference.fold, model)
     appended = await services.store.append(session, log_entry(x, y), len(x), idempotency_key, compute_fold)
+    for fold in appended.folds:
+        services.metrics.record_fold(model.name, Aggregates.from_sums(fold.sums))
     if appended.replayed:
         response.headers["Idempotent-Replayed"] = "true"
         services.metrics.idempotent_replays.inc()
@@ -162,5 +179,6 @@ async def predict(session_id: str, body: Query, services: ServicesDep, tenant: T
             "variance": session.y_transform.variance_to_user(variance),
             "num_points": session.num_points,
             "version": session.version,
+            "warnings": model.training_range.query_warnings(x),
         }
     )

@@ -107,18 +107,20 @@ def raw_session(client: redis.Redis, session_id: str) -> dict[bytes, bytes]:
     return {key: client.dump(key) for key in session_keys_in_redis(client, session_id)}
 
 
-def stored_state(client: redis.Redis, session_id: str, net: CMANP) -> CMANPState:
-    """The session's exact state as Redis holds it: the state blob with the unfolded log applied.
-
-    Read straight from the raw keys (the log is float32 rows [x | y] in model units).
-    """
-    state = net.state_from_bytes(client.get(f"{KEY_PREFIX}:{{{session_id}}}:state"))
+def logged_points(client: redis.Redis, session_id: str, dim_x: int, dim_y: int) -> tuple[np.ndarray, np.ndarray]:
+    """The points of the session's unfolded append log, read from the raw key (float32 rows [x | y], model units)."""
     log = client.lrange(f"{KEY_PREFIX}:{{{session_id}}}:log", 0, -1)
-    if log:
-        dx = net.cfg.dim_x
-        rows = torch.from_numpy(np.frombuffer(b"".join(log), dtype="<f4").reshape(1, -1, dx + net.cfg.dim_y).copy())
+    rows = np.frombuffer(b"".join(log), dtype="<f4").reshape(-1, dim_x + dim_y)
+    return rows[:, :dim_x], rows[:, dim_x:]
+
+
+def stored_state(client: redis.Redis, session_id: str, net: CMANP) -> CMANPState:
+    """The session's exact state as Redis holds it: the state blob with the unfolded log applied."""
+    state = net.state_from_bytes(client.get(f"{KEY_PREFIX}:{{{session_id}}}:state"))
+    x, y = logged_points(client, session_id, net.cfg.dim_x, net.cfg.dim_y)
+    if len(x):
         with torch.no_grad():
-            state = net.update(state, rows[..., :dx], rows[..., dx:])
+            state = net.update(state, torch.from_numpy(x[None].copy()), torch.from_numpy(y[None].copy()))
     return state
 
 

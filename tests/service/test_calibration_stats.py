@@ -1,0 +1,124 @@
+"""The calibration module's pieces on their own: scoring blocks, sums, the verdict's statistics, and
+the store's exactly-once commit of a fold's sums (against a real Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import numpy as np
+import pytest
+import torch
+from redis.asyncio import Redis
+
+from service.calibration import Aggregates, prequential_blocks, tolerated_coverage, wilson_interval
+from service.store import Fold, Session, SessionStore
+from service.transforms import AffineMap
+
+
+@pytest.mark.parametrize("start", [0, 1, 5, 256, 300, 1000, 4000])
+@pytest.mark.parametrize("count", [1, 3, 40, 256, 700])
+def test_blocks_follow_the_documented_rule(start: int, count: int) -> None:
+    # Point i is scored by the state of the first b(i) points: the larger of the batch start and
+    # the largest power of two <= i (0 for point 0).
+    def before(i: int) -> int:
+        return max(start, 2 ** int(math.log2(i)) if i else 0)
+
+    blocks = prequential_blocks(start, count)
+    assert blocks[0][0] == 0 and blocks[-1][1] == count
+    assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:], strict=False))  # contiguous
+    for block_start, block_stop in blocks:
+        assert block_start < block_stop
+        # every point of a block is scored by the state of the points before the block, none of its own
+        assert {before(start + i) for i in range(block_start, block_stop)} == {start + block_start}
+
+
+def test_tolerance_bands_are_the_documented_ones() -> None:
+    # Coverage of a Gaussian whose std is 1.5x smaller or larger than predicted (computed by hand).
+    assert tolerated_coverage(0.5) == pytest.approx((0.347, 0.688), abs=1e-3)
+    assert tolerated_coverage(0.95) == pytest.approx((0.809, 0.997), abs=1e-3)
+
+
+def test_wilson_interval_matches_published_values() -> None:
+    # Newcombe (1998), Statistics in Medicine 17:857, table I: 81/263 -> 0.2553-0.3662 at 95%;
+    # 15/148 -> 0.0624-0.1605.
+    assert wilson_interval(81, 263, z=1.959964) == pytest.approx((0.2553, 0.3662), abs=1e-4)
+    assert wilson_interval(15, 148, z=1.959964) == pytest.approx((0.0624, 0.1605), abs=1e-4)
+
+
+def scores(z: np.ndarray) -> Aggregates:
+    """Aggregates of standardised residuals z, scored by N(0, 1) predictions."""
+    y = torch.from_numpy(z[:, None])
+    return Aggregates.of_scores(y, torch.zeros_like(y), torch.ones_like(y))
+
+
+def test_sums_round_trip_and_add_up() -> None:
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal(70), 3 * rng.standard_normal(30)
+    both = scores(np.concatenate([a, b]))
+    added = scores(a) + scores(b)
+    assert (added.points, added.values, added.covered, added.pit) == (100, 100, both.covered, both.pit)
+    assert added.z_square_sum == pytest.approx(both.z_square_sum)
+    assert added.log_density == pytest.approx(both.log_density)
+    assert Aggregates.from_sums(added.to_sums()) == added
+    assert sum(added.pit) == 100 and added.covered[2] == int(np.sum(np.abs(np.concatenate([a, b])) <= 1.959964))
+
+
+def statuses(std: float, sessions: int, checks: tuple[int, ...], seed: int) -> list[list[str]]:
+    """Per simulated session, the status after each number of points in checks, for data whose std is
+    ``std`` times the predicted one."""
+    rng = np.random.default_rng(seed)
+    result = []
+    for _ in range(sessions):
+        z = std * rng.standard_normal(checks[-1])
+        total, seen, row = Aggregates(), 0, []
+        for n in checks:
+            total, seen = total + scores(z[seen:n]), n
+            row.append(total.verdict()[0])
+        result.append(row)
+    return result
+
+
+def test_calibrated_forecasts_almost_never_raise_an_alarm() -> None:
+    checks = (20, 50, 100, 200, 500, 1000)
+    runs = statuses(1.0, sessions=1000, checks=checks, seed=2)
+    assert all(row[0] == "insufficient_data" for row in runs)
+    alarms = sum("miscalibrated" in row for row in runs)
+    assert alarms <= 2  # stated level: below 0.1% per check; the tolerance band makes it far rarer
+
+
+# The power stated in the README: data at 20x or 3x the predicted std are caught within 50 and 100
+# points, 2x within 400, intervals 2.5x too wide (std 0.4x) within 200.
+@pytest.mark.parametrize(("std", "points"), [(20.0, 50), (3.0, 100), (2.0, 400), (0.4, 200)])
+def test_clear_miscalibration_is_caught(std: float, points: int) -> None:
+    runs = statuses(std, sessions=200, checks=(points,), seed=3)
+    assert sum(row[0] == "miscalibrated" for row in runs) >= 198
+
+
+def test_a_dropped_fold_adds_nothing(redis_server) -> None:
+    """A fold whose commit loses to another fold is dropped with its sums; the winner's count once."""
+
+    async def scenario() -> tuple[float, tuple[Fold, ...], int]:
+        redis = Redis.from_url(redis_server.url)
+        store = SessionStore(redis, fold_threshold=4, max_points_per_request=8, idempotency_keys=2)
+        identity = AffineMap.identity(1)
+        session = Session("dropped-fold", "t", "m", "f", identity, identity, created_at=0.0, ttl_seconds=60)
+        session = await store.create(session, b"empty state")
+        calls = 0
+
+        async def compute(snapshot) -> Fold:  # noqa: ANN001
+            nonlocal calls
+            calls += 1
+            if calls == 1:  # another writer folds and commits while this fold computes
+                assert await store.fold(session, compute) is not None
+            return Fold(b"state", {"points": float(snapshot.log_points)})
+
+        appended = await store.append(session, b"\0" * 32, 4, None, compute)
+        got = await store.get(session.session_id, "t")
+        await redis.aclose()
+        return got.sums["points"], appended.folds, calls
+
+    points, folds, calls = asyncio.run(scenario())
+    assert calls == 2  # both folds computed ...
+    assert points == 4.0  # ... one committed its sums
+    assert folds == ()  # this append's own fold was dropped: nothing for it to report

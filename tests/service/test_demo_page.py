@@ -1,0 +1,146 @@
+"""The /demo page: its files over HTTP, and the page in a real browser (Debian's headless chromium via
+selenium) against the live server; the browser tests skip when chromium is not installed.
+
+The page is checked from outside: the points it posted are read back from Redis and compared with
+where the clicks landed, and the band is found in the canvas pixels where the service's own
+prediction puts it. The live server has API keys, so the page is also driven through its key field.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import redis
+from matplotlib import image
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.remote.webdriver import WebDriver
+
+from service.client import CMANPClient
+from tests.service.browser import chromium, click_plot, missing_browser, plot, wait_for_points
+from tests.service.helpers import API_KEYS, logged_points
+
+# The plot's layout, as service/static/demo/chart.js and main.js draw it: margins around the
+# plotting area (CSS pixels) and the y range; x spans the model's range (the tiny model's [-2, 2]).
+MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 56, 16, 12, 34
+X_RANGE, Y_RANGE = (-2.0, 2.0), (-3.0, 3.0)
+BAND_RGB = np.array([37, 99, 235]) * 0.18 + 255 * 0.82  # rgba(37, 99, 235, 0.18) over white
+CLICKS = [(0.2, 0.35), (0.5, 0.6), (0.8, 0.3)]  # fractions of the canvas, from its top-left
+
+
+@pytest.fixture
+def page(server: str) -> Iterator[WebDriver]:
+    """The demo page, loaded and given alice's API key (without one it can only show a 401)."""
+    if reason := missing_browser():
+        pytest.skip(reason)
+    with chromium() as driver:
+        driver.get(f"{server}/demo")
+        key = driver.find_element(By.ID, "api-key")
+        key.send_keys(API_KEYS["alice"], Keys.TAB)  # leaving the field fires "change": a new session
+        wait_for_points(driver, 0)
+        yield driver
+
+
+def content_box(driver: WebDriver) -> tuple[int, int, int, int]:
+    """Border width (left, top) and the drawing area's size (width, height) of the plot canvas."""
+    return tuple(
+        driver.execute_script(
+            "const c = arguments[0]; return [c.clientLeft, c.clientTop, c.clientWidth, c.clientHeight];", plot(driver)
+        )
+    )
+
+
+def to_data(u: float, v: float, width: int, height: int) -> tuple[float, float]:
+    """Data coordinates of the canvas pixel (u, v), counted from the drawing area's top-left."""
+    x = X_RANGE[0] + (u - MARGIN_LEFT) / (width - MARGIN_LEFT - MARGIN_RIGHT) * (X_RANGE[1] - X_RANGE[0])
+    y = Y_RANGE[0] + (height - MARGIN_BOTTOM - v) / (height - MARGIN_TOP - MARGIN_BOTTOM) * (Y_RANGE[1] - Y_RANGE[0])
+    return x, y
+
+
+def to_row(y: float, height: int) -> float:
+    return height - MARGIN_BOTTOM - (y - Y_RANGE[0]) / (Y_RANGE[1] - Y_RANGE[0]) * (height - MARGIN_TOP - MARGIN_BOTTOM)
+
+
+def canvas_pixels(driver: WebDriver) -> np.ndarray:
+    """The plot canvas as shown, RGB 0-255, indexed [row, column] from the drawing area's top-left."""
+    left, top, width, height = content_box(driver)
+    shot = image.imread(io.BytesIO(plot(driver).screenshot_as_png), format="png")[..., :3] * 255
+    return shot[top : top + height, left : left + width]
+
+
+def is_band(rgb: np.ndarray) -> bool:
+    return bool(np.all(np.abs(rgb - BAND_RGB) < 8))
+
+
+def test_the_page_and_only_its_files_are_served(server: str) -> None:
+    with httpx.Client(base_url=server) as http:
+        page = http.get("/demo")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert '<script type="module" src="/demo/main.js">' in page.text
+        script = http.get("/demo/main.js")
+        assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+        for outside in ("/demo/nothing.js", "/demo/..%2Fapp.py", "/demo/%2E%2E%2F%2E%2E%2Fpyproject.toml"):
+            assert http.get(outside).status_code == 404, outside
+
+
+def test_clicks_become_context_points_and_the_band_is_drawn(
+    page: WebDriver, client: CMANPClient, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    canvas = plot(page)
+    border_x, border_y, width, height = content_box(page)
+    for fx, fy in CLICKS:
+        click_plot(page, fx, fy)
+    wait_for_points(page, 3)
+
+    session_id = canvas.get_attribute("data-session-id")
+    info = client.get_session(session_id)
+    assert info.num_points == 3
+    assert page.find_element(By.ID, "num-points").text == "3"
+    assert page.find_element(By.ID, "state-bytes").text == f"{info.state_bytes:,}"
+    assert f"the same {info.state_bytes:,} bytes at 0 and at 3 points" in page.find_element(By.ID, "state-note").text
+
+    # The clicks' offsets are from the border box; the drawing starts inside the border.
+    outer_width, outer_height = width + 2 * border_x, height + 2 * border_y
+    expected = [to_data(fx * outer_width - border_x, fy * outer_height - border_y, width, height) for fx, fy in CLICKS]
+    x, y = logged_points(redis_client, session_id, 1, 1)
+    x_pixel = (X_RANGE[1] - X_RANGE[0]) / (width - MARGIN_LEFT - MARGIN_RIGHT)
+    y_pixel = (Y_RANGE[1] - Y_RANGE[0]) / (height - MARGIN_TOP - MARGIN_BOTTOM)
+    np.testing.assert_allclose(x[:, 0], [e[0] for e in expected], atol=1.5 * x_pixel)
+    np.testing.assert_allclose(y[:, 0], [e[1] for e in expected], atol=1.5 * y_pixel)
+
+    # The band: between two clicks, the pixels at mean ± sigma are band-coloured and at mean ± 3 sigma
+    # they are not (the band is mean ± 2 sigma). The mean comes from the service, not the page.
+    assert canvas.get_attribute("data-band-points") == "151"
+    pixels = canvas_pixels(page)
+    column = round(0.35 * outer_width - border_x)
+    xq, _ = to_data(column, 0, width, height)
+    prediction = client.predict(session_id, [xq])
+    mean, std = prediction.mean[0, 0], float(np.sqrt(prediction.variance[0, 0]))
+    rows = {k: round(to_row(mean + k * std, height)) for k in (-3, -1, 1, 3)}
+    assert rows[-1] - rows[1] >= 4, "the band is too thin at this column to test"
+    for k in (-1, 1):
+        assert is_band(pixels[rows[k], column]), f"no band at mean {k:+d} sigma: {pixels[rows[k], column]}"
+    for k in (-3, 3):
+        if 0 <= rows[k] < height:
+            assert not is_band(pixels[rows[k], column]), f"band at mean {k:+d} sigma"
+
+    screenshot = tmp_path / "demo.png"
+    assert page.save_screenshot(str(screenshot))
+    assert screenshot.stat().st_size > 10_000
+
+
+def test_streaming_a_gp_draw_keeps_the_state_size(page: WebDriver, client: CMANPClient) -> None:
+    canvas = plot(page)
+    page.find_element(By.ID, "stream").click()
+    wait_for_points(page, 25)
+
+    info = client.get_session(canvas.get_attribute("data-session-id"))
+    assert info.num_points == 25
+    note = page.find_element(By.ID, "state-note").text
+    assert note == f"the same {info.state_bytes:,} bytes at 0 and at 25 points"
+    assert page.find_element(By.ID, "error").text == ""
