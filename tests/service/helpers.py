@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pytest
 import redis
 import torch
 import uvicorn
@@ -30,6 +31,8 @@ TINY = CMANPConfig(n_blocks=2, n_latents=16, d_model=32, ff_width=64, embed_dept
 API_KEYS = {"alice": "alice-key", "bob": "bob-key"}
 TINY_CARD = {"rbf_ll": 1.25, "matern_ll": 0.5}
 BODY_LIMIT = 64 * 1024  # comfortably above 1000 points of JSON
+# `pytestmark = BOTH_BACKENDS`: the module's tests run on one redis-server and on a Redis Cluster.
+BOTH_BACKENDS = pytest.mark.parametrize("backend", ["redis", "cluster"], indirect=True)
 
 
 def build_checkpoint(directory: Path, name: str, config: CMANPConfig, seed: int, card: dict | None = None) -> Path:

@@ -12,7 +12,9 @@ import httpx
 import pytest
 
 from service.client import CMANPClient
-from tests.service.helpers import API_KEYS, BODY_LIMIT, raw_session, sample_points
+from tests.service.helpers import API_KEYS, BODY_LIMIT, BOTH_BACKENDS, raw_session, sample_points
+
+pytestmark = BOTH_BACKENDS
 
 ALICE = {"Authorization": f"Bearer {API_KEYS['alice']}"}
 BOB = {"Authorization": f"Bearer {API_KEYS['bob']}"}

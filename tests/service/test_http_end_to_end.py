@@ -1,5 +1,7 @@
 """Acceptance 1: over HTTP, predictions equal the model's own predictions on the same points (1e-4).
 
+Every test runs on one redis-server and on a local 3-master Redis Cluster (acceptance 4 of issue 6).
+
 Also: transforms, the session lifecycle, the model list, metrics, health, and the async client.
 """
 
@@ -14,7 +16,16 @@ import pytest
 
 from service.client import AsyncCMANPClient, CMANPClient, CMANPError
 from service.store import KEY_PARTS
-from tests.service.helpers import API_KEYS, TINY_CARD, expected_prediction, sample_points, session_keys_in_redis
+from tests.service.helpers import (
+    API_KEYS,
+    BOTH_BACKENDS,
+    TINY_CARD,
+    expected_prediction,
+    sample_points,
+    session_keys_in_redis,
+)
+
+pytestmark = BOTH_BACKENDS
 
 QUERIES = np.linspace(-2.0, 2.0, 41)[:, None]
 
