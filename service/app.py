@@ -70,10 +70,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    # Added first, so it sits inside the metrics middleware: the routes then read the counted body
-    # directly, and its 413 is not wrapped by the metrics middleware's task group.
+    # Added first, so it sits inside the metrics middleware, which then counts its 413s too.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.middleware("http")(metrics.observe)
+    app.add_middleware(metrics.middleware)
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(sessions.router)
