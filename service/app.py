@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 idempotency_keys=settings.idempotency_keys_per_session,
             )
             registry = ModelRegistry.load(settings.checkpoint_dir, settings.default_model)
-            inference = Inference(settings.inference_workers, settings.torch_threads)
+            inference = Inference(settings.inference_workers, settings.torch_threads, settings.predict_batch_max)
             app.state.services = Services(settings, store, registry, inference, metrics)
             yield
 
