@@ -47,7 +47,7 @@ def commands(out: Path, quick: bool) -> dict[str, list[str]]:
         "train_throughput": [
             *py,
             "bench.train_throughput",
-            *(["--steps", "3", "--rounds", "1"] if quick else []),
+            *(["--steps", "3", "--rounds", "1"] if quick else ["--steps", "20", "--rounds", "1"]),
             *json_out("train_throughput"),
         ],
         "service_load": [*py, "bench.service_load", *quick_flag, *json_out("service_load")],
