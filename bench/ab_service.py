@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shlex
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"API CPU per request x{row['api_cpu_per_request_ratio']:.2f}"
         )
     result = {
+        "command": shlex.join(["python", "-m", "bench.ab_service", *(argv if argv is not None else sys.argv[1:])]),
         "label": args.label,
         "before": str(args.before),
         "after": str(args.after),
