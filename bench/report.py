@@ -94,12 +94,18 @@ def model_section(costs: dict | None, memory: list | None, train: list | None) -
         [[f"{r['n']:,}", r["chunk_size"], f"{r['points_per_s']:,.0f}"] for r in costs["conditioning"]],
     )
     if memory is not None:
-        lines += ["Peak RSS of conditioning N points (chunks of 1024), each N in a fresh process:", ""]
+        point_bytes = 4 * (cfg["dim_x"] + cfg["dim_y"])
+        lines += [
+            "Peak RSS of conditioning N points (chunks of 1024), each N in a fresh process. The input "
+            "arrays (x and y of all N points, held by the caller and counted) are listed apart; below "
+            "1024 points the chunk itself is smaller, so its activations are too.",
+            "",
+        ]
         lines += _table(
-            ["N", "peak RSS", "over the first", "points/s", "state bytes"],
+            ["N", "peak RSS", "over the first", "of which inputs", "points/s", "state bytes"],
             [
                 [f"{r['n']:,}", f"{r['peak_rss_mb']:.1f} MB", f"{r['extra_over_first_mb']:+.1f} MB",
-                 f"{r['points_per_s']:,.0f}", f"{r['state_bytes']:,}"]
+                 f"{r['n'] * point_bytes / 2**20:.1f} MB", f"{r['points_per_s']:,.0f}", f"{r['state_bytes']:,}"]
                 for r in memory
             ],
         )  # fmt: skip
