@@ -41,10 +41,12 @@ import httpx
 import redis
 
 from bench.common import OUT_DIR, write_json
+from service.client import AsyncCMANPClient, CMANPError
 from service.embedded_redis import free_port
 
 LUA = Path(__file__).parent / "wrk" / "sessions.lua"
 SEED_POINTS = 20  # points each session starts with, posted in one request
+CREATE_ATTEMPTS = 5
 TARGETS = 100
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -129,21 +131,29 @@ def stop_server(server: Server) -> None:
 
 
 async def create_sessions(url: str, count: int, concurrency: int = 32) -> list[str]:
-    """Create ``count`` sessions, each seeded with SEED_POINTS points in one post."""
+    """Create ``count`` sessions, each seeded with SEED_POINTS points in one post (with the client,
+    which retries a seed post exactly once by its Idempotency-Key; a retried create at worst leaves
+    an unused session behind)."""
     ids: list[str] = []
-    queue = list(range(count))
-    limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+    todo = list(range(count))
+    xs = [-2 + 4 * (j + 0.5) / SEED_POINTS for j in range(SEED_POINTS)]
+    async with AsyncCMANPClient(url, timeout=60) as client:
+
+        async def create() -> str:
+            for attempt in range(CREATE_ATTEMPTS):
+                try:
+                    return (await client.create_session()).session_id
+                except (CMANPError, httpx.TransportError):
+                    if attempt == CREATE_ATTEMPTS - 1:
+                        raise
+                    await asyncio.sleep(0.1 * 2**attempt)
+            raise AssertionError("unreachable")
 
         async def worker() -> None:
-            while queue:
-                i = queue.pop()
-                r = await client.post("/v1/sessions", json={})
-                r.raise_for_status()
-                sid = r.json()["session_id"]
-                xs = [[-2 + 4 * (j + 0.5) / SEED_POINTS] for j in range(SEED_POINTS)]
-                body = {"x": xs, "y": [[float(i % 7) / 7 + x[0] / 4] for x in xs]}
-                (await client.post(f"/v1/sessions/{sid}/context", json=body)).raise_for_status()
+            while todo:
+                i = todo.pop()
+                sid = await create()
+                await client.add_context(sid, xs, [(i % 7) / 7 + x / 4 for x in xs])
                 ids.append(sid)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -259,6 +269,10 @@ def run(
                     duration,
                 ),
             ]
+        except BaseException:
+            shutil.copy(data / "server.log", OUT_DIR / "service_load_server.log")  # for the post-mortem
+            print(f"the server's log is in {OUT_DIR / 'service_load_server.log'}", file=sys.stderr)
+            raise
         finally:
             stop_server(server)
     return {

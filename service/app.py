@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 fold_threshold=settings.fold_threshold_points,
                 max_points_per_request=settings.max_points_per_request,
                 idempotency_keys=settings.idempotency_keys_per_session,
+                cached_sessions=settings.cached_sessions,
             )
             registry = ModelRegistry.load(settings.checkpoint_dir, settings.default_model)
             inference = Inference(settings.inference_workers, settings.torch_threads, settings.predict_batch_max)
