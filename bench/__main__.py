@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         subprocess.run([sys.executable, *command[1:]], check=True)
         runs[name] = {"name": name, "command": shlex.join(command), "seconds": time.perf_counter() - t0}
-    write_json(runs_path, list(runs.values()))
+        write_json(runs_path, list(runs.values()))  # after each one, so a later failure keeps the record
     report_dir = out if args.quick else Path("bench")
     path = write_report(out, report_dir)
     print(f"wrote {path}")
