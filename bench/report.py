@@ -349,7 +349,9 @@ def write_report(out: Path, report_dir: Path) -> Path:
         "",
     ]
     lines += [f"- {k}: {v}" for k, v in machine.items()]
-    lines += ["", "## Commands", "", "Run from the repository root, in this order:", ""]
+    lines += ["", "## Commands", "", "Run from the repository root, each in its own process:", ""]
+    order = ["model_costs", "constant_memory", "peers", "train_throughput", "service_load"]  # as in bench.__main__
+    runs = sorted(runs, key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
     lines += [f"- `{r['command']}` ({r['seconds']:.0f} s)" for r in runs]
     lines += [f"- total: {sum(r['seconds'] for r in runs):.0f} s", ""]
     lines += model_section(costs, memory, train)  # type: ignore[arg-type]
