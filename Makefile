@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 CHECKPOINT := checkpoints/cmanp-gp-rbf.safetensors
 
-.PHONY: install run test lint train eval bench-memory plot clean
+.PHONY: install run test lint train eval bench bench-quick bench-setup bench-memory plot clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,19 @@ eval: $(STAMP)
 	$(PY) -m model.evaluate --checkpoint $(CHECKPOINT) --kernel matern --out runs/eval-matern.json --card-json $(CARD_JSON)
 	$(PY) -m model.evaluate --checkpoint $(CHECKPOINT) --context-sizes 10,50,100,200,500,1000 \
 		--out runs/eval-streaming.json --card-json $(CARD_JSON)
+
+# wrk drives the service benchmark (Debian package; needs root or sudo the first time).
+bench-setup:
+	@command -v wrk >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q wrk; }
+
+# Every benchmark (about 10 minutes on a quiet 2-core machine): bench/RESULTS.md, bench/*.png, bench/out/*.json
+bench: $(STAMP) bench-setup
+	$(PY) -m bench
+
+# Small versions of every benchmark (under 2 minutes), output in bench/out/quick/; run by the test suite.
+bench-quick: $(STAMP) bench-setup
+	$(PY) -m bench --quick
 
 bench-memory: $(STAMP)
 	$(PY) -m bench.constant_memory --checkpoint $(CHECKPOINT)

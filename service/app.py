@@ -74,13 +74,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 fold_threshold=settings.fold_threshold_points,
                 max_points_per_request=settings.max_points_per_request,
                 idempotency_keys=settings.idempotency_keys_per_session,
+                cached_sessions=settings.cached_sessions,
             )
             quota = SessionQuota(redis, settings.max_sessions_per_tenant)
             limiter = None
             if settings.rate_limit_per_second > 0:
                 limiter = RateLimiter(redis, settings.rate_limit_per_second, settings.rate_limit_burst)
             registry = ModelRegistry.load(settings.checkpoint_dir, settings.default_model)
-            inference = Inference(settings.inference_workers, settings.torch_threads, settings.calibration)
+            inference = Inference(
+                settings.inference_workers, settings.torch_threads, settings.predict_batch_max, settings.calibration
+            )
             app.state.services = Services(settings, store, registry, inference, metrics, quota, limiter)
             yield
 
@@ -93,10 +96,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    # Added first, so it sits inside the metrics middleware: the routes then read the counted body
-    # directly, and its 413 is not wrapped by the metrics middleware's task group.
+    # Added first, so it sits inside the metrics middleware, which then counts its 413s too.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.middleware("http")(metrics.observe)
+    app.add_middleware(metrics.middleware)
     if settings.cors_allow_origins:
         app.add_middleware(
             CORSMiddleware,

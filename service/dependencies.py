@@ -40,11 +40,13 @@ class Services:
     rate_limiter: RateLimiter | None  # None: no rate limit
 
 
-def get_services(request: Request) -> Services:
+# Both dependencies are coroutines although they never await: FastAPI runs a plain ``def``
+# dependency in the thread pool, and that thread hop cost more than the request's own work.
+async def get_services(request: Request) -> Services:
     return request.app.state.services
 
 
-def authenticate(
+async def authenticate(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))],
 ) -> str:

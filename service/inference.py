@@ -6,12 +6,20 @@ At most ``workers`` calls run at once, each with torch's intra-op thread count s
 
 A fold also scores the points it folds, each against the state before it (prequential
 calibration, see ``service.calibration``), unless scoring is turned off (``CMANP_CALIBRATION``).
+
+Predictions are micro-batched: a predict that waits for a worker joins a queue, and the request
+that gets the worker takes every queued predict of the same model (up to ``max_batch``) into one
+batched model call. Deriving the latents and decoding run as one batch of sessions, which costs
+far less per session than one call each (a model call on one session is mostly per-op overhead).
+Nothing waits for a batch to fill: under light load each predict runs alone, as before.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import anyio
@@ -76,16 +84,55 @@ def _score(model: ServedModel, snapshot: Snapshot, scoring: bool) -> Aggregates:
         return _fold_and_score(model, snapshot, scoring)[1]
 
 
-def _predict(model: ServedModel, snapshot: Snapshot, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(eq=False)  # compared by identity
+class _Predict:
+    """A queued predict; ``result`` is set by whichever request runs its batch."""
+
+    model: ServedModel
+    snapshot: Snapshot
+    x: np.ndarray
+    result: asyncio.Future[tuple[np.ndarray, np.ndarray]]
+
+
+def _predict_batch(model: ServedModel, batch: list[_Predict]) -> list[tuple[np.ndarray, np.ndarray] | Exception]:
+    """Predict for several sessions in one model call; a session whose state fails gets its own error.
+
+    Queries are zero-padded to the longest request: the decoder treats every query independently,
+    so padding changes no prediction, and it is sliced off.
+    """
+    results: list[tuple[np.ndarray, np.ndarray] | Exception | None] = [None] * len(batch)
+    states: dict[int, CMANPState] = {}  # index in batch -> folded state
     with torch.inference_mode():
-        mean, variance = model.net.predict(_folded(model, snapshot), torch.from_numpy(x).unsqueeze(0))
-        return mean[0].double().numpy(), variance[0].double().numpy()
+        for i, item in enumerate(batch):
+            try:
+                states[i] = _folded(model, item.snapshot)
+            except Exception as e:  # noqa: BLE001 - handed to that request, which re-raises it
+                results[i] = e
+        if not states:
+            return results  # type: ignore[return-value]
+        xq = torch.zeros(len(states), max(len(batch[i].x) for i in states), model.dim_x)
+        for row, i in enumerate(states):
+            xq[row, : len(batch[i].x)] = torch.from_numpy(batch[i].x)
+        stacked = CMANPState(
+            torch.cat([s.log_norm for s in states.values()]),
+            torch.cat([s.value_sum for s in states.values()]),
+            torch.cat([s.num_points for s in states.values()]),
+            model.fingerprint,
+        )
+        mean, variance = model.net.predict(stacked, xq)
+        mean, variance = mean.double().numpy(), variance.double().numpy()
+    for row, i in enumerate(states):
+        m = len(batch[i].x)
+        results[i] = (mean[row, :m], variance[row, :m])
+    return results  # type: ignore[return-value] - every entry is set
 
 
 class Inference:
-    def __init__(self, workers: int, torch_threads: int, scoring: bool) -> None:
+    def __init__(self, workers: int, torch_threads: int, max_batch: int = 16, scoring: bool = True) -> None:
         torch.set_num_threads(torch_threads)
         self._limiter = anyio.CapacityLimiter(workers)
+        self._max_batch = max_batch
+        self._queue: list[_Predict] = []
         self.scoring = scoring
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
@@ -101,4 +148,33 @@ class Inference:
 
     async def predict(self, model: ServedModel, snapshot: Snapshot, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mean and variance [m, dim_y] at x [m, dim_x], from the snapshot's state and log (model units)."""
-        return await self._run(_predict, model, snapshot, x)
+        item = _Predict(model, snapshot, x, asyncio.get_running_loop().create_future())
+        self._queue.append(item)
+        try:
+            async with self._limiter:
+                if item in self._queue:  # nobody took it into their batch meanwhile: run a batch with it
+                    await self._run_batch(model, self._take_batch(item))
+        finally:
+            if item in self._queue:  # cancelled while waiting for a worker
+                self._queue.remove(item)
+        return await item.result
+
+    def _take_batch(self, first: _Predict) -> list[_Predict]:
+        others = [p for p in self._queue if p.model is first.model and p is not first]
+        batch = [first, *others[: self._max_batch - 1]]
+        self._queue = [p for p in self._queue if p not in batch]
+        return batch
+
+    @staticmethod
+    async def _run_batch(model: ServedModel, batch: list[_Predict]) -> None:
+        # Shielded: other requests wait on these results, so a cancelled caller must not drop them.
+        try:
+            with anyio.CancelScope(shield=True):
+                results = await anyio.to_thread.run_sync(_predict_batch, model, batch)
+        except Exception as e:  # noqa: BLE001 - every request of the batch gets the error
+            results = [e] * len(batch)
+        for p, r in zip(batch, results, strict=True):
+            if isinstance(r, Exception):
+                p.result.set_exception(r)
+            else:
+                p.result.set_result(r)

@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per model call")
     inference_workers: int = Field(os.cpu_count() or 1, ge=1, description="model calls running at once")
+    predict_batch_max: int = Field(16, ge=1, description="most queued predicts run as one batched model call")
+    cached_sessions: int = Field(
+        10_000, ge=0, description="fixed metadata of this many recent sessions kept in process (saves a Redis call)"
+    )
     redis_timeout_seconds: float = Field(5.0, gt=0, description="socket timeout of Redis calls")
     calibration: bool = Field(True, description="score each context point against the state before it")
 

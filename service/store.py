@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
@@ -240,9 +241,18 @@ def _decode_meta(flat: list[bytes]) -> dict[str, str]:
 
 class SessionStore:
     def __init__(
-        self, redis: Redis | RedisCluster, *, fold_threshold: int, max_points_per_request: int, idempotency_keys: int
+        self,
+        redis: Redis | RedisCluster,
+        *,
+        fold_threshold: int,
+        max_points_per_request: int,
+        idempotency_keys: int,
+        cached_sessions: int = 10_000,
     ) -> None:
         self.redis = redis
+        # Fixed metadata of recently used sessions (see `fixed`); at most `cached_sessions`, LRU.
+        self._fixed: OrderedDict[str, Session] = OrderedDict()
+        self._fixed_capacity = cached_sessions
         self.fold_threshold = fold_threshold
         self.log_capacity = fold_threshold + max_points_per_request
         self.idempotency_keys = idempotency_keys
@@ -265,7 +275,34 @@ class SessionStore:
             pipe.set(keys[1], state, px=ttl_ms)
             pipe.set(keys[3], bytes(self.idempotency_keys * RECORD_BYTES), px=ttl_ms)
             await pipe.execute()
-        return replace(session, state_bytes=len(state))
+        session = replace(session, state_bytes=len(state))
+        self._remember(session)
+        return session
+
+    async def fixed(self, session_id: str, tenant: str) -> Session:
+        """The session's fixed metadata (owner, model, transforms), from a per-process cache when it can.
+
+        For context posts, which need nothing else: the append script itself answers 'missing' for
+        a deleted or expired session (404) and refreshes the TTL, so a cache hit saves a whole
+        Redis round trip per post. The counters of the returned Session are stale: do not use
+        them. Session ids are random and never reused, so a cached entry cannot describe another
+        session.
+        """
+        session = self._fixed.get(session_id)
+        if session is None:
+            session = await self.get(session_id, tenant)
+            self._remember(session)
+        elif session.tenant != tenant:
+            raise _not_found(session_id)
+        else:
+            self._fixed.move_to_end(session_id)
+        return session
+
+    def _remember(self, session: Session) -> None:
+        if self._fixed_capacity:
+            self._fixed[session.session_id] = session
+            if len(self._fixed) > self._fixed_capacity:
+                self._fixed.popitem(last=False)
 
     async def get(self, session_id: str, tenant: str) -> Session:
         """The session's metadata (refreshing its TTL); 404 if it does not exist or is another tenant's."""
@@ -294,6 +331,7 @@ class SessionStore:
 
     async def delete(self, session_id: str, tenant: str) -> None:
         await self.get(session_id, tenant)
+        self._fixed.pop(session_id, None)
         if not await self.redis.delete(*session_keys(session_id)):
             raise _not_found(session_id)
 
@@ -309,6 +347,7 @@ class SessionStore:
             reply = await self._append(keys=session_keys(session.session_id), args=args)
             status = reply[0].decode()
             if status == "missing":
+                self._fixed.pop(session.session_id, None)
                 raise _not_found(session.session_id)
             if status == "replay":
                 record = reply[1]

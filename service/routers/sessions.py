@@ -152,7 +152,7 @@ async def add_context(
 ) -> ContextResult:
     """Add points to the session's context; the answer counts every point applied so far."""
     _check_count(len(body.x), services.settings.max_points_per_request)
-    session = await services.store.get(session_id, tenant)
+    session = await services.store.fixed(session_id, tenant)  # counters not read here: the append returns them
     model = services.registry.pinned(session.model, session.fingerprint)
     x = model_points(body.x, session.x_transform, "x")
     y = model_points(body.y, session.y_transform, "y")

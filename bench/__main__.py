@@ -1,0 +1,85 @@
+"""Run every benchmark, each in its own process, then write the report.
+
+    python -m bench            # make bench: full sizes; writes bench/RESULTS.md and bench/*.png
+    python -m bench --quick    # make bench-quick: small sizes, output under bench/out/quick/
+    python -m bench --only model_costs,peers
+
+Each benchmark writes its JSON under the output directory; ``bench/out/runs.json`` records the
+exact commands and how long each took, and ``bench.report`` turns it all into tables and plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.common import CHECKPOINT, OUT_DIR, machine, write_json
+from bench.report import write_report
+
+QUICK_DIR = OUT_DIR / "quick"
+
+
+def commands(out: Path, quick: bool) -> dict[str, list[str]]:
+    """The command of every benchmark, by name (= the module in bench/ and its JSON file)."""
+    py = [Path(sys.executable).name, "-m"]
+    ckpt = ["--checkpoint", CHECKPOINT]
+    quick_flag = ["--quick"] if quick else []
+
+    def json_out(name: str) -> list[str]:
+        return ["--out", str(out / f"{name}.json")]
+
+    return {
+        "model_costs": [*py, "bench.model_costs", *ckpt, *quick_flag, *json_out("model_costs")],
+        "constant_memory": [
+            *py,
+            "bench.constant_memory",
+            *ckpt,
+            "--sizes",
+            "1000,100000" if quick else "100,10000,1000000",
+            *json_out("constant_memory"),
+        ],
+        "peers": [*py, "bench.peers", *ckpt, *quick_flag, *json_out("peers")],
+        "train_throughput": [
+            *py,
+            "bench.train_throughput",
+            *(["--steps", "3", "--rounds", "1"] if quick else ["--steps", "20", "--rounds", "1"]),
+            *json_out("train_throughput"),
+        ],
+        "service_load": [*py, "bench.service_load", *quick_flag, *json_out("service_load")],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--only", help="comma-separated benchmark names (default: all)")
+    args = p.parse_args(argv)
+    out = QUICK_DIR if args.quick else OUT_DIR
+    todo = commands(out, args.quick)
+    if args.only:
+        todo = {name: todo[name] for name in args.only.split(",")}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    write_json(
+        out / "machine.json", machine() | {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit}
+    )
+    runs_path = out / "runs.json"
+    previous = json.loads(runs_path.read_text()) if runs_path.exists() else []
+    runs = {r["name"]: r for r in previous}  # --only keeps the other benchmarks' records
+    for name, command in todo.items():
+        print(f"== {name}: {shlex.join(command)}", flush=True)
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, *command[1:]], check=True)
+        runs[name] = {"name": name, "command": shlex.join(command), "seconds": time.perf_counter() - t0}
+        write_json(runs_path, list(runs.values()))  # after each one, so a later failure keeps the record
+    report_dir = out if args.quick else Path("bench")
+    path = write_report(out, report_dir)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,375 @@
+"""Turn the benchmarks' JSON into RESULTS.md (tables, the machine, the commands) and PNG plots.
+
+    python -m bench.report [--out-dir bench/out] [--report-dir bench]
+
+Every figure in the report is read from the JSON; the acceptance lines are computed from it, so
+they say FAIL when a run misses a target. A benchmark whose JSON is missing is listed as not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - after choosing the non-interactive backend
+
+# Acceptance targets of the performance issue.
+UPDATE_RATIO_MAX = 1.1
+TNP_ADD_RATIO_MIN = 1000
+GP_ADD_RATIO_MIN = 100
+POSTS_PER_S_MIN, POST_P99_MS_MAX = 1500, 50
+PREDICTS_PER_S_MIN, PREDICT_P99_MS_MAX = 150, 100
+
+
+def _load(out: Path, name: str) -> dict | list | None:
+    path = out / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _table(header: list[str], rows: list[list[object]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def _verdict(ok: bool) -> str:
+    return "**PASS**" if ok else "**FAIL**"
+
+
+def _ms(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds * 1e3:.3g}"
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.1f} MiB" if n >= 2**20 else f"{n / 1024:,.1f} KiB"
+
+
+def model_section(costs: dict | None, memory: list | None, train: list | None) -> list[str]:
+    lines = ["## 1. Model: cost against context size", ""]
+    if costs is None:
+        return [*lines, "Not run.", ""]
+    cfg = costs["config"]
+    lines += [
+        f"Checkpoint `{costs['checkpoint']}` (d_model {cfg['d_model']}, {cfg['n_heads']} heads, "
+        f"{cfg['n_blocks']} blocks, {cfg['n_latents']} latents), {costs['torch_threads']} torch thread. "
+        f"Per-point update: one `net.update` with a single point on a state that already holds N points "
+        f"(built in chunks of 1024 at {costs['build_points_per_s']:,.0f} points/s), timed round-robin over N, "
+        f"median of {costs['update'][0]['repeats']} repeats. Derived latents stay lazy.",
+        "",
+    ]
+    lines += _table(
+        ["N", "update median (µs)", "update p90 (µs)", "÷ N=10", "state bytes"],
+        [
+            [f"{r['n']:,}", f"{r['update_median_us']:.1f}", f"{r['update_p90_us']:.1f}", f"{r['ratio_to_n10']:.3f}",
+             f"{r['state_bytes']:,}"]
+            for r in costs["update"]
+        ],
+    )  # fmt: skip
+    last = costs["update"][-1]
+    if last["n"] >= 10**6:
+        ok = last["ratio_to_n10"] <= UPDATE_RATIO_MAX
+        verdict = f"ratio {last['ratio_to_n10']:.3f} {_verdict(ok)}"
+    else:
+        verdict = f"not checked: this run stops at N = {last['n']:,} (quick mode)"
+    lines += [
+        f"Acceptance 1 (update at N = 10^6 ≤ {UPDATE_RATIO_MAX} × N = 10): {verdict}",
+        "",
+        "![update latency and memory against N](update_cost.png)",
+        "",
+        "Predict latency against the number of targets M (state of 1,000 points). *Fresh*: the first "
+        "predict after an update, which derives the latents; *cached*: a later predict on the same state.",
+        "",
+    ]
+    lines += _table(
+        ["M", "fresh (ms)", "cached (ms)"],
+        [[f"{r['m']:,}", f"{r['fresh_median_ms']:.2f}", f"{r['cached_median_ms']:.2f}"] for r in costs["predict"]],
+    )
+    lines += ["Conditioning throughput (`net.condition` with chunking, best of 2):", ""]
+    lines += _table(
+        ["N", "chunk", "points/s"],
+        [[f"{r['n']:,}", r["chunk_size"], f"{r['points_per_s']:,.0f}"] for r in costs["conditioning"]],
+    )
+    if memory is not None:
+        point_bytes = 4 * (cfg["dim_x"] + cfg["dim_y"])
+        lines += [
+            "Peak RSS of conditioning N points (chunks of 1024), each N in a fresh process. The input "
+            "arrays (x and y of all N points, held by the caller and counted) are listed apart; below "
+            "1024 points the chunk itself is smaller, so its activations are too.",
+            "",
+        ]
+        lines += _table(
+            ["N", "peak RSS", "over the first", "of which inputs", "points/s", "state bytes"],
+            [
+                [f"{r['n']:,}", f"{r['peak_rss_mb']:.1f} MB", f"{r['extra_over_first_mb']:+.1f} MB",
+                 f"{r['n'] * point_bytes / 2**20:.1f} MB", f"{r['points_per_s']:,.0f}", f"{r['state_bytes']:,}"]
+                for r in memory
+            ],
+        )  # fmt: skip
+    if train is not None:
+        lines += ["Training throughput (full AdamW steps on pre-sampled paper-protocol batches, best of rounds):", ""]
+        lines += _table(
+            ["config", "parameters", "batch", "tasks/s", "torch threads"],
+            [[r["config"], f"{r['parameters']:,}", r["batch_size"], r["tasks_per_s"], r["threads"]] for r in train],
+        )
+    return lines
+
+
+def peers_section(peers: dict | None, plots: bool) -> list[str]:
+    lines = ["## 2. Against peers, same run, same CPU", ""]
+    if peers is None:
+        return [*lines, "Not run.", ""]
+    lines += [
+        "Cost of adding one point to a context of N points, then predicting 100 targets, medians. "
+        "TNP: re-encoding Transformer NP (TNP-D mask, same width/depth, random weights); "
+        "GP: exact GP, incremental Cholesky (float64). See `bench/peers.py` for what each step includes.",
+        "",
+    ]
+    rows = []
+    for r in peers["rows"]:
+        rows.append(
+            [
+                f"{r['n']:,}",
+                _ms(r["ours_add_s"]),
+                _ms(r.get("tnp_add_s")),
+                _ms(r.get("gp_add_s")),
+                _ms(r["ours_add_predict_s"]),
+                _ms(r.get("tnp_add_predict_s")),
+                _ms(r.get("gp_add_predict_s")),
+                _mib(r["ours_memory_bytes"]),
+                _mib(r["tnp_memory_bytes"]) + " (points)" if "tnp_memory_bytes" in r else "n/a",
+                _mib(r["gp_memory_bytes"]),
+            ]
+        )
+    lines += _table(
+        ["N", "add: ours (ms)", "TNP", "GP", "add+predict: ours (ms)", "TNP", "GP", "memory: ours", "TNP", "GP"], rows
+    )
+    for r in peers["rows"]:
+        notes = [r[k] for k in ("tnp_skipped", "gp_skipped") if k in r]
+        if notes:
+            lines += [f"- N = {r['n']:,}: " + "; ".join(notes)]
+    lines += [
+        "",
+        "Log-likelihood of the 100 targets (one exact RBF task per N; the GP has the task's true "
+        "hyperparameters, so it is the oracle; the TNP has random weights and is not scored):",
+        "",
+    ]
+    lines += _table(
+        ["N", "ours", "exact GP"],
+        [[f"{r['n']:,}", f"{r['ours_ll']:.3f}", f"{r['gp_ll']:.3f}"] for r in peers["rows"] if "gp_ll" in r],
+    )
+    at = next((r for r in peers["rows"] if r["n"] == 10_000), None)
+    if at is not None and "tnp_add_over_ours" in at and "gp_add_over_ours" in at:
+        ok = at["tnp_add_over_ours"] >= TNP_ADD_RATIO_MIN and at["gp_add_over_ours"] >= GP_ADD_RATIO_MIN
+        lines += [
+            f"Acceptance 2 (N = 10,000: adding a point ≥ {TNP_ADD_RATIO_MIN}× cheaper than the TNP, "
+            f"≥ {GP_ADD_RATIO_MIN}× cheaper than the GP): {at['tnp_add_over_ours']:,.0f}× and "
+            f"{at['gp_add_over_ours']:,.0f}× {_verdict(ok)}. Our state stays "
+            f"{at['ours_memory_bytes']:,} bytes at every N; the GP's factor grows as N².",
+            "",
+        ]
+    else:
+        lines += ["Acceptance 2: N = 10,000 was not run (quick mode).", ""]
+    if plots:
+        lines += ["![cost of adding a point against N](peers.png)", ""]
+    return lines
+
+
+def service_section(load: dict | None, plots: bool) -> list[str]:
+    lines = ["## 3. Service under load", ""]
+    if load is None:
+        return [*lines, "Not run.", ""]
+    lines += [
+        f"Server: `{load['server_command']}`. {load['sessions']:,} sessions created through the API, each "
+        f"seeded with {load['seed_points_per_session']} points; wrk ({load['wrk_threads']} thread per wrk, "
+        f"`bench/wrk/sessions.lua`) on the same machine, {load['duration_s']:g} s per scenario. Context posts "
+        f"carry one point and a distinct Idempotency-Key; predicts ask for {load['targets_per_predict']} targets. "
+        "CPU: average cores busy during the scenario, from /proc (*other*: everything else on the machine).",
+        "",
+        f"Redis bytes per session: {load['redis_bytes_per_session_used_memory']:,.0f} (growth of `used_memory` "
+        f"over creating the sessions, divided by their number); {load['redis_bytes_per_session_memory_usage']:,} "
+        "(`MEMORY USAGE` of one session's keys).",
+        "",
+    ]
+    rows = []
+    for s in load["scenarios"]:
+        cpu = s["cpu_cores"]
+        for i, w in enumerate(s["loads"]):
+            lat = w["latency_ms"]
+            rows.append(
+                [
+                    s["scenario"] if i == 0 else "",
+                    w["mode"],
+                    w["connections"],
+                    f"{w['requests_per_s']:,.0f}",
+                    f"{lat['p50']:.1f}",
+                    f"{lat['p95']:.1f}",
+                    f"{lat['p99']:.1f}",
+                    w["error_count"],
+                    f"{cpu['api']:.2f} / {cpu['redis']:.2f} / {cpu['wrk']:.2f} / {cpu['other']:.2f}" if i == 0 else "",
+                ]
+            )
+    lines += _table(
+        ["scenario", "requests", "connections", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors",
+         "cores: API / Redis / wrk / other"],
+        rows,
+    )  # fmt: skip
+    by_name = {s["scenario"]: s["loads"][0] for s in load["scenarios"]}
+    for name, minimum, p99_max in (
+        ("context_spread", POSTS_PER_S_MIN, POST_P99_MS_MAX),
+        ("predict_spread", PREDICTS_PER_S_MIN, PREDICT_P99_MS_MAX),
+    ):
+        w = by_name.get(name)
+        if w is not None:
+            ok = w["requests_per_s"] >= minimum and w["latency_ms"]["p99"] <= p99_max
+            lines += [
+                f"- Acceptance 3, {name}: {w['requests_per_s']:,.0f}/s (target ≥ {minimum}) with p99 "
+                f"{w['latency_ms']['p99']:.1f} ms (target ≤ {p99_max}) {_verdict(ok)}"
+            ]
+    lines += [""]
+    if plots:
+        lines += ["![service throughput and latency](service_load.png)", ""]
+    return lines
+
+
+def speedups_section(out: Path) -> list[str]:
+    """Before/after ratios of each service change, from ``bench.ab_service`` runs (ab_*.json, in name order)."""
+    runs = [json.loads(p.read_text()) for p in sorted(out.glob("ab_*.json"))]
+    lines = ["## 4. Making the service fast: each change measured before and after", ""]
+    if not runs:
+        return [*lines, "No before/after runs in this output directory.", ""]
+    lines += [
+        "Found with py-spy under wrk load, fixed one at a time. Each row runs both versions at once "
+        "(two servers started like `make run`) and alternates the same wrk scenario between them, "
+        "round after round; medians over the rounds. On a shared CPU, *API CPU per request* is the "
+        "steadier figure; throughput and p99 move with the other load.",
+        "",
+    ]
+    rows = []
+    for run in runs:
+        for name, r in run["summary"].items():
+            rates = f"{r['before_requests_per_s']:.0f} → {r['after_requests_per_s']:.0f}"
+            rows.append(
+                [
+                    run["label"],
+                    name,
+                    f"{rates} (×{r['throughput_ratio']:.2f})",
+                    f"{r['before_p99_ms']:.0f} → {r['after_p99_ms']:.0f}",
+                    f"×{r['api_cpu_per_request_ratio']:.2f}",
+                    run["rounds"],
+                ]
+            )
+    lines += _table(["change", "scenario", "req/s", "p99 ms", "API CPU per request", "rounds"], rows)
+    lines += ["Commands (`--before`: a `git archive` export of the commit before the change):", ""]
+    lines += [f"- {run['label']}: `{run['command']}`" for run in runs]
+    return [*lines, ""]
+
+
+def plot_model(costs: dict, memory: list | None, path: Path) -> None:
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    n = [r["n"] for r in costs["update"]]
+    a.plot(n, [r["update_median_us"] for r in costs["update"]], "o-", label="median")
+    a.plot(n, [r["update_p90_us"] for r in costs["update"]], "s--", alpha=0.6, label="p90")
+    a.set(xscale="log", xlabel="points already in the state (N)", ylabel="µs per single-point update")
+    a.set_ylim(bottom=0)
+    a.set_title("update latency")
+    a.legend()
+    b.plot(n, [r["state_bytes"] / 1024 for r in costs["update"]], "o-", label="state (KiB)")
+    if memory:
+        b.plot([r["n"] for r in memory], [r["peak_rss_mb"] for r in memory], "s-", label="peak RSS (MB)")
+    b.set(xscale="log", yscale="log", xlabel="N", title="memory")
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_peers(peers: dict, path: Path) -> None:
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for key, label in (("ours", "CMANP (ours)"), ("tnp", "re-encoding TNP"), ("gp", "incremental exact GP")):
+        rows = [r for r in peers["rows"] if f"{key}_add_s" in r]
+        a.plot([r["n"] for r in rows], [r[f"{key}_add_s"] * 1e3 for r in rows], "o-", label=label)
+        rows = [r for r in peers["rows"] if f"{key}_memory_bytes" in r]
+        b.plot([r["n"] for r in rows], [r[f"{key}_memory_bytes"] for r in rows], "o-", label=label)
+    a.set(xscale="log", yscale="log", xlabel="N", ylabel="ms to add one point", title="cost of one update")
+    b.set(xscale="log", yscale="log", xlabel="N", ylabel="bytes", title="memory per context (TNP: raw points)")
+    a.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_service(load: dict, path: Path) -> None:
+    labels, rates, p50, p99 = [], [], [], []
+    for s in load["scenarios"]:
+        for w in s["loads"]:
+            labels.append(f"{s['scenario']}\n({w['mode']})")
+            rates.append(w["requests_per_s"])
+            p50.append(w["latency_ms"]["p50"])
+            p99.append(w["latency_ms"]["p99"])
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    a.bar(labels, rates)
+    a.set(ylabel="requests/s", title="throughput")
+    x = range(len(labels))
+    b.bar([i - 0.2 for i in x], p50, width=0.4, label="p50")
+    b.bar([i + 0.2 for i in x], p99, width=0.4, label="p99")
+    b.set_xticks(list(x), labels)
+    b.set(ylabel="ms", title="latency")
+    b.legend()
+    for axis in (a, b):
+        axis.tick_params(axis="x", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(out: Path, report_dir: Path) -> Path:
+    """Write RESULTS.md and the plots into report_dir from the JSON in out; returns the report's path."""
+    costs, memory, peers = _load(out, "model_costs"), _load(out, "constant_memory"), _load(out, "peers")
+    train, load = _load(out, "train_throughput"), _load(out, "service_load")
+    machine, runs = _load(out, "machine") or {}, _load(out, "runs") or []
+    report_dir.mkdir(parents=True, exist_ok=True)
+    if costs is not None:
+        plot_model(costs, memory, report_dir / "update_cost.png")  # type: ignore[arg-type]
+    if peers is not None:
+        plot_peers(peers, report_dir / "peers.png")  # type: ignore[arg-type]
+    if load is not None:
+        plot_service(load, report_dir / "service_load.png")  # type: ignore[arg-type]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Written by `python -m bench` (`make bench`; `--quick`: `make bench-quick`) from the JSON in `{out}/`; "
+        "do not edit by hand. If the machine was shared with other jobs, the load average below "
+        "and the *other* CPU column of section 3 say how much.",
+        "",
+        "## Machine",
+        "",
+    ]
+    lines += [f"- {k}: {v}" for k, v in machine.items()]
+    lines += ["", "## Commands", "", "Run from the repository root, each in its own process:", ""]
+    order = ["model_costs", "constant_memory", "peers", "train_throughput", "service_load"]  # as in bench.__main__
+    runs = sorted(runs, key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
+    lines += [f"- `{r['command']}` ({r['seconds']:.0f} s)" for r in runs]
+    lines += [f"- total: {sum(r['seconds'] for r in runs):.0f} s", ""]
+    lines += model_section(costs, memory, train)  # type: ignore[arg-type]
+    lines += peers_section(peers, peers is not None)  # type: ignore[arg-type]
+    lines += service_section(load, load is not None)  # type: ignore[arg-type]
+    lines += speedups_section(out)
+    path = report_dir / "RESULTS.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--out-dir", type=Path, default=Path("bench/out"))
+    p.add_argument("--report-dir", type=Path, default=Path("bench"))
+    args = p.parse_args()
+    print(f"wrote {write_report(args.out_dir, args.report_dir)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""``python -m bench --quick`` runs every benchmark end to end and writes the expected fields.
+
+Timings are never asserted: this keeps the harness from rotting, the numbers live in bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+OUT = REPO / "bench" / "out" / "quick"
+
+
+@pytest.mark.slow
+def test_quick_bench_writes_every_result():
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (make bench-setup; .ci/run installs it)")
+    shutil.rmtree(OUT, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "bench", "--quick"], cwd=REPO, check=True, timeout=900)
+
+    def load(name: str):
+        return json.loads((OUT / f"{name}.json").read_text())
+
+    costs = load("model_costs")
+    assert [r["n"] for r in costs["update"]] == [10, 100, 1000, 10_000]
+    assert len({r["state_bytes"] for r in costs["update"]}) == 1  # constant state size
+    assert all(r["update_median_us"] > 0 for r in costs["update"])
+    assert {"m", "fresh_median_ms", "cached_median_ms"} <= set(costs["predict"][0])
+    assert {"n", "chunk_size", "points_per_s"} <= set(costs["conditioning"][0])
+
+    peers = load("peers")
+    for row in peers["rows"]:
+        for key in ("ours", "tnp", "gp"):
+            assert row[f"{key}_add_s"] > 0 and row[f"{key}_add_predict_s"] > 0
+        assert row["gp_memory_bytes"] > row["n"] ** 2 * 8  # the factor: O(N^2) float64
+        assert -10 < row["gp_ll"] < 10 and -10 < row["ours_ll"] < 10
+
+    memory = load("constant_memory")
+    assert [r["n"] for r in memory] == [1000, 100_000]
+
+    train = load("train_throughput")
+    assert any(r["config"].startswith("paper") and r["batch_size"] == 16 and r["tasks_per_s"] > 0 for r in train)
+
+    service = load("service_load")
+    assert service["redis_bytes_per_session_memory_usage"] > 0
+    names = [s["scenario"] for s in service["scenarios"]]
+    assert names == ["context_spread", "context_hot", "predict_spread", "predict_hot"]
+    for scenario in service["scenarios"]:
+        assert set(scenario["cpu_cores"]) == {"api", "redis", "wrk", "other"}
+        for load_ in scenario["loads"]:
+            assert load_["requests"] > 0 and load_["error_count"] == 0
+            assert load_["latency_ms"]["p50"] <= load_["latency_ms"]["p99"]
+
+    runs = load("runs")
+    assert [r["name"] for r in runs] == ["model_costs", "constant_memory", "peers", "train_throughput", "service_load"]
+    report = (OUT / "RESULTS.md").read_text()
+    for heading in ("## Machine", "## Commands", "## 1. Model", "## 2. Against peers", "## 3. Service under load"):
+        assert heading in report
+    assert (OUT / "peers.png").stat().st_size > 0

@@ -1,0 +1,91 @@
+"""Predicts that queue for a worker are batched into one model call, with the same answers as alone."""
+
+from __future__ import annotations
+
+import anyio
+import numpy as np
+import pytest
+
+from service.inference import Inference, log_entry
+from service.registry import ServedModel
+from service.store import Session, Snapshot
+from service.transforms import AffineMap
+from tests.service.helpers import expected_prediction, sample_points
+
+
+def _snapshot(model: ServedModel, x: np.ndarray, y: np.ndarray, logged: int) -> Snapshot:
+    """A session holding x, y: the first points folded into the state, the last `logged` in the log."""
+    net = model.net
+    split = len(x) - logged
+    state = net.empty_state()
+    if split:
+        state = net.update(state, *(np.asarray(a, np.float32)[None] for a in (x[:split], y[:split])))
+    session = Session("s", "", model.name, model.fingerprint, AffineMap.identity(1), AffineMap.identity(1), 0.0, 60)
+    log = [log_entry(x[i : i + 1], y[i : i + 1]) for i in range(split, len(x))]
+    return Snapshot(session, state.to_bytes(), log, logged, 0)
+
+
+@pytest.mark.parametrize("max_batch", [1, 3, 16])
+def test_batched_predicts_equal_single_predicts(tiny_net, max_batch: int) -> None:
+    model = ServedModel("tiny", tiny_net, None, tiny_net.empty_state().to_bytes())
+    calls = []
+    original = tiny_net.predict
+
+    def counting_predict(state, xq, chunk_size=None):
+        calls.append(state.batch_size)
+        return original(state, xq, chunk_size)
+
+    requests = []
+    for i in range(7):  # different context sizes, logs and numbers of queries
+        x, y = sample_points(5 + 3 * i, seed=i)
+        xq = np.linspace(-2, 2, 4 + 5 * i, dtype=np.float64)[:, None]
+        requests.append((x, y, xq, _snapshot(model, x, y, logged=i % 3)))
+    got: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    inference = Inference(workers=1, torch_threads=1, max_batch=max_batch)
+
+    async def one(i: int) -> None:
+        _, _, xq, snapshot = requests[i]
+        got[i] = await inference.predict(model, snapshot, xq.astype(np.float32))
+
+    async def run() -> None:
+        async with anyio.create_task_group() as tg:
+            for i in range(len(requests)):
+                tg.start_soon(one, i)
+
+    tiny_net.predict = counting_predict
+    try:
+        anyio.run(run)
+    finally:
+        del tiny_net.predict
+    for i, (x, y, xq, _) in enumerate(requests):
+        mean, var = expected_prediction(tiny_net, x, y, xq)
+        np.testing.assert_allclose(got[i][0], mean, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got[i][1], var, rtol=1e-4, atol=1e-6)
+    assert sum(calls) == len(requests) and max(calls) <= max_batch
+    if max_batch > 1:  # one worker: the first runs alone, the others queue behind it and batch
+        assert len(calls) < len(requests)
+
+
+def test_a_broken_state_fails_only_its_own_request(tiny_net) -> None:
+    model = ServedModel("tiny", tiny_net, None, tiny_net.empty_state().to_bytes())
+    x, y = sample_points(6, seed=1)
+    good = _snapshot(model, x, y, logged=2)
+    bad = Snapshot(good.session, good.state[:-1] + bytes([good.state[-1] ^ 1]), good.log, 2, 0)  # bad checksum
+    inference = Inference(workers=1, torch_threads=1, max_batch=8)
+    xq = np.zeros((3, 1), np.float32)
+    outcomes: dict[str, object] = {}
+
+    async def one(name: str, snapshot: Snapshot) -> None:
+        try:
+            outcomes[name] = await inference.predict(model, snapshot, xq)
+        except ValueError as e:
+            outcomes[name] = e
+
+    async def run() -> None:
+        async with anyio.create_task_group() as tg:
+            for name, snapshot in (("first", good), ("bad", bad), ("good", good)):
+                tg.start_soon(one, name, snapshot)
+
+    anyio.run(run)
+    assert isinstance(outcomes["bad"], ValueError) and "checksum" in str(outcomes["bad"])
+    np.testing.assert_allclose(outcomes["good"][0], outcomes["first"][0], rtol=1e-6)
