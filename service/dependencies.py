@@ -69,7 +69,7 @@ async def authenticate(
 
 
 async def rate_limited_tenant(request: Request, tenant: Annotated[str, Depends(authenticate)]) -> str:
-    limiter = get_services(request).rate_limiter
+    limiter = request.app.state.services.rate_limiter
     if limiter is not None:
         await limiter.acquire(tenant)
     return tenant
