@@ -28,6 +28,14 @@ ARCHITECTURES: dict[str, tuple[type[CMANP], type[CMANPConfig]]] = {
 }
 
 
+def build_model(cfg: CMANPConfig) -> CMANP:
+    """A freshly initialised model of the architecture that ``cfg``'s class configures."""
+    for net_cls, cfg_cls in ARCHITECTURES.values():
+        if type(cfg) is cfg_cls:
+            return net_cls(cfg)
+    raise ValueError(f"no architecture is configured by {type(cfg).__name__}")
+
+
 def save_checkpoint(net: CMANP, path: str | os.PathLike, info: dict[str, Any] | None = None) -> str:
     """Write config + weights + fingerprint atomically; returns the fingerprint."""
     path = Path(path)
@@ -72,8 +80,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
 def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> CMANP:
     """Build the model from the checkpoint's own config, load its weights and verify its fingerprint."""
     meta = read_metadata(path)
-    net_cls, cfg_cls = ARCHITECTURES[meta["architecture"]]
-    net = net_cls(cfg_cls.from_dict(meta["config"]))
+    net = build_model(ARCHITECTURES[meta["architecture"]][1].from_dict(meta["config"]))
     with safe_open(str(path), framework="pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     net.load_state_dict(tensors, strict=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from model.checkpoint import ARCHITECTURES, load_checkpoint, save_checkpoint
+from model.checkpoint import ARCHITECTURES, build_model, load_checkpoint, save_checkpoint
 from model.cmanp import CMANP, CMANPConfig, count_parameters
 from model.cmanp_and import CMANPAND, CMANPANDConfig
 from model.data.gp import GPBatch, GPSampler
@@ -100,7 +100,7 @@ def train(
     if tc.threads:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
-    net = ARCHITECTURES[architecture][0](mc).to(tc.device)
+    net = build_model(mc).to(tc.device)
     if tc.freeze_base:
         if not isinstance(net, CMANPAND):
             raise ValueError("freeze_base needs --architecture cmanp-and")

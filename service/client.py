@@ -66,6 +66,8 @@ class Prediction:
     variance: np.ndarray  # [m, dim_y]
     num_points: int
     version: int
+    covariance: np.ndarray | None = None  # [dim_y, m, m], with joint=True
+    samples: np.ndarray | None = None  # [num_samples, m, dim_y], with num_samples
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class ModelInfo:
     config: dict[str, Any]
     metrics: dict[str, Any] | None
     default: bool
+    joint_block_size: int | None = None  # set for models with a joint head (covariances, samples)
 
 
 def _from_json(cls: type[T], data: dict[str, Any]) -> T:
@@ -129,8 +132,15 @@ def _context_call(session_id: str, x: ArrayLike, y: ArrayLike, idempotency_key: 
     return _Call("POST", f"/v1/sessions/{session_id}/context", body, headers)
 
 
-def _predict_call(session_id: str, x: ArrayLike) -> _Call:
-    return _Call("POST", f"/v1/sessions/{session_id}/predict", {"x": _points(x, "x")})
+def _predict_call(session_id: str, x: ArrayLike, joint: bool, num_samples: int | None, seed: int | None) -> _Call:
+    body: dict[str, Any] = {"x": _points(x, "x")}
+    if joint:
+        body["joint"] = True
+    if num_samples is not None:
+        body["num_samples"] = num_samples
+    if seed is not None:
+        body["seed"] = seed
+    return _Call("POST", f"/v1/sessions/{session_id}/predict", body)
 
 
 def _session(response: httpx.Response) -> SessionInfo:
@@ -145,8 +155,13 @@ def _context_result(response: httpx.Response) -> ContextResult:
 
 def _prediction(response: httpx.Response) -> Prediction:
     data = response.json()
-    mean, variance = np.asarray(data["mean"], dtype=np.float64), np.asarray(data["variance"], dtype=np.float64)
-    return Prediction(mean, variance, data["num_points"], data["version"])
+
+    def array(name: str) -> np.ndarray | None:
+        return None if data.get(name) is None else np.asarray(data[name], dtype=np.float64)
+
+    return Prediction(
+        array("mean"), array("variance"), data["num_points"], data["version"], array("covariance"), array("samples")
+    )
 
 
 def _models(response: httpx.Response) -> list[ModelInfo]:
@@ -238,8 +253,17 @@ class CMANPClient:
     ) -> ContextResult:
         return _context_result(self._send(_context_call(session_id, x, y, idempotency_key)))
 
-    def predict(self, session_id: str, x: ArrayLike) -> Prediction:
-        return _prediction(self._send(_predict_call(session_id, x)))
+    def predict(
+        self,
+        session_id: str,
+        x: ArrayLike,
+        joint: bool = False,
+        num_samples: int | None = None,
+        seed: int | None = None,
+    ) -> Prediction:
+        """Mean and variance at x; ``joint`` adds the covariance, ``num_samples`` joint sample paths
+        (``seed`` makes them reproducible). Both need a model with a joint head."""
+        return _prediction(self._send(_predict_call(session_id, x, joint, num_samples, seed)))
 
     def get_session(self, session_id: str) -> SessionInfo:
         return _session(self._send(_Call("GET", f"/v1/sessions/{session_id}")))
@@ -309,8 +333,16 @@ class AsyncCMANPClient:
     ) -> ContextResult:
         return _context_result(await self._send(_context_call(session_id, x, y, idempotency_key)))
 
-    async def predict(self, session_id: str, x: ArrayLike) -> Prediction:
-        return _prediction(await self._send(_predict_call(session_id, x)))
+    async def predict(
+        self,
+        session_id: str,
+        x: ArrayLike,
+        joint: bool = False,
+        num_samples: int | None = None,
+        seed: int | None = None,
+    ) -> Prediction:
+        """See ``CMANPClient.predict``."""
+        return _prediction(await self._send(_predict_call(session_id, x, joint, num_samples, seed)))
 
     async def get_session(self, session_id: str) -> SessionInfo:
         return _session(await self._send(_Call("GET", f"/v1/sessions/{session_id}")))

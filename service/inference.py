@@ -8,7 +8,9 @@ At most ``workers`` calls run at once, each with torch's intra-op thread count s
 from __future__ import annotations
 
 import functools
+import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import anyio
@@ -43,10 +45,37 @@ def _fold(model: ServedModel, snapshot: Snapshot) -> bytes:
         return _folded(model, snapshot).to_bytes()
 
 
-def _predict(model: ServedModel, snapshot: Snapshot, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class Predicted:
+    """A prediction in model units, float64."""
+
+    mean: np.ndarray  # [m, dim_y]
+    variance: np.ndarray  # [m, dim_y]
+    covariance: np.ndarray | None = None  # [dim_y, m, m], when asked for (joint head only)
+    samples: np.ndarray | None = None  # [num_samples, m, dim_y], when asked for (joint head only)
+
+
+def _predict(
+    model: ServedModel, snapshot: Snapshot, x: np.ndarray, joint: bool, num_samples: int | None, seed: int | None
+) -> Predicted:
+    net = model.net
     with torch.inference_mode():
-        mean, variance = model.net.predict(_folded(model, snapshot), torch.from_numpy(x).unsqueeze(0))
-        return mean[0].double().numpy(), variance[0].double().numpy()
+        # A fresh state object built from the snapshot: sampling folds values into copies of
+        # it, and nothing here is ever written back to the store.
+        state = _folded(model, snapshot)
+        xq = torch.from_numpy(x).unsqueeze(0)
+        covariance = samples = None
+        if joint:
+            mean, cov = net.joint_predict(state, xq)
+            covariance = cov[0].numpy()
+            variance = np.ascontiguousarray(np.diagonal(covariance, axis1=-2, axis2=-1).T)
+        else:
+            mean, var = net.predict(state, xq)
+            variance = var[0].double().numpy()
+        if num_samples is not None:
+            generator = torch.Generator().manual_seed(seed if seed is not None else secrets.randbits(63))
+            samples = net.sample(state, xq, num_samples, generator=generator)[:, 0].double().numpy()
+        return Predicted(mean[0].double().numpy(), variance, covariance, samples)
 
 
 class Inference:
@@ -61,6 +90,15 @@ class Inference:
         """The session's state with its log folded in (exact update)."""
         return await self._run(_fold, model, snapshot)
 
-    async def predict(self, model: ServedModel, snapshot: Snapshot, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and variance [m, dim_y] at x [m, dim_x], from the snapshot's state and log (model units)."""
-        return await self._run(_predict, model, snapshot, x)
+    async def predict(
+        self,
+        model: ServedModel,
+        snapshot: Snapshot,
+        x: np.ndarray,
+        joint: bool = False,
+        num_samples: int | None = None,
+        seed: int | None = None,
+    ) -> Predicted:
+        """The prediction at x [m, dim_x] from the snapshot's state and log (model units); with
+        ``joint``, the joint head's mean and covariance; with ``num_samples``, joint sample paths."""
+        return await self._run(_predict, model, snapshot, x, joint, num_samples, seed)
