@@ -5,11 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import CMANP, CMANPConfig, load_checkpoint
+from model import CMANP, CMANPANDConfig, CMANPConfig, load_checkpoint
 from model.checkpoint import build_model
 
 CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "cmanp-gp-rbf.safetensors"
 SMALL = CMANPConfig(d_model=32, n_heads=4, n_blocks=3, n_latents=16, ff_width=64, embed_depth=2)
+SMALL_AND = CMANPANDConfig(**SMALL.to_dict(), block_size=8, cov_features=4, cov_layers=1)  # with a joint head
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from model import CMANP, CMANPAND, CMANPANDConfig, load_checkpoint, save_checkpoint
+from model import CMANP, CMANPAND, load_checkpoint, save_checkpoint
 from model.checkpoint import read_metadata
-from tests.model.conftest import SMALL, random_points, small_model, small_or_shipped
+from tests.model.conftest import SMALL, SMALL_AND, random_points, small_model, small_or_shipped
 
 AND_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "cmanp-and-gp-rbf.safetensors"
-SMALL_AND = CMANPANDConfig(**SMALL.to_dict(), block_size=8, cov_features=4, cov_layers=1)
 
 
 def small_and(seed: int = 0) -> CMANPAND:
