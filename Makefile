@@ -5,7 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 CHECKPOINT := checkpoints/cmanp-gp-rbf.safetensors
 
-.PHONY: install run test lint train eval bench-memory plot clean
+AND_CHECKPOINT := checkpoints/cmanp-and-gp-rbf.safetensors
+
+.PHONY: install run test lint train train-and eval eval-and bench-memory plot clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,12 +29,23 @@ lint: $(STAMP)
 train: $(STAMP)
 	$(PY) -m model.train --config configs/gp-rbf.json --out runs/gp-rbf --resume
 
+# The joint head (CMANP-AND), trained alone on the shipped CMANP's frozen encoder and decoder.
+train-and: $(STAMP)
+	$(PY) -m model.train --config configs/gp-rbf-and.json --init-from $(CHECKPOINT) --out runs/gp-rbf-and --resume
+
 CARD_JSON := $(CHECKPOINT:.safetensors=.json)
 eval: $(STAMP)
 	$(PY) -m model.evaluate --checkpoint $(CHECKPOINT) --kernel rbf --out runs/eval-rbf.json --card-json $(CARD_JSON)
 	$(PY) -m model.evaluate --checkpoint $(CHECKPOINT) --kernel matern --out runs/eval-matern.json --card-json $(CARD_JSON)
 	$(PY) -m model.evaluate --checkpoint $(CHECKPOINT) --context-sizes 10,50,100,200,500,1000 \
 		--out runs/eval-streaming.json --card-json $(CARD_JSON)
+
+AND_CARD_JSON := $(AND_CHECKPOINT:.safetensors=.json)
+eval-and: $(STAMP)
+	$(PY) -m model.evaluate --checkpoint $(AND_CHECKPOINT) --kernel rbf --joint --out runs/eval-and-rbf.json \
+		--card-json $(AND_CARD_JSON)
+	$(PY) -m model.evaluate --checkpoint $(AND_CHECKPOINT) --kernel matern --joint --out runs/eval-and-matern.json \
+		--card-json $(AND_CARD_JSON)
 
 bench-memory: $(STAMP)
 	$(PY) -m bench.constant_memory --checkpoint $(CHECKPOINT)
