@@ -172,8 +172,7 @@ class CMANPAND(CMANP):
             raise ValueError(
                 f"{xq.shape[1]} targets exceed the joint block size {self.cfg.block_size}; use sample() for more"
             )
-        mean, cov = self._joint_block(state.log_norm, state.value_sum, xq)
-        return mean, cov
+        return self.joint_head(self._target_encodings(self.latents(state), xq))  # latents cached per state
 
     def joint_log_prob(self, state: CMANPState, xq: Tensor, yq: Tensor, block_size: int | None = None) -> Tensor:
         """Autoregressive joint log-density of yq [B, M, dy] at xq [B, M, dx], summed over targets (float64 [B]).

@@ -16,7 +16,8 @@ import torch
 
 from model import CMANPAND, load_checkpoint
 from service.client import AsyncCMANPClient, CMANPClient, CMANPError, RetryPolicy
-from tests.service.helpers import API_KEYS, live_server, make_settings, raw_session, sample_points
+from service.registry import ModelRegistry
+from tests.service.helpers import API_KEYS, REPO, live_server, make_settings, raw_session, sample_points
 
 # User units: x in [0, 100] maps onto the model's [-2, 2]; y_model = (y - 10) / 3.
 X_BOUNDS = {"low": 0.0, "high": 100.0}
@@ -137,3 +138,11 @@ def test_async_client_returns_joint_fields(server, session) -> None:
 
     got = anyio.run(run)
     assert got.covariance.shape == (1, 3, 3) and got.samples.shape == (4, 3, 1)
+
+
+def test_the_shipped_joint_model_is_served() -> None:
+    if not (REPO / "checkpoints" / "cmanp-and-gp-rbf.safetensors").exists():
+        pytest.skip("no shipped CMANP-AND checkpoint")
+    served = ModelRegistry.load(REPO / "checkpoints", "cmanp-gp-rbf").get("cmanp-and-gp-rbf")
+    assert isinstance(served.net, CMANPAND) and served.joint_block_size == served.net.cfg.block_size == 50
+    assert served.metrics["fingerprint"] == served.fingerprint  # the card's numbers belong to these weights
