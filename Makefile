@@ -7,7 +7,7 @@ CHECKPOINT := checkpoints/cmanp-gp-rbf.safetensors
 
 AND_CHECKPOINT := checkpoints/cmanp-and-gp-rbf.safetensors
 
-.PHONY: install run test lint train train-and eval eval-and bench-memory plot clean
+.PHONY: install run test lint train train-and eval eval-and bench-memory plot plot-and clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,9 @@ bench-memory: $(STAMP)
 
 plot: $(STAMP)
 	$(PY) -m model.plot --checkpoint $(CHECKPOINT) --out checkpoints/cmanp-gp-rbf.png
+
+plot-and: $(STAMP)
+	$(PY) -m model.plot --checkpoint $(AND_CHECKPOINT) --samples 5 --out checkpoints/cmanp-and-gp-rbf.png
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
