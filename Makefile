@@ -5,7 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 CHECKPOINT := checkpoints/cmanp-gp-rbf.safetensors
 
-.PHONY: install run test lint train eval bench bench-quick bench-setup bench-memory plot clean
+AND_CHECKPOINT := checkpoints/cmanp-and-gp-rbf.safetensors
+
+.PHONY: install run test lint train train-and eval eval-and bench bench-quick bench-setup bench-memory plot plot-and clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +32,10 @@ lint: $(STAMP)
 train: $(STAMP)
 	$(PY) -m model.train --config configs/gp-rbf.json --out runs/gp-rbf --resume
 
+# The joint head (CMANP-AND), trained alone on the shipped CMANP's frozen encoder and decoder.
+train-and: $(STAMP)
+	$(PY) -m model.train --config configs/gp-rbf-and.json --init-from $(CHECKPOINT) --out runs/gp-rbf-and --resume
+
 CARD_JSON := $(CHECKPOINT:.safetensors=.json)
 eval: $(STAMP)
 	$(PY) -m model.evaluate --checkpoint $(CHECKPOINT) --kernel rbf --out runs/eval-rbf.json --card-json $(CARD_JSON)
@@ -50,11 +56,21 @@ bench: $(STAMP) bench-setup
 bench-quick: $(STAMP) bench-setup
 	$(PY) -m bench --quick
 
+AND_CARD_JSON := $(AND_CHECKPOINT:.safetensors=.json)
+eval-and: $(STAMP)
+	$(PY) -m model.evaluate --checkpoint $(AND_CHECKPOINT) --kernel rbf --joint --out runs/eval-and-rbf.json \
+		--card-json $(AND_CARD_JSON)
+	$(PY) -m model.evaluate --checkpoint $(AND_CHECKPOINT) --kernel matern --joint --out runs/eval-and-matern.json \
+		--card-json $(AND_CARD_JSON)
+
 bench-memory: $(STAMP)
 	$(PY) -m bench.constant_memory --checkpoint $(CHECKPOINT)
 
 plot: $(STAMP)
 	$(PY) -m model.plot --checkpoint $(CHECKPOINT) --out checkpoints/cmanp-gp-rbf.png
+
+plot-and: $(STAMP)
+	$(PY) -m model.plot --checkpoint $(AND_CHECKPOINT) --samples 5 --out checkpoints/cmanp-and-gp-rbf.png
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -2,6 +2,7 @@
 
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.cmanp import CMANP, CMANPConfig
+from model.cmanp_and import CMANPAND, CMANPANDConfig
 from model.state import CMANPState
 
-__all__ = ["CMANP", "CMANPConfig", "CMANPState", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CMANP", "CMANPAND", "CMANPANDConfig", "CMANPConfig", "CMANPState", "load_checkpoint", "save_checkpoint"]

@@ -1,4 +1,4 @@
-"""Checkpoints: safetensors weights plus JSON metadata (config, fingerprint, training record).
+"""Checkpoints: safetensors weights plus JSON metadata (architecture, config, fingerprint, training record).
 
 safetensors stores raw tensors and a JSON header, so loading runs no pickle and no code.
 The fingerprint recorded at save time is recomputed on load; a mismatch means corruption.
@@ -16,9 +16,24 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from model.cmanp import CMANP, CMANPConfig
+from model.cmanp_and import CMANPAND, CMANPANDConfig
 
 FORMAT = "cmanp-checkpoint"
 FORMAT_VERSION = "1"
+# The model class and config class of each architecture. Checkpoints written before the
+# "architecture" field existed are plain CMANPs.
+ARCHITECTURES: dict[str, tuple[type[CMANP], type[CMANPConfig]]] = {
+    CMANP.architecture: (CMANP, CMANPConfig),
+    CMANPAND.architecture: (CMANPAND, CMANPANDConfig),
+}
+
+
+def build_model(cfg: CMANPConfig) -> CMANP:
+    """A freshly initialised model of the architecture that ``cfg``'s class configures."""
+    for net_cls, cfg_cls in ARCHITECTURES.values():
+        if type(cfg) is cfg_cls:
+            return net_cls(cfg)
+    raise ValueError(f"no architecture is configured by {type(cfg).__name__}")
 
 
 def save_checkpoint(net: CMANP, path: str | os.PathLike, info: dict[str, Any] | None = None) -> str:
@@ -29,6 +44,7 @@ def save_checkpoint(net: CMANP, path: str | os.PathLike, info: dict[str, Any] | 
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
+        "architecture": net.architecture,
         "config": json.dumps(net.cfg.to_dict(), sort_keys=True),
         "fingerprint": fingerprint,
         "info": json.dumps(info or {}, sort_keys=True),
@@ -50,7 +66,11 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path} is not a CMANP checkpoint (format={meta.get('format')!r})")
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path} has checkpoint format {meta.get('format_version')}, expected {FORMAT_VERSION}")
+    architecture = meta.get("architecture", CMANP.architecture)
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"{path} has unknown architecture {architecture!r}; this build reads {sorted(ARCHITECTURES)}")
     return {
+        "architecture": architecture,
         "config": json.loads(meta["config"]),
         "fingerprint": meta["fingerprint"],
         "info": json.loads(meta.get("info", "{}")),
@@ -60,7 +80,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
 def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> CMANP:
     """Build the model from the checkpoint's own config, load its weights and verify its fingerprint."""
     meta = read_metadata(path)
-    net = CMANP(CMANPConfig.from_dict(meta["config"]))
+    net = build_model(ARCHITECTURES[meta["architecture"]][1].from_dict(meta["config"]))
     with safe_open(str(path), framework="pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     net.load_state_dict(tensors, strict=True)

@@ -286,6 +286,8 @@ class DecoderLayer(nn.Module):
 class CMANP(nn.Module):
     """CMANP with an exact, constant-memory streaming state. See the module docstring."""
 
+    architecture = "cmanp"  # recorded in checkpoints, so loading builds the right class
+
     def __init__(self, cfg: CMANPConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -368,8 +370,12 @@ class CMANP(nn.Module):
         shape = (batch_size, cfg.n_blocks, cfg.n_heads, cfg.n_latents)
         return (torch.full(shape, -math.inf, device=self.device), torch.zeros(*shape, cfg.head_dim, device=self.device))
 
+    def _accumulate(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """The accumulators of a chunk of points (x [B,k,dx], y [B,k,dy], k >= 1)."""
+        return self.data_attn.accumulate(self.context_embed(torch.cat([x, y], dim=-1)))
+
     def _chunk_state(self, x: Tensor, y: Tensor) -> CMANPState:
-        log_norm, value_sum = self.data_attn.accumulate(self.context_embed(torch.cat([x, y], dim=-1)))
+        log_norm, value_sum = self._accumulate(x, y)
         n = torch.full((x.shape[0],), x.shape[1], dtype=torch.int64, device=x.device)
         return CMANPState(log_norm, value_sum, n, self.fingerprint, version=1)
 
@@ -432,11 +438,15 @@ class CMANP(nn.Module):
             state._derived = (self.fingerprint, latents)
         return latents
 
-    def _decode(self, latents: Tensor, xq: Tensor) -> tuple[Tensor, Tensor]:
+    def _target_encodings(self, latents: Tensor, xq: Tensor) -> Tensor:
+        """The decoder's per-target representation [B, m, D] before the output head."""
         z = self.query_embed(xq)
         for k, layer in enumerate(self.decoder):
             z = layer(z, latents[:, k])
-        mean, raw = self.head(z).chunk(2, dim=-1)
+        return z
+
+    def _decode(self, latents: Tensor, xq: Tensor) -> tuple[Tensor, Tensor]:
+        mean, raw = self.head(self._target_encodings(latents, xq)).chunk(2, dim=-1)
         std = self.cfg.min_std + F.softplus(raw)
         return mean, std
 
@@ -460,11 +470,13 @@ class CMANP(nn.Module):
 
         Uses the same accumulators as streaming; N = 0 gives the prior.
         """
+        return self._decode(self._derive(*self._context_accumulators(xc, yc)), xt)
+
+    def _context_accumulators(self, xc: Tensor, yc: Tensor) -> tuple[Tensor, Tensor]:
+        """Accumulators of a training context; N = 0 gives the empty ones (the prior)."""
         if xc.shape[1] == 0:
-            log_norm, value_sum = self._empty_accumulators(xc.shape[0])
-        else:
-            log_norm, value_sum = self.data_attn.accumulate(self.context_embed(torch.cat([xc, yc], dim=-1)))
-        return self._decode(self._derive(log_norm, value_sum), xt)
+            return self._empty_accumulators(xc.shape[0])
+        return self._accumulate(xc, yc)
 
     def loss(self, xc: Tensor, yc: Tensor, xt: Tensor, yt: Tensor) -> Tensor:
         """Minus the target log-likelihood, averaged over targets, then over tasks."""

@@ -13,22 +13,27 @@ from torch import Tensor
 from model.data.gp import GPBatch, kernel_matrix
 
 
-def gp_predict(batch: GPBatch) -> tuple[Tensor, Tensor]:
-    """Posterior predictive mean and variance of the noisy targets, float64, each [B, M]."""
+def gp_posterior(batch: GPBatch) -> tuple[Tensor, Tensor]:
+    """Joint posterior predictive of the noisy targets, float64: mean [B, M] and covariance [B, M, M]."""
     xc, yc, xt = (t.double().cpu() for t in (batch.xc, batch.yc, batch.xt))
     hyp = (batch.length, batch.scale, batch.period)
     noise_var = batch.noise_std**2
-    prior_var = (batch.scale.double() ** 2).view(-1, 1) + noise_var
+    k_tt = kernel_matrix(batch.kernel, xt, xt, *hyp) + noise_var * torch.eye(xt.shape[1], dtype=torch.float64)
     if xc.shape[1] == 0:
-        return torch.zeros(xt.shape[:2], dtype=torch.float64), prior_var.expand(-1, xt.shape[1])
+        return torch.zeros(xt.shape[:2], dtype=torch.float64), k_tt
     k_cc = kernel_matrix(batch.kernel, xc, xc, *hyp) + noise_var * torch.eye(xc.shape[1], dtype=torch.float64)
     k_ct = kernel_matrix(batch.kernel, xc, xt, *hyp)
     chol = torch.linalg.cholesky(k_cc)
     alpha = torch.cholesky_solve(yc, chol)  # [B, N, 1]
     mean = (k_ct.mT @ alpha).squeeze(-1)
     v = torch.linalg.solve_triangular(chol, k_ct, upper=False)  # [B, N, M]
-    var = prior_var - v.square().sum(1)
-    return mean, var.clamp_min(1e-12)
+    return mean, k_tt - v.mT @ v
+
+
+def gp_predict(batch: GPBatch) -> tuple[Tensor, Tensor]:
+    """Posterior predictive mean and variance of the noisy targets, float64, each [B, M]."""
+    mean, cov = gp_posterior(batch)
+    return mean, cov.diagonal(dim1=-2, dim2=-1).clamp_min(1e-12)
 
 
 def gp_log_likelihood(batch: GPBatch) -> Tensor:
@@ -37,3 +42,10 @@ def gp_log_likelihood(batch: GPBatch) -> Tensor:
     yt = batch.yt.double().cpu().squeeze(-1)
     ll = -0.5 * (math.log(2 * math.pi) + var.log() + (yt - mean).square() / var)
     return ll.mean(-1)
+
+
+def gp_joint_log_likelihood(batch: GPBatch) -> Tensor:
+    """Per-task joint target log-likelihood per target (a multivariate normal over all targets), float64 [B]."""
+    mean, cov = gp_posterior(batch)
+    yt = batch.yt.double().cpu().squeeze(-1)
+    return torch.distributions.MultivariateNormal(mean, covariance_matrix=cov).log_prob(yt) / yt.shape[1]

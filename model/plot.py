@@ -1,6 +1,8 @@
 """Plot a session growing: the model's mean +- 2 sigma beside the exact GP, at several context sizes.
 
 python -m model.plot --checkpoint checkpoints/cmanp-gp-rbf.safetensors --out checkpoints/cmanp-gp-rbf.png
+
+With ``--samples S`` and a CMANP-AND checkpoint, S joint sample paths over the grid are drawn too.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from model.checkpoint import load_checkpoint  # noqa: E402
+from model.cmanp_and import CMANPAND  # noqa: E402
 from model.data.gp import NOISE_STD, GPBatch, kernel_matrix  # noqa: E402
 from model.gp_oracle import gp_predict  # noqa: E402
 
@@ -27,10 +30,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--length", type=float, default=0.4)
     p.add_argument("--scale", type=float, default=0.8)
     p.add_argument("--seed", type=int, default=3)
+    p.add_argument("--samples", type=int, default=0, help="joint sample paths to draw (a CMANP-AND checkpoint)")
     args = p.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
 
     net = load_checkpoint(args.checkpoint)
+    if args.samples and not isinstance(net, CMANPAND):
+        p.error(f"--samples needs a CMANP-AND checkpoint; {args.checkpoint} is a {net.architecture}")
     lo, hi = net.cfg.x_range
     g = torch.Generator().manual_seed(args.seed)
     grid = torch.linspace(lo, hi, 200, dtype=torch.float64).view(1, -1, 1)
@@ -48,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         with torch.no_grad():  # stream the new points into the session, as the service does
             state = net.update(state, xc[:, seen:n].float(), yc[:, seen:n].float())
             mean, var = net.predict(state, grid.float())
+            paths = net.sample(state, grid.float(), args.samples, generator=g)[:, 0, :, 0] if args.samples else []
         seen = n
         batch = GPBatch(xc[:, :n], yc[:, :n], grid, f_grid, *hyp, kernel="rbf")
         gp_mean, gp_var = gp_predict(batch)
@@ -65,6 +72,8 @@ def main(argv: list[str] | None = None) -> None:
         ax.plot(x, m, color="tab:blue", lw=1.5, label="CMANP mean")
         ax.plot(x, m - 2 * s, color="tab:blue", lw=0.8, ls="--", label="CMANP ± 2σ")
         ax.plot(x, m + 2 * s, color="tab:blue", lw=0.8, ls="--")
+        for i, path in enumerate(paths):
+            ax.plot(x, path.numpy(), color="tab:green", lw=0.6, alpha=0.7, label=None if i else "joint samples")
         ax.plot(x, f_grid[0, :, 0], color="black", lw=0.8, alpha=0.6, label="true function")
         ax.scatter(xc[0, :n, 0], yc[0, :n, 0], s=10, color="tab:red", zorder=3, label="context")
         ax.set_title(f"{n} points, state {len(state.to_bytes()) / 1024:.0f} KiB")

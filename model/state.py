@@ -82,6 +82,16 @@ class CMANPState:
         c, o = merge_accumulators(self.log_norm, self.value_sum, other.log_norm, other.value_sum)
         return CMANPState(c, o, self.num_points + other.num_points, self.fingerprint, self.version + other.version)
 
+    def tile(self, copies: int) -> CMANPState:
+        """``copies`` independent copies of the batch, copy-major ([copies * B]); self is untouched."""
+        return CMANPState(
+            self.log_norm.repeat(copies, 1, 1, 1),
+            self.value_sum.repeat(copies, 1, 1, 1, 1),
+            self.num_points.repeat(copies),
+            self.fingerprint,
+            self.version,
+        )
+
     # ---- binary format ----------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         B = self.batch_size

@@ -1,5 +1,9 @@
 """Meta-train a CMANP on GP tasks: ``python -m model.train [--config cfg.json] [flags] [--resume]``.
 
+``--architecture cmanp-and`` trains a CMANP-AND (joint head, loss = minus the joint target
+log-likelihood per target). With ``--init-from`` a plain CMANP checkpoint of the same base config
+and ``freeze_base``, only the joint head is trained on top of that CMANP's encoder and decoder.
+
 Resumable: a training state (weights, optimiser, step, RNG streams) is saved to ``<out>/last.pt``
 every few minutes and on exit; ``--resume`` continues from it bit-for-bit given the same flags.
 The best model on a small held-out set is exported to ``<out>/best.safetensors``.
@@ -18,8 +22,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from model.checkpoint import load_checkpoint, save_checkpoint
+from model.checkpoint import ARCHITECTURES, build_model, load_checkpoint, save_checkpoint
 from model.cmanp import CMANP, CMANPConfig, count_parameters
+from model.cmanp_and import CMANPAND, CMANPANDConfig
 from model.data.gp import GPBatch, GPSampler
 
 
@@ -43,6 +48,7 @@ class TrainConfig:
     save_every_minutes: float = 3.0
     device: str = "cpu"
     threads: int = 0  # 0: leave torch's default
+    freeze_base: bool = False  # CMANP-AND only: train the joint head alone, on a fixed CMANP
     run_steps: int = 0  # stop this invocation after this many steps (0: run to `steps`); resume later
 
 
@@ -82,13 +88,26 @@ def lr_at(step: int, tc: TrainConfig) -> float:
     return tc.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def train(mc: CMANPConfig, tc: TrainConfig, out: Path, resume: bool, init_from: Path | None = None) -> None:
+def train(
+    mc: CMANPConfig,
+    tc: TrainConfig,
+    out: Path,
+    resume: bool,
+    init_from: Path | None = None,
+    architecture: str = CMANP.architecture,
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if tc.threads:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
-    net = CMANP(mc).to(tc.device)
-    opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=tc.device == "cpu")
+    net = build_model(mc).to(tc.device)
+    if tc.freeze_base:
+        if not isinstance(net, CMANPAND):
+            raise ValueError("freeze_base needs --architecture cmanp-and")
+        for p in net.base_parameters():
+            p.requires_grad_(False)
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=tc.weight_decay, fused=tc.device == "cpu")
     g = torch.Generator().manual_seed(tc.seed + 1)
     step, best, elapsed = 0, -math.inf, 0.0
     state_path = out / "last.pt"
@@ -105,13 +124,21 @@ def train(mc: CMANPConfig, tc: TrainConfig, out: Path, resume: bool, init_from: 
         # Continue from exported weights (e.g. a committed checkpoint in a new session): the
         # schedule resumes at the recorded step; the optimiser moments start afresh.
         init = load_checkpoint(init_from)
-        if init.cfg != mc:
+        if init.cfg == mc:
+            net.load_state_dict(init.state_dict())
+            step, best = int(init.info.get("step", 0)), float(init.info.get("heldout_ll", -math.inf))
+            elapsed = float(init.info.get("train_seconds", 0.0))
+            print(f"initialised from {init_from} at step {step}")
+        elif isinstance(net, CMANPAND) and type(init) is CMANP and init.cfg == mc.base():
+            # A new joint head on a trained CMANP: its schedule and held-out record start afresh.
+            net.load_state_dict(init.state_dict(), strict=False)
+            net.init_joint_mean_from_base()
+            print(f"joint head initialised on the CMANP {init_from}")
+        else:
             raise ValueError(f"{init_from} has config {init.cfg}, not {mc}")
-        net.load_state_dict(init.state_dict())
-        step, best = int(init.info.get("step", 0)), float(init.info.get("heldout_ll", -math.inf))
-        elapsed = float(init.info.get("train_seconds", 0.0))
-        print(f"initialised from {init_from} at step {step}")
-    (out / "config.json").write_text(json.dumps({"model": mc.to_dict(), "train": asdict(tc)}, indent=2))
+    (out / "config.json").write_text(
+        json.dumps({"architecture": architecture, "model": mc.to_dict(), "train": asdict(tc)}, indent=2)
+    )
 
     def save_state() -> None:
         tmp = state_path.with_suffix(".tmp")
@@ -131,7 +158,8 @@ def train(mc: CMANPConfig, tc: TrainConfig, out: Path, resume: bool, init_from: 
 
     sampler = GPSampler("rbf", dim_x=mc.dim_x, x_range=mc.x_range)
     heldout = heldout_batches(tc.eval_batches, tc.batch_size)
-    print(f"model: {count_parameters(net):,} parameters; training to step {tc.steps}")
+    trained = sum(p.numel() for p in trainable)
+    print(f"model: {count_parameters(net):,} parameters ({trained:,} trained); training to step {tc.steps}")
     net.train()
     last_save, t0, tasks = time.time(), time.time(), 0
     # A background job ignores SIGINT and dies on SIGTERM without unwinding: make both raise
@@ -148,7 +176,7 @@ def train(mc: CMANPConfig, tc: TrainConfig, out: Path, resume: bool, init_from: 
             loss = net.loss(batch.xc, batch.yc, batch.xt, batch.yt)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
+            torch.nn.utils.clip_grad_norm_(trainable, tc.grad_clip)
             opt.step()
             step += 1
             tasks += tc.batch_size
@@ -190,7 +218,14 @@ def _add_dataclass_flags(p: argparse.ArgumentParser, cls: type) -> None:
     for f in fields(cls):
         if f.name == "x_range":
             continue
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None)
+        kind = _parse_bool if isinstance(f.default, bool) else type(f.default)
+        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None)
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() in ("true", "1")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -199,7 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/cmanp"))
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt if it exists")
     p.add_argument("--init-from", type=Path, help="start from an exported .safetensors checkpoint and its step")
-    _add_dataclass_flags(p, CMANPConfig)
+    p.add_argument("--architecture", choices=sorted(ARCHITECTURES), help="default: the config file's, else cmanp")
+    _add_dataclass_flags(p, CMANPANDConfig)
     _add_dataclass_flags(p, TrainConfig)
     args = p.parse_args(argv)
     file = json.loads(args.config.read_text()) if args.config else {}
@@ -212,12 +248,14 @@ def main(argv: list[str] | None = None) -> None:
                 values[f.name] = flag
         return cls(**values)
 
+    architecture = args.architecture or file.get("architecture", CMANP.architecture)
     train(
-        build(CMANPConfig, file.get("model", {})),
+        build(ARCHITECTURES[architecture][1], file.get("model", {})),
         build(TrainConfig, file.get("train", {})),
         args.out,
         args.resume,
         args.init_from,
+        architecture,
     )
 
 

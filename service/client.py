@@ -84,6 +84,7 @@ class ModelInfo:
     config: dict[str, Any]
     metrics: dict[str, Any] | None
     default: bool
+    joint_block_size: int | None = None  # set for models with a joint head (covariances, samples)
 
 
 def _from_json(cls: type[T], data: dict[str, Any]) -> T:
@@ -259,7 +260,8 @@ class CMANPClient:
         num_samples: int | None = None,
         seed: int | None = None,
     ) -> Prediction:
-        """Mean and variance at x; joint=True adds the covariance, num_samples=S adds S joint sample paths."""
+        """Mean and variance at x; ``joint`` adds the covariance, ``num_samples`` joint sample paths
+        (``seed`` makes them reproducible). Both need a model with a joint head."""
         return _prediction(self._send(_predict_call(session_id, x, joint, num_samples, seed)))
 
     def get_session(self, session_id: str) -> SessionInfo:
@@ -338,6 +340,7 @@ class AsyncCMANPClient:
         num_samples: int | None = None,
         seed: int | None = None,
     ) -> Prediction:
+        """See ``CMANPClient.predict``."""
         return _prediction(await self._send(_predict_call(session_id, x, joint, num_samples, seed)))
 
     async def get_session(self, session_id: str) -> SessionInfo:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -127,6 +128,40 @@ def _predict_batch(model: ServedModel, batch: list[_Predict]) -> list[tuple[np.n
     return results  # type: ignore[return-value] - every entry is set
 
 
+@dataclass(frozen=True)
+class Predicted:
+    """A prediction in model units, float64."""
+
+    mean: np.ndarray  # [m, dim_y]
+    variance: np.ndarray  # [m, dim_y]
+    covariance: np.ndarray | None = None  # [dim_y, m, m], when asked for (joint head only)
+    samples: np.ndarray | None = None  # [num_samples, m, dim_y], when asked for (joint head only)
+
+
+def _predict_joint(
+    model: ServedModel, snapshot: Snapshot, x: np.ndarray, joint: bool, num_samples: int | None, seed: int | None
+) -> Predicted:
+    """The joint head's prediction (``joint``) and/or joint sample paths (``num_samples``)."""
+    net = model.net
+    with torch.inference_mode():
+        # A fresh state object built from the snapshot: sampling folds values into copies of
+        # it, and nothing here is ever written back to the store.
+        state = _folded(model, snapshot)
+        xq = torch.from_numpy(x).unsqueeze(0)
+        covariance = samples = None
+        if joint:
+            mean, cov = net.joint_predict(state, xq)
+            covariance = cov[0].numpy()
+            variance = np.ascontiguousarray(np.diagonal(covariance, axis1=-2, axis2=-1).T)
+        else:
+            mean, var = net.predict(state, xq)
+            variance = var[0].double().numpy()
+        if num_samples is not None:
+            generator = torch.Generator().manual_seed(seed if seed is not None else secrets.randbits(63))
+            samples = net.sample(state, xq, num_samples, generator=generator)[:, 0].double().numpy()
+        return Predicted(mean[0].double().numpy(), variance, covariance, samples)
+
+
 class Inference:
     def __init__(self, workers: int, torch_threads: int, max_batch: int = 16, scoring: bool = True) -> None:
         torch.set_num_threads(torch_threads)
@@ -146,8 +181,20 @@ class Inference:
         """The calibration sums the next fold of this snapshot would commit; writes nothing."""
         return await self._run(_score, model, snapshot, self.scoring)
 
-    async def predict(self, model: ServedModel, snapshot: Snapshot, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and variance [m, dim_y] at x [m, dim_x], from the snapshot's state and log (model units)."""
+    async def predict(
+        self,
+        model: ServedModel,
+        snapshot: Snapshot,
+        x: np.ndarray,
+        joint: bool = False,
+        num_samples: int | None = None,
+        seed: int | None = None,
+    ) -> Predicted:
+        """The prediction at x [m, dim_x] from the snapshot's state and log (model units); with
+        ``joint``, the joint head's mean and covariance; with ``num_samples``, joint sample paths.
+        Plain predicts are micro-batched across sessions; joint ones run on their own."""
+        if joint or num_samples is not None:
+            return await self._run(_predict_joint, model, snapshot, x, joint, num_samples, seed)
         item = _Predict(model, snapshot, x, asyncio.get_running_loop().create_future())
         self._queue.append(item)
         try:
@@ -157,7 +204,7 @@ class Inference:
         finally:
             if item in self._queue:  # cancelled while waiting for a worker
                 self._queue.remove(item)
-        return await item.result
+        return Predicted(*await item.result)
 
     def _take_batch(self, first: _Predict) -> list[_Predict]:
         others = [p for p in self._queue if p.model is first.model and p is not first]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model import CMANP, load_checkpoint
+from model import CMANP, CMANPAND, load_checkpoint
 from service.errors import ConflictError, NotFoundError
 from service.training_range import TrainingRange
 
@@ -41,6 +41,11 @@ class ServedModel:
     @property
     def dim_y(self) -> int:
         return self.net.cfg.dim_y
+
+    @property
+    def joint_block_size(self) -> int | None:
+        """b_Q of a model with a joint head (covariances and joint samples); None for a plain CMANP."""
+        return self.net.cfg.block_size if isinstance(self.net, CMANPAND) else None
 
     @classmethod
     def load(cls, path: Path) -> ServedModel:

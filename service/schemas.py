@@ -126,16 +126,40 @@ class ContextResult(BaseModel):
 
 class Query(Body):
     x: Points
+    joint: bool = Field(
+        False,
+        strict=True,
+        description="also return the joint covariance of the targets (models with a joint head; at most "
+        "CMANP_MAX_JOINT_TARGETS targets, by default the model's block size b_Q)",
+    )
+    num_samples: int | None = Field(
+        None,
+        strict=True,
+        ge=1,
+        description="also return this many joint sample paths (models with a joint head; any number of "
+        "targets, num_samples x targets at most CMANP_MAX_SAMPLE_VALUES)",
+    )
+    seed: int | None = Field(
+        None, strict=True, ge=0, lt=2**63, description="seed of the sample paths, for reproducible draws"
+    )
 
     @model_validator(mode="after")
     def _rectangular(self) -> Query:
         _check_points(self.x, "x")
+        if self.seed is not None and self.num_samples is None:
+            raise ValueError("seed is only used with num_samples")
         return self
 
 
 class Prediction(BaseModel):
-    mean: list[list[float]]
-    variance: list[list[float]]
+    mean: list[list[float]] = Field(description="[m][dim_y]; with joint=true, the joint head's mean")
+    variance: list[list[float]] = Field(description="[m][dim_y]; with joint=true, the covariance's diagonal")
+    covariance: list[list[list[float]]] | None = Field(
+        None, description="joint=true only: [dim_y][m][m], one covariance matrix of the m targets per output dim"
+    )
+    samples: list[list[list[float]]] | None = Field(
+        None, description="num_samples only: [num_samples][m][dim_y] joint sample paths"
+    )
     num_points: int
     version: int
     warnings: list[str] = Field(description="e.g. queries outside the model's training input range")
@@ -154,6 +178,9 @@ class ModelInfo(BaseModel):
     config: dict[str, Any]
     metrics: dict[str, Any] | None = Field(description="headline eval numbers from the model card, if any")
     default: bool
+    joint_block_size: int | None = Field(
+        description="targets per joint block (b_Q) of a model with a joint head (joint, num_samples); else null"
+    )
 
 
 class ModelList(BaseModel):

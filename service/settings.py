@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     session_ttl_seconds: int = Field(86_400, ge=1, description="idle time after which a session expires")
     max_session_ttl_seconds: int = Field(30 * 86_400, ge=1, description="largest ttl_seconds a client may ask for")
     max_points_per_request: int = Field(1_000, ge=1, description="context points or queries per request")
+    max_joint_targets: int | None = Field(
+        None, ge=1, description="most targets of a joint=true predict; unset (and never more than): the model's b_Q"
+    )
+    max_sample_values: int = Field(20_000, ge=1, description="most num_samples x targets of one predict")
     max_body_bytes: int = Field(1 << 20, ge=1, description="largest request body; more gets 413 before parsing")
     fold_threshold_points: int = Field(256, ge=1, description="fold the append log into the state at this size")
     idempotency_keys_per_session: int = Field(128, ge=1, description="most recent keys remembered per session")

@@ -43,6 +43,10 @@ class AffineMap:
     def variance_to_user(self, variance: np.ndarray) -> np.ndarray:
         return variance * self.scale**2
 
+    def covariance_to_user(self, covariance: np.ndarray) -> np.ndarray:
+        """[dim, m, m]: one covariance matrix per output dimension."""
+        return covariance * (self.scale**2)[:, None, None]
+
 
 def _per_dim(value: float | list[float], dim: int, name: str) -> np.ndarray:
     if isinstance(value, float):

@@ -25,6 +25,7 @@ async def list_models(services: ServicesDep, _: TenantDep) -> ModelList:
             config=m.net.cfg.to_dict(),
             metrics=m.metrics,
             default=m.name == registry.default,
+            joint_block_size=m.joint_block_size,
         )
         for m in registry.models.values()
     ]

@@ -23,6 +23,7 @@ from service.calibration import Aggregates
 from service.dependencies import ServicesDep, TenantDep
 from service.errors import TooLargeError, UnprocessableError
 from service.inference import log_entry
+from service.registry import ServedModel
 from service.routers import API_PREFIX, PROBLEM_RESPONSES
 from service.schemas import (
     AffineOut,
@@ -34,6 +35,7 @@ from service.schemas import (
     Query,
     SessionInfo,
 )
+from service.settings import Settings
 from service.store import Session
 from service.transforms import AffineMap, model_points, resolve_x, resolve_y
 
@@ -169,29 +171,61 @@ async def add_context(
     return ContextResult(num_points=appended.num_points, version=appended.version)
 
 
-@router.post("/{session_id}/predict", response_model=Prediction)
+def _check_joint(body: Query, model: ServedModel, settings: Settings) -> None:
+    """Joint outputs need a joint head, and their size is bounded (422 otherwise)."""
+    if not (body.joint or body.num_samples is not None):
+        return
+    block = model.joint_block_size
+    if block is None:
+        raise UnprocessableError(
+            f"model {model.name!r} has no joint head, so it cannot return covariances or joint samples; "
+            "use a model whose joint_block_size is set in GET /v1/models (a CMANP-AND)"
+        )
+    m = len(body.x)
+    limit = min(block, settings.max_joint_targets or block)
+    if body.joint and m > limit:
+        raise UnprocessableError(
+            f"joint=true returns a covariance for at most {limit} targets (the model's block size or "
+            f"CMANP_MAX_JOINT_TARGETS), got {m}; for more targets ask for joint sample paths with num_samples"
+        )
+    if body.num_samples is not None and body.num_samples * m > settings.max_sample_values:
+        raise UnprocessableError(
+            f"num_samples x targets = {body.num_samples} x {m} = {body.num_samples * m} exceeds the limit of "
+            f"{settings.max_sample_values} (CMANP_MAX_SAMPLE_VALUES); ask for fewer samples or targets"
+        )
+
+
+@router.post("/{session_id}/predict", response_model=Prediction, response_model_exclude_none=True)
 async def predict(session_id: str, body: Query, services: ServicesDep, tenant: TenantDep) -> OrjsonResponse:
-    """Predictive mean and variance at the query points, given every point applied so far."""
+    """Predictive mean and variance at the query points, given every point applied so far.
+
+    ``joint`` adds the joint covariance, ``num_samples`` joint sample paths (models with a joint
+    head). Sampling folds sampled values into in-memory copies only: the session never changes.
+    """
     _check_count(len(body.x), services.settings.max_points_per_request)
     snapshot = await services.store.snapshot(session_id, tenant)
     session = snapshot.session
     model = services.registry.pinned(session.model, session.fingerprint)
+    _check_joint(body, model, services.settings)
     x = model_points(body.x, session.x_transform, "x")
-    mean, variance = await services.inference.predict(model, snapshot, x)
+    out = await services.inference.predict(model, snapshot, x, body.joint, body.num_samples, body.seed)
+    y_map = session.y_transform
     with np.errstate(over="ignore"):
-        mean, variance = session.y_transform.mean_to_user(mean), session.y_transform.variance_to_user(variance)
-    if not (np.isfinite(mean).all() and np.isfinite(variance).all()):
+        result = {
+            "mean": y_map.mean_to_user(out.mean),
+            "variance": y_map.variance_to_user(out.variance),
+            "num_points": session.num_points,
+            "version": session.version,
+            "warnings": model.training_range.query_warnings(x),
+        }
+        if out.covariance is not None:
+            result["covariance"] = y_map.covariance_to_user(out.covariance)
+        if out.samples is not None:
+            result["samples"] = y_map.mean_to_user(out.samples)
+    if not all(np.isfinite(result[k]).all() for k in ("mean", "variance", "covariance", "samples") if k in result):
         # JSON has no Inf or NaN; e.g. a huge y_transform.scale overflows the variance (scale squared).
         raise UnprocessableError("the prediction is not a finite number in this session's units (see its y_transform)")
     services.metrics.predictions.inc()
     services.metrics.predicted_points.inc(len(x))
     # Returned as numpy arrays straight to orjson: much faster than validating lists of floats.
-    return OrjsonResponse(
-        {
-            "mean": mean,
-            "variance": variance,
-            "num_points": session.num_points,
-            "version": session.version,
-            "warnings": model.training_range.query_warnings(x),
-        }
-    )
+    return OrjsonResponse(result)

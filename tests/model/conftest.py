@@ -5,10 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import CMANP, CMANPConfig, load_checkpoint
+from model import CMANP, CMANPANDConfig, CMANPConfig, load_checkpoint
+from model.checkpoint import build_model
 
 CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "cmanp-gp-rbf.safetensors"
 SMALL = CMANPConfig(d_model=32, n_heads=4, n_blocks=3, n_latents=16, ff_width=64, embed_depth=2)
+SMALL_AND = CMANPANDConfig(**SMALL.to_dict(), block_size=8, cov_features=4, cov_layers=1)  # with a joint head
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -18,7 +20,7 @@ def _one_thread() -> None:
 
 def small_model(seed: int = 0, cfg: CMANPConfig = SMALL) -> CMANP:
     torch.manual_seed(seed)
-    net = CMANP(cfg).eval()
+    net = build_model(cfg).eval()
     # Random init leaves the null points at zero; perturb them so tests exercise them too.
     with torch.no_grad():
         net.data_attn.null_score.normal_()
@@ -34,11 +36,16 @@ def small() -> CMANP:
 @pytest.fixture(scope="session", params=["small", "shipped"])
 def net(request: pytest.FixtureRequest) -> CMANP:
     """Each exactness test runs on a random model and on the trained one (sharper attention)."""
-    if request.param == "small":
-        return small_model()
-    if not CHECKPOINT.exists():
-        pytest.skip(f"no shipped checkpoint at {CHECKPOINT}")
-    return load_checkpoint(CHECKPOINT)
+    return small_or_shipped(request.param, small_model(), CHECKPOINT)
+
+
+def small_or_shipped(which: str, small: CMANP, shipped: Path) -> CMANP:
+    """``small`` for "small"; else the checkpoint at ``shipped``, or a skip when it is absent."""
+    if which == "small":
+        return small
+    if not shipped.exists():
+        pytest.skip(f"no shipped checkpoint at {shipped}")
+    return load_checkpoint(shipped)
 
 
 def random_points(n: int, cfg: CMANPConfig, batch: int = 1, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,17 +2,20 @@
 
 import json
 
+import pytest
 import torch
 
 from model import save_checkpoint
 from model.data.eval_sets import protocol_set, streaming_set
 from model.evaluate import main
-from model.gp_oracle import gp_log_likelihood
-from tests.model.conftest import small_model
+from model.gp_oracle import gp_joint_log_likelihood, gp_log_likelihood
+from tests.model.conftest import SMALL_AND, small_model
 
 
-def test_protocol_eval_matches_the_training_forward_and_the_oracle(tmp_path):
-    net = small_model()
+@pytest.mark.parametrize("joint", [False, True], ids=["marginal", "joint"])
+def test_protocol_eval_matches_the_training_forward_and_the_oracle(tmp_path, joint):
+    # A CMANP-AND's training forward is its joint LL per target; a CMANP's, the marginal LL.
+    net = small_model(cfg=SMALL_AND) if joint else small_model()
     ckpt, card = tmp_path / "m.safetensors", tmp_path / "m.json"
     save_checkpoint(net, ckpt)
     result = main(
@@ -32,16 +35,18 @@ def test_protocol_eval_matches_the_training_forward_and_the_oracle(tmp_path):
             "--card-json",
             str(card),
         ]
+        + (["--joint"] if joint else [])
     )
     batches = protocol_set("matern", 3, 4, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("protocol-matern-*.npz"))) == 1  # cached once
     with torch.no_grad():  # an independent path: the one-pass training forward
         forward = torch.cat([net.log_likelihood(b.xc, b.yc, b.xt, b.yt) for b in batches])
-    oracle = torch.cat([gp_log_likelihood(b) for b in batches])
+    oracle = torch.cat([(gp_joint_log_likelihood if joint else gp_log_likelihood)(b) for b in batches])
     assert abs(result["model"]["ll"] - forward.mean().item()) < 1e-5
     assert abs(result["oracle"]["ll"] - oracle.mean().item()) < 1e-9
     assert result["model"]["num_tasks"] == 12
-    assert json.loads(card.read_text())["matern_ll"] == round(result["model"]["ll"], 4)
+    key = "matern_joint_ll" if joint else "matern_ll"
+    assert json.loads(card.read_text())[key] == round(result["model"]["ll"], 4)
 
 
 def test_streaming_eval_has_the_requested_sizes(tmp_path):

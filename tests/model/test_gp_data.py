@@ -1,5 +1,6 @@
 """GP data and the exact-GP oracle, checked against independent float64 numpy computations."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from model.data.gp import GPSampler, kernel_matrix
-from model.gp_oracle import gp_log_likelihood, gp_predict
+from model.gp_oracle import gp_joint_log_likelihood, gp_log_likelihood, gp_predict
 
 
 def numpy_kernel(kind, a, b, length, scale, period):
@@ -84,3 +85,21 @@ def test_oracle_matches_an_independent_numpy_posterior():
         assert np.allclose(mean[b].numpy(), m, atol=1e-9) and np.allclose(var[b].numpy(), v, atol=1e-9)
         ref_ll = np.mean(-0.5 * (np.log(2 * np.pi * v) + (yt - m) ** 2 / v))
         assert abs(ll[b].item() - ref_ll) < 1e-9
+
+
+def test_oracle_joint_ll_is_the_chain_of_its_conditionals():
+    """log p(y1..yM | D) = sum_i log p(y_i | D, y_<i): each conditional is the marginal oracle with the
+    earlier targets moved into the context."""
+    batch = GPSampler("rbf").sample(4, 5, 4, torch.Generator().manual_seed(3))
+    chain = torch.zeros(4, dtype=torch.float64)
+    for i in range(4):
+        step = dataclasses.replace(
+            batch,
+            xc=torch.cat([batch.xc, batch.xt[:, :i]], 1),
+            yc=torch.cat([batch.yc, batch.yt[:, :i]], 1),
+            xt=batch.xt[:, i : i + 1],
+            yt=batch.yt[:, i : i + 1],
+        )
+        chain += gp_log_likelihood(step)
+    assert torch.allclose(gp_joint_log_likelihood(batch) * 4, chain, rtol=0, atol=1e-8)
+    assert not torch.allclose(gp_log_likelihood(batch) * 4, chain, rtol=0, atol=1e-3)  # correlations matter

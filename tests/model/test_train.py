@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from model.checkpoint import load_checkpoint
 from model.cmanp import CMANPConfig
 from model.data.gp import GPSampler
 from model.train import TrainConfig, lr_at, main, sample_training_batch
@@ -94,3 +95,17 @@ def test_a_stopped_background_run_saves_its_state(tmp_path, sig):
     finally:
         proc.kill()
     assert torch.load(out / "last.pt", weights_only=True)["step"] >= 3
+
+
+def test_joint_head_trains_alone_on_a_plain_cmanp(tmp_path):
+    main([*TINY, "--steps", "3", "--out", str(tmp_path / "base")])  # eval at step 3 exports best.safetensors
+    base = load_checkpoint(tmp_path / "base" / "best.safetensors").state_dict()
+    main(
+        [*TINY, "--architecture", "cmanp-and", "--cov-features", "3", "--cov-layers", "1", "--freeze-base", "true"]
+        + ["--steps", "3", "--out", str(tmp_path / "and"), "--init-from", str(tmp_path / "base" / "best.safetensors")]
+    )
+    joint = weights(tmp_path / "and" / "last.pt")
+    assert all(torch.equal(joint[k], base[k]) for k in base)  # the CMANP's weights are untouched
+    assert not torch.equal(joint["joint_head.mean.1.weight"], base["head.1.weight"])  # the joint head trained
+    with pytest.raises(SystemExit):  # argparse refuses a non-boolean
+        main([*TINY, "--freeze-base", "maybe"])

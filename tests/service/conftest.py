@@ -18,7 +18,16 @@ import torch
 from model import CMANP, CMANPConfig, load_checkpoint
 from service.client import CMANPClient, RetryPolicy
 from service.embedded_redis import EmbeddedRedis
-from tests.service.helpers import API_KEYS, REPO, TINY, TINY_CARD, build_checkpoint, live_server, make_settings
+from tests.service.helpers import (
+    API_KEYS,
+    REPO,
+    TINY,
+    TINY_AND,
+    TINY_CARD,
+    build_checkpoint,
+    live_server,
+    make_settings,
+)
 from tests.service.processes import LocalRedisCluster
 
 torch.set_num_threads(1)
@@ -41,9 +50,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 @pytest.fixture(scope="session")
 def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """'tiny' (the default model, with a model card) and 'realistic' (the shipped architecture, no card)."""
+    """'tiny' (the default model, with a model card), 'tiny-and' (with a joint head) and 'realistic'
+    (the shipped architecture, no card)."""
     directory = tmp_path_factory.mktemp("checkpoints")
     build_checkpoint(directory, "tiny", TINY, seed=0, card=TINY_CARD)
+    build_checkpoint(directory, "tiny-and", TINY_AND, seed=0)
     shipped = json.loads((REPO / "configs" / "gp-rbf.json").read_text())["model"]
     build_checkpoint(directory, "realistic", CMANPConfig.from_dict(shipped), seed=0)
     return directory

@@ -21,13 +21,15 @@ import redis
 import torch
 import uvicorn
 
-from model import CMANP, CMANPConfig, CMANPState, save_checkpoint
+from model import CMANP, CMANPANDConfig, CMANPConfig, CMANPState, save_checkpoint
+from model.checkpoint import build_model
 from service.app import create_app
 from service.settings import Settings
 from service.store import KEY_PREFIX
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = CMANPConfig(n_blocks=2, n_latents=16, d_model=32, ff_width=64, embed_depth=2)
+TINY_AND = CMANPANDConfig(**TINY.to_dict(), block_size=8, cov_features=4, cov_layers=1)  # a joint head, b_Q = 8
 API_KEYS = {"alice": "alice-key", "bob": "bob-key"}
 TINY_CARD = {"rbf_ll": 1.25, "matern_ll": 0.5}
 BODY_LIMIT = 64 * 1024  # comfortably above 1000 points of JSON
@@ -38,7 +40,7 @@ BOTH_BACKENDS = pytest.mark.parametrize("backend", ["redis", "cluster"], indirec
 def build_checkpoint(directory: Path, name: str, config: CMANPConfig, seed: int, card: dict | None = None) -> Path:
     torch.manual_seed(seed)
     path = directory / f"{name}.safetensors"
-    save_checkpoint(CMANP(config).eval(), path)
+    save_checkpoint(build_model(config).eval(), path)
     if card is not None:
         path.with_suffix(".json").write_text(json.dumps(card))
     return path
