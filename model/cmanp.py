@@ -81,11 +81,13 @@ class CMANPConfig:
 
 # --------------------------------------------------------------------------- building blocks
 # Each module works on plain [..., n, D] tensors, or "stacked" over the K blocks as
-# [..., K, n, D] with one independent set of weights per block, applied in one matmul.
+# [K, ..., n, D] with one independent set of weights per block. The block axis comes first
+# so a stacked linear map is one batched matmul over K of [rows, i] x [i, o]: big GEMMs whose
+# weight gradient reduces over rows inside the GEMM, not a broadcast over the batch.
 
 
 class StackedLinear(nn.Module):
-    """K independent linear maps applied in one broadcast matmul: [..., K, n, i] -> [..., K, n, o]."""
+    """K independent linear maps applied in one batched matmul: [K, ..., i] -> [K, ..., o]."""
 
     def __init__(self, stack: int, d_in: int, d_out: int) -> None:
         super().__init__()
@@ -93,20 +95,30 @@ class StackedLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(stack, d_in, d_out).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(stack, 1, d_out).uniform_(-bound, bound))
 
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.matmul(x, self.weight) + self.bias
+    def forward(self, x: Tensor, norm: StackedLayerNorm | None = None) -> Tensor:
+        """self(x), or self(norm(x)) when a norm is given."""
+        weight, bias = self.weight, self.bias
+        if norm is not None:
+            # Fold the norm's affine part into this map ([K, D, O]-sized work): the activations
+            # then take one plain layer_norm pass, not three passes (and three more backward).
+            weight = norm.weight.transpose(1, 2) * self.weight
+            bias = torch.baddbmm(self.bias, norm.bias, self.weight)
+            x = F.layer_norm(x, x.shape[-1:])
+        y = torch.baddbmm(bias, x.reshape(x.shape[0], -1, x.shape[-1]), weight)
+        return y.view(*x.shape[:-1], -1)
 
 
 class StackedLayerNorm(nn.Module):
-    """K independent LayerNorms over the last dim of [..., K, n, D]."""
+    """The parameters of K independent LayerNorms over the last dim of [K, ..., D].
+
+    Always applied by the StackedLinear that follows it (``linear(x, norm=...)``), which folds
+    the affine part into its weights.
+    """
 
     def __init__(self, stack: int, d: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(stack, 1, d))
         self.bias = nn.Parameter(torch.zeros(stack, 1, d))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.layer_norm(x, x.shape[-1:]) * self.weight + self.bias
 
 
 def _linear(d_in: int, d_out: int, stack: int | None) -> nn.Module:
@@ -115,6 +127,11 @@ def _linear(d_in: int, d_out: int, stack: int | None) -> nn.Module:
 
 def _norm(d: int, stack: int | None) -> nn.Module:
     return nn.LayerNorm(d) if stack is None else StackedLayerNorm(stack, d)
+
+
+def _norm_linear(norm: nn.Module, linear: nn.Module, x: Tensor) -> Tensor:
+    """linear(norm(x)) for plain or stacked modules."""
+    return linear(x, norm=norm) if isinstance(linear, StackedLinear) else linear(norm(x))
 
 
 def _split_heads(x: Tensor, heads: int) -> Tensor:
@@ -145,7 +162,7 @@ class FeedForward(nn.Module):
         self.proj = _linear(width, d, stack)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.proj(F.gelu(self.fc(self.norm(x))))
+        return x + self.proj(F.gelu(_norm_linear(self.norm, self.fc, x)))
 
 
 class SelfAttention(nn.Module):
@@ -159,7 +176,7 @@ class SelfAttention(nn.Module):
         self.out = _linear(d, d, stack)
 
     def forward(self, x: Tensor) -> Tensor:
-        q, k, v = (_split_heads(t, self.heads) for t in self.qkv(self.norm(x)).chunk(3, dim=-1))
+        q, k, v = (_split_heads(t, self.heads) for t in _norm_linear(self.norm, self.qkv, x).chunk(3, dim=-1))
         return x + self.out(_merge_heads(_attend(q, k, v)))
 
 
@@ -216,7 +233,7 @@ class DataCrossAttention(nn.Module):
 
     def queries(self) -> Tensor:
         """[K, H, L, Dh], pre-scaled by 1/sqrt(Dh)."""
-        q = _split_heads(self.q(self.norm_q(self.latents)), self.cfg.n_heads)
+        q = _split_heads(self.q(self.latents, norm=self.norm_q), self.cfg.n_heads)
         return q * self.cfg.head_dim**-0.5
 
     def accumulate(self, emb: Tensor) -> tuple[Tensor, Tensor]:
@@ -232,16 +249,16 @@ class DataCrossAttention(nn.Module):
         return log_norm, value_sum
 
     def read(self, log_norm: Tensor, value_sum: Tensor) -> Tensor:
-        """Accumulators (without the null point) -> X [B, K, L, D]."""
+        """Accumulators (without the null point) -> X [K, B, L, D] (block-major)."""
         B = log_norm.shape[0]
         null_norm = self.null_score.expand(B, -1, -1, -1)
         null_sum = self.null_value.expand(B, -1, -1, -1, -1)
-        _, attended = merge_accumulators(log_norm, value_sum, null_norm, null_sum)
-        return self.latents + self.out(_merge_heads(attended))
+        _, attended = merge_accumulators(log_norm, value_sum, null_norm, null_sum)  # [B, K, H, L, Dh]
+        return self.latents.unsqueeze(1) + self.out(_merge_heads(attended.transpose(0, 1)))
 
 
 class LatentStack(nn.Module):
-    """Step 2 of every CMAB, batched over blocks: X = FF(SA(FF(X))). Independent of N."""
+    """Step 2 of every CMAB, batched over blocks: X = FF(SA(FF(X))) on [K, B, L, D]. Independent of N."""
 
     def __init__(self, cfg: CMANPConfig) -> None:
         super().__init__()
@@ -412,14 +429,14 @@ class CMANP(nn.Module):
 
     # ---- derived latents and decoding ------------------------------------------------------------
     def _derive(self, log_norm: Tensor, value_sum: Tensor) -> Tensor:
-        """Accumulators -> every block's output latents, stacked [B, K, L, D]."""
-        x = self.latent_stack(self.data_attn.read(log_norm, value_sum))  # [B, K, L, D]
-        y = self.input_latents.expand(x.shape[0], -1, -1)
+        """Accumulators -> every block's output latents, stacked block-major [K, B, L, D]."""
+        x = self.latent_stack(self.data_attn.read(log_norm, value_sum))  # [K, B, L, D]
+        y = self.input_latents.expand(x.shape[1], -1, -1)
         outputs = []
         for k, readout in enumerate(self.readouts):  # inherently sequential: block k reads block k-1
-            y = readout(y, x[:, k])
+            y = readout(y, x[k])
             outputs.append(y)
-        return torch.stack(outputs, dim=1)
+        return torch.stack(outputs)
 
     def latents(self, state: CMANPState) -> Tensor:
         """The derived block outputs for a state, computed once per state object and cached."""
@@ -435,7 +452,7 @@ class CMANP(nn.Module):
     def _decode(self, latents: Tensor, xq: Tensor) -> tuple[Tensor, Tensor]:
         z = self.query_embed(xq)
         for k, layer in enumerate(self.decoder):
-            z = layer(z, latents[:, k])
+            z = layer(z, latents[k])
         mean, raw = self.head(z).chunk(2, dim=-1)
         std = self.cfg.min_std + F.softplus(raw)
         return mean, std
