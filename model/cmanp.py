@@ -213,7 +213,8 @@ class DataCrossAttention(nn.Module):
 
     Its queries are fixed, so its output is a function of the (c, o) accumulators only.
     ``accumulate`` turns a chunk of data embeddings into accumulators for all K blocks;
-    ``read`` turns (merged) accumulators into the block's updated latents X.
+    ``read`` turns (merged) accumulators into the block's updated latents X. ``attend`` goes
+    straight from a whole context to X, for training, where all points are at hand.
     """
 
     def __init__(self, cfg: CMANPConfig) -> None:
@@ -236,13 +237,17 @@ class DataCrossAttention(nn.Module):
         q = _split_heads(self.q(self.latents, norm=self.norm_q), self.cfg.n_heads)
         return q * self.cfg.head_dim**-0.5
 
-    def accumulate(self, emb: Tensor) -> tuple[Tensor, Tensor]:
-        """emb [B, N, D] (N >= 1) -> log_norm [B, K, H, L], value_sum [B, K, H, L, Dh]."""
+    def _scores_values(self, emb: Tensor) -> tuple[Tensor, Tensor]:
+        """emb [B, N, D] -> scores [B, K, H, L, N] and values [B, N, K, H, Dh]."""
         cfg = self.cfg
         kv = self.kv(F.layer_norm(emb, emb.shape[-1:]))  # [B, N, K*2*D]
         kv = kv.unflatten(-1, (cfg.n_blocks, 2, cfg.n_heads, cfg.head_dim))  # [B, N, K, 2, H, Dh]
         keys, values = kv.unbind(dim=3)
-        scores = torch.einsum("khld,bnkhd->bkhln", self.queries(), keys)
+        return torch.einsum("khld,bnkhd->bkhln", self.queries(), keys), values
+
+    def accumulate(self, emb: Tensor) -> tuple[Tensor, Tensor]:
+        """emb [B, N, D] (N >= 1) -> log_norm [B, K, H, L], value_sum [B, K, H, L, Dh]."""
+        scores, values = self._scores_values(emb)
         log_norm = torch.logsumexp(scores, dim=-1)
         weights = torch.exp(scores - log_norm.unsqueeze(-1))
         value_sum = torch.einsum("bkhln,bnkhd->bkhld", weights, values)
@@ -254,6 +259,22 @@ class DataCrossAttention(nn.Module):
         null_norm = self.null_score.expand(B, -1, -1, -1)
         null_sum = self.null_value.expand(B, -1, -1, -1, -1)
         _, attended = merge_accumulators(log_norm, value_sum, null_norm, null_sum)  # [B, K, H, L, Dh]
+        return self._project(attended)
+
+    def attend(self, emb: Tensor) -> Tensor:
+        """emb [B, N, D] (N >= 1) -> X [K, B, L, D]: the same as ``read(*accumulate(emb))``.
+
+        With the whole context at hand, one softmax over the points and the null point replaces
+        the log-sum-exp accumulators and their merge: fewer passes, for training.
+        """
+        scores, values = self._scores_values(emb)
+        null = self.null_score.unsqueeze(-1).expand(scores.shape[0], -1, -1, -1, 1)
+        weights = torch.cat([scores, null], dim=-1).softmax(dim=-1)
+        attended = torch.einsum("bkhln,bnkhd->bkhld", weights[..., :-1], values)
+        return self._project(attended + weights[..., -1:] * self.null_value)
+
+    def _project(self, attended: Tensor) -> Tensor:
+        """Attention output [B, K, H, L, Dh] -> X [K, B, L, D] (block-major)."""
         return self.latents.unsqueeze(1) + self.out(_merge_heads(attended.transpose(0, 1)))
 
 
@@ -430,7 +451,11 @@ class CMANP(nn.Module):
     # ---- derived latents and decoding ------------------------------------------------------------
     def _derive(self, log_norm: Tensor, value_sum: Tensor) -> Tensor:
         """Accumulators -> every block's output latents, stacked block-major [K, B, L, D]."""
-        x = self.latent_stack(self.data_attn.read(log_norm, value_sum))  # [K, B, L, D]
+        return self._block_outputs(self.data_attn.read(log_norm, value_sum))
+
+    def _block_outputs(self, x: Tensor) -> Tensor:
+        """Every block's X after the data cross-attention [K, B, L, D] -> the block outputs [K, B, L, D]."""
+        x = self.latent_stack(x)
         y = self.input_latents.expand(x.shape[1], -1, -1)
         outputs = []
         for k, readout in enumerate(self.readouts):  # inherently sequential: block k reads block k-1
@@ -475,13 +500,14 @@ class CMANP(nn.Module):
     def forward(self, xc: Tensor, yc: Tensor, xt: Tensor) -> tuple[Tensor, Tensor]:
         """One differentiable pass: context [B,N,*] and targets [B,M,dx] -> mean, std [B,M,dy].
 
-        Uses the same accumulators as streaming; N = 0 gives the prior.
+        The same function as ``predict(condition(xc, yc), xt)``, but the data cross-attention
+        is one plain softmax over the whole context (no accumulators); N = 0 gives the prior.
         """
         if xc.shape[1] == 0:
-            log_norm, value_sum = self._empty_accumulators(xc.shape[0])
+            latents = self._derive(*self._empty_accumulators(xc.shape[0]))
         else:
-            log_norm, value_sum = self.data_attn.accumulate(self.context_embed(torch.cat([xc, yc], dim=-1)))
-        return self._decode(self._derive(log_norm, value_sum), xt)
+            latents = self._block_outputs(self.data_attn.attend(self.context_embed(torch.cat([xc, yc], dim=-1))))
+        return self._decode(latents, xt)
 
     def loss(self, xc: Tensor, yc: Tensor, xt: Tensor, yt: Tensor) -> Tensor:
         """Minus the target log-likelihood, averaged over targets, then over tasks."""

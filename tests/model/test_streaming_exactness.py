@@ -142,3 +142,18 @@ def test_derived_latents_are_cached_per_state_without_grad(small, monkeypatch):
         assert len(calls) == 2
     small.predict(state, xq)  # with grad on: recomputed, and no graph is cached on the state
     assert len(calls) == 3 and not state._derived[1].requires_grad
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("n", [0, 1, 37])
+def test_training_forward_equals_streaming_prediction(net, n):
+    """The training pass (one softmax over the whole context) and the streaming path
+    (accumulators folded in chunks, then merged with the null point) are the same function."""
+    x, y = random_points(max(n, 1), net.cfg, batch=2, seed=10)
+    x, y = x[:, :n], y[:, :n]
+    xq = torch.linspace(-2, 2, 9).view(1, -1, 1).expand(2, -1, net.cfg.dim_x)
+    state = net.condition(x, y, chunk_size=8) if n else net.empty_state(2)
+    mean, var = net.predict(state, xq)
+    train_mean, train_std = net(x, y, xq)
+    assert (train_mean - mean).abs().max().item() <= MEAN_TOL
+    assert ((train_std.square() - var).abs() / var).max().item() <= REL_VAR_TOL
