@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
 from model.checkpoint import load_checkpoint, save_checkpoint
@@ -72,6 +73,16 @@ def heldout_ll(net: CMANP, batches: list[GPBatch], device: str) -> float:
     lls = [net.log_likelihood(b.xc.to(device), b.yc.to(device), b.xt.to(device), b.yt.to(device)) for b in batches]
     net.train(was_training)
     return torch.cat(lls).mean().item()
+
+
+def train_step(net: CMANP, opt: torch.optim.Optimizer, batch: GPBatch, grad_clip: float) -> Tensor:
+    """One optimiser step on a batch; returns the (detached) loss."""
+    loss = net.loss(batch.xc, batch.yc, batch.xt, batch.yt)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+    opt.step()
+    return loss.detach()
 
 
 def lr_at(step: int, tc: TrainConfig) -> float:
@@ -145,11 +156,7 @@ def train(mc: CMANPConfig, tc: TrainConfig, out: Path, resume: bool, init_from: 
             batch = sample_training_batch(sampler, tc, g).to(tc.device)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, tc)
-            loss = net.loss(batch.xc, batch.yc, batch.xt, batch.yt)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
-            opt.step()
+            loss = train_step(net, opt, batch, tc.grad_clip)
             step += 1
             tasks += tc.batch_size
             ema = loss.item() if ema is None else 0.99 * ema + 0.01 * loss.item()
