@@ -14,6 +14,9 @@ Why it is built this way (see ../shared/docs/cmanp-notes.md):
   cross-attention depends on another block. So one embedding pass plus one
   matmul projects new points for all K blocks at once (no Python loop per block
   on the update path), and the per-block "latent" sublayers run batched over K.
+* Training sees a whole context at once, so there the data cross-attention is one plain
+  softmax over the points and the null point: the same function as the accumulators (a test
+  checks both paths agree), with fewer passes.
 * Everything after the accumulators (latent self-attention, the second
   cross-attention, the decoder) is constant work. It is derived lazily when a
   prediction needs it, and cached on the (immutable) state object.
