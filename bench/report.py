@@ -48,7 +48,7 @@ def _mib(n: float) -> str:
     return f"{n / 2**20:,.1f} MiB" if n >= 2**20 else f"{n / 1024:,.1f} KiB"
 
 
-def model_section(costs: dict | None, memory: list | None, train: list | None) -> list[str]:
+def model_section(costs: dict | None, memory: list | None, train: dict | None) -> list[str]:
     lines = ["## 1. Model: cost against context size", ""]
     if costs is None:
         return [*lines, "Not run.", ""]
@@ -110,11 +110,23 @@ def model_section(costs: dict | None, memory: list | None, train: list | None) -
             ],
         )  # fmt: skip
     if train is not None:
-        lines += ["Training throughput (full AdamW steps on pre-sampled paper-protocol batches, best of rounds):", ""]
+        rows, threads = train["rows"], train["machine"]["threads"]
+        lines += [
+            "Training throughput: whole AdamW steps on paper-protocol batches, best of rounds; `model`: batches "
+            "sampled beforehand, `model+data`: GP sampling in the loop. Load average before/after: "
+            f"{train['machine']['load_average_before']} / {train['machine']['load_average_after']}.",
+            "",
+        ]
         lines += _table(
-            ["config", "parameters", "batch", "tasks/s", "torch threads"],
-            [[r["config"], f"{r['parameters']:,}", r["batch_size"], r["tasks_per_s"], r["threads"]] for r in train],
+            ["config", "mode", "parameters", "batch", "tasks/s", "torch threads"],
+            [
+                [r["config"], r["mode"], f"{r['parameters']:,}", r["batch_size"], r["tasks_per_s"], threads]
+                for r in rows
+            ],
         )
+        paper = max(r["tasks_per_s"] for r in rows if r["config"].startswith("paper") and r["mode"] == "model")
+        verdict = _verdict(paper >= 110)
+        lines += [f"Acceptance 4 (paper config, batch 16, >= 110 tasks/s): {paper} tasks/s: {verdict}", ""]
     return lines
 
 

@@ -14,6 +14,9 @@ Why it is built this way (see ../shared/docs/cmanp-notes.md):
   cross-attention depends on another block. So one embedding pass plus one
   matmul projects new points for all K blocks at once (no Python loop per block
   on the update path), and the per-block "latent" sublayers run batched over K.
+* Training sees a whole context at once, so there the data cross-attention is one plain
+  softmax over the points and the null point: the same function as the accumulators (a test
+  checks both paths agree), with fewer passes.
 * Everything after the accumulators (latent self-attention, the second
   cross-attention, the decoder) is constant work. It is derived lazily when a
   prediction needs it, and cached on the (immutable) state object.
@@ -81,11 +84,13 @@ class CMANPConfig:
 
 # --------------------------------------------------------------------------- building blocks
 # Each module works on plain [..., n, D] tensors, or "stacked" over the K blocks as
-# [..., K, n, D] with one independent set of weights per block, applied in one matmul.
+# [K, ..., n, D] with one independent set of weights per block. The block axis comes first
+# so a stacked linear map is one batched matmul over K of [rows, i] x [i, o]: big GEMMs whose
+# weight gradient reduces over rows inside the GEMM, not a broadcast over the batch.
 
 
 class StackedLinear(nn.Module):
-    """K independent linear maps applied in one broadcast matmul: [..., K, n, i] -> [..., K, n, o]."""
+    """K independent linear maps applied in one batched matmul: [K, ..., i] -> [K, ..., o]."""
 
     def __init__(self, stack: int, d_in: int, d_out: int) -> None:
         super().__init__()
@@ -93,20 +98,30 @@ class StackedLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(stack, d_in, d_out).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(stack, 1, d_out).uniform_(-bound, bound))
 
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.matmul(x, self.weight) + self.bias
+    def forward(self, x: Tensor, norm: StackedLayerNorm | None = None) -> Tensor:
+        """self(x), or self(norm(x)) when a norm is given."""
+        weight, bias = self.weight, self.bias
+        if norm is not None:
+            # Fold the norm's affine part into this map ([K, D, O]-sized work): the activations
+            # then take one plain layer_norm pass, not three passes (and three more backward).
+            weight = norm.weight.transpose(1, 2) * self.weight
+            bias = torch.baddbmm(self.bias, norm.bias, self.weight)
+            x = F.layer_norm(x, x.shape[-1:])
+        y = torch.baddbmm(bias, x.reshape(x.shape[0], -1, x.shape[-1]), weight)
+        return y.view(*x.shape[:-1], -1)
 
 
 class StackedLayerNorm(nn.Module):
-    """K independent LayerNorms over the last dim of [..., K, n, D]."""
+    """The parameters of K independent LayerNorms over the last dim of [K, ..., D].
+
+    Always applied by the StackedLinear that follows it (``linear(x, norm=...)``), which folds
+    the affine part into its weights.
+    """
 
     def __init__(self, stack: int, d: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(stack, 1, d))
         self.bias = nn.Parameter(torch.zeros(stack, 1, d))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.layer_norm(x, x.shape[-1:]) * self.weight + self.bias
 
 
 def _linear(d_in: int, d_out: int, stack: int | None) -> nn.Module:
@@ -115,6 +130,11 @@ def _linear(d_in: int, d_out: int, stack: int | None) -> nn.Module:
 
 def _norm(d: int, stack: int | None) -> nn.Module:
     return nn.LayerNorm(d) if stack is None else StackedLayerNorm(stack, d)
+
+
+def _norm_linear(norm: nn.Module, linear: nn.Module, x: Tensor) -> Tensor:
+    """linear(norm(x)) for plain or stacked modules."""
+    return linear(x, norm=norm) if isinstance(linear, StackedLinear) else linear(norm(x))
 
 
 def _split_heads(x: Tensor, heads: int) -> Tensor:
@@ -145,7 +165,7 @@ class FeedForward(nn.Module):
         self.proj = _linear(width, d, stack)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.proj(F.gelu(self.fc(self.norm(x))))
+        return x + self.proj(F.gelu(_norm_linear(self.norm, self.fc, x)))
 
 
 class SelfAttention(nn.Module):
@@ -159,7 +179,7 @@ class SelfAttention(nn.Module):
         self.out = _linear(d, d, stack)
 
     def forward(self, x: Tensor) -> Tensor:
-        q, k, v = (_split_heads(t, self.heads) for t in self.qkv(self.norm(x)).chunk(3, dim=-1))
+        q, k, v = (_split_heads(t, self.heads) for t in _norm_linear(self.norm, self.qkv, x).chunk(3, dim=-1))
         return x + self.out(_merge_heads(_attend(q, k, v)))
 
 
@@ -196,7 +216,8 @@ class DataCrossAttention(nn.Module):
 
     Its queries are fixed, so its output is a function of the (c, o) accumulators only.
     ``accumulate`` turns a chunk of data embeddings into accumulators for all K blocks;
-    ``read`` turns (merged) accumulators into the block's updated latents X.
+    ``read`` turns (merged) accumulators into the block's updated latents X. ``attend`` goes
+    straight from a whole context to X, for training, where all points are at hand.
     """
 
     def __init__(self, cfg: CMANPConfig) -> None:
@@ -216,32 +237,52 @@ class DataCrossAttention(nn.Module):
 
     def queries(self) -> Tensor:
         """[K, H, L, Dh], pre-scaled by 1/sqrt(Dh)."""
-        q = _split_heads(self.q(self.norm_q(self.latents)), self.cfg.n_heads)
+        q = _split_heads(self.q(self.latents, norm=self.norm_q), self.cfg.n_heads)
         return q * self.cfg.head_dim**-0.5
 
-    def accumulate(self, emb: Tensor) -> tuple[Tensor, Tensor]:
-        """emb [B, N, D] (N >= 1) -> log_norm [B, K, H, L], value_sum [B, K, H, L, Dh]."""
+    def _scores_values(self, emb: Tensor) -> tuple[Tensor, Tensor]:
+        """emb [B, N, D] -> scores [B, K, H, L, N] and values [B, N, K, H, Dh]."""
         cfg = self.cfg
         kv = self.kv(F.layer_norm(emb, emb.shape[-1:]))  # [B, N, K*2*D]
         kv = kv.unflatten(-1, (cfg.n_blocks, 2, cfg.n_heads, cfg.head_dim))  # [B, N, K, 2, H, Dh]
         keys, values = kv.unbind(dim=3)
-        scores = torch.einsum("khld,bnkhd->bkhln", self.queries(), keys)
+        return torch.einsum("khld,bnkhd->bkhln", self.queries(), keys), values
+
+    def accumulate(self, emb: Tensor) -> tuple[Tensor, Tensor]:
+        """emb [B, N, D] (N >= 1) -> log_norm [B, K, H, L], value_sum [B, K, H, L, Dh]."""
+        scores, values = self._scores_values(emb)
         log_norm = torch.logsumexp(scores, dim=-1)
         weights = torch.exp(scores - log_norm.unsqueeze(-1))
         value_sum = torch.einsum("bkhln,bnkhd->bkhld", weights, values)
         return log_norm, value_sum
 
     def read(self, log_norm: Tensor, value_sum: Tensor) -> Tensor:
-        """Accumulators (without the null point) -> X [B, K, L, D]."""
+        """Accumulators (without the null point) -> X [K, B, L, D] (block-major)."""
         B = log_norm.shape[0]
         null_norm = self.null_score.expand(B, -1, -1, -1)
         null_sum = self.null_value.expand(B, -1, -1, -1, -1)
-        _, attended = merge_accumulators(log_norm, value_sum, null_norm, null_sum)
-        return self.latents + self.out(_merge_heads(attended))
+        _, attended = merge_accumulators(log_norm, value_sum, null_norm, null_sum)  # [B, K, H, L, Dh]
+        return self._project(attended)
+
+    def attend(self, emb: Tensor) -> Tensor:
+        """emb [B, N, D] (N >= 1) -> X [K, B, L, D]: the same as ``read(*accumulate(emb))``.
+
+        With the whole context at hand, one softmax over the points and the null point replaces
+        the log-sum-exp accumulators and their merge: fewer passes, for training.
+        """
+        scores, values = self._scores_values(emb)
+        null = self.null_score.unsqueeze(-1).expand(scores.shape[0], -1, -1, -1, 1)
+        weights = torch.cat([scores, null], dim=-1).softmax(dim=-1)
+        attended = torch.einsum("bkhln,bnkhd->bkhld", weights[..., :-1], values)
+        return self._project(attended + weights[..., -1:] * self.null_value)
+
+    def _project(self, attended: Tensor) -> Tensor:
+        """Attention output [B, K, H, L, Dh] -> X [K, B, L, D] (block-major)."""
+        return self.latents.unsqueeze(1) + self.out(_merge_heads(attended.transpose(0, 1)))
 
 
 class LatentStack(nn.Module):
-    """Step 2 of every CMAB, batched over blocks: X = FF(SA(FF(X))). Independent of N."""
+    """Step 2 of every CMAB, batched over blocks: X = FF(SA(FF(X))) on [K, B, L, D]. Independent of N."""
 
     def __init__(self, cfg: CMANPConfig) -> None:
         super().__init__()
@@ -418,14 +459,18 @@ class CMANP(nn.Module):
 
     # ---- derived latents and decoding ------------------------------------------------------------
     def _derive(self, log_norm: Tensor, value_sum: Tensor) -> Tensor:
-        """Accumulators -> every block's output latents, stacked [B, K, L, D]."""
-        x = self.latent_stack(self.data_attn.read(log_norm, value_sum))  # [B, K, L, D]
-        y = self.input_latents.expand(x.shape[0], -1, -1)
+        """Accumulators -> every block's output latents, stacked block-major [K, B, L, D]."""
+        return self._block_outputs(self.data_attn.read(log_norm, value_sum))
+
+    def _block_outputs(self, x: Tensor) -> Tensor:
+        """Every block's X after the data cross-attention [K, B, L, D] -> the block outputs [K, B, L, D]."""
+        x = self.latent_stack(x)
+        y = self.input_latents.expand(x.shape[1], -1, -1)
         outputs = []
         for k, readout in enumerate(self.readouts):  # inherently sequential: block k reads block k-1
-            y = readout(y, x[:, k])
+            y = readout(y, x[k])
             outputs.append(y)
-        return torch.stack(outputs, dim=1)
+        return torch.stack(outputs)
 
     def latents(self, state: CMANPState) -> Tensor:
         """The derived block outputs for a state, computed once per state object and cached."""
@@ -442,7 +487,7 @@ class CMANP(nn.Module):
         """The decoder's per-target representation [B, m, D] before the output head."""
         z = self.query_embed(xq)
         for k, layer in enumerate(self.decoder):
-            z = layer(z, latents[:, k])
+            z = layer(z, latents[k])
         return z
 
     def _decode(self, latents: Tensor, xq: Tensor) -> tuple[Tensor, Tensor]:
@@ -468,9 +513,14 @@ class CMANP(nn.Module):
     def forward(self, xc: Tensor, yc: Tensor, xt: Tensor) -> tuple[Tensor, Tensor]:
         """One differentiable pass: context [B,N,*] and targets [B,M,dx] -> mean, std [B,M,dy].
 
-        Uses the same accumulators as streaming; N = 0 gives the prior.
+        The same function as ``predict(condition(xc, yc), xt)``, but the data cross-attention
+        is one plain softmax over the whole context (no accumulators); N = 0 gives the prior.
         """
-        return self._decode(self._derive(*self._context_accumulators(xc, yc)), xt)
+        if xc.shape[1] == 0:
+            latents = self._derive(*self._empty_accumulators(xc.shape[0]))
+        else:
+            latents = self._block_outputs(self.data_attn.attend(self.context_embed(torch.cat([xc, yc], dim=-1))))
+        return self._decode(latents, xt)
 
     def _context_accumulators(self, xc: Tensor, yc: Tensor) -> tuple[Tensor, Tensor]:
         """Accumulators of a training context; N = 0 gives the empty ones (the prior)."""

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
 from model.checkpoint import ARCHITECTURES, build_model, load_checkpoint, save_checkpoint
@@ -78,6 +79,17 @@ def heldout_ll(net: CMANP, batches: list[GPBatch], device: str) -> float:
     lls = [net.log_likelihood(b.xc.to(device), b.yc.to(device), b.xt.to(device), b.yt.to(device)) for b in batches]
     net.train(was_training)
     return torch.cat(lls).mean().item()
+
+
+def train_step(net: CMANP, opt: torch.optim.Optimizer, batch: GPBatch, grad_clip: float) -> Tensor:
+    """One optimiser step on a batch; returns the (detached) loss. Clips the gradients of the
+    optimiser's parameters only: a frozen base (``freeze_base``) has none."""
+    loss = net.loss(batch.xc, batch.yc, batch.xt, batch.yt)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for group in opt.param_groups for p in group["params"]], grad_clip)
+    opt.step()
+    return loss.detach()
 
 
 def lr_at(step: int, tc: TrainConfig) -> float:
@@ -173,11 +185,7 @@ def train(
             batch = sample_training_batch(sampler, tc, g).to(tc.device)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, tc)
-            loss = net.loss(batch.xc, batch.yc, batch.xt, batch.yt)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, tc.grad_clip)
-            opt.step()
+            loss = train_step(net, opt, batch, tc.grad_clip)
             step += 1
             tasks += tc.batch_size
             ema = loss.item() if ema is None else 0.99 * ema + 0.01 * loss.item()

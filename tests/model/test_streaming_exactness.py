@@ -116,14 +116,16 @@ def test_accumulators_match_plain_attention(net):
     kv = attn.kv(emb).view(1, 57, cfg.n_blocks, 2, cfg.n_heads, cfg.head_dim)
     keys = kv[:, :, :, 0].permute(0, 2, 3, 1, 4)  # [1, K, H, N, Dh]
     values = kv[:, :, :, 1].permute(0, 2, 3, 1, 4)
-    q = attn.q(attn.norm_q(attn.latents)).view(cfg.n_blocks, cfg.n_latents, cfg.n_heads, cfg.head_dim)
+    normed = F.layer_norm(attn.latents, (cfg.d_model,)) * attn.norm_q.weight + attn.norm_q.bias
+    q = (normed @ attn.q.weight + attn.q.bias).view(cfg.n_blocks, cfg.n_latents, cfg.n_heads, cfg.head_dim)
     q = q.permute(0, 2, 1, 3).unsqueeze(0)  # [1, K, H, L, Dh]
     scores = q @ keys.transpose(-1, -2) / cfg.head_dim**0.5  # [1, K, H, L, N]
     scores = torch.cat([scores, attn.null_score.unsqueeze(0).unsqueeze(-1)], -1)
     weights = scores.softmax(-1)
     out = weights[..., :-1] @ values + weights[..., -1:] * attn.null_value.unsqueeze(0)
-    direct = attn.latents + attn.out(out.permute(0, 1, 3, 2, 4).flatten(-2))
-    assert (direct - streamed).abs().max().item() < 1e-4
+    direct = attn.latents + out[0].transpose(1, 2).flatten(-2) @ attn.out.weight + attn.out.bias  # [K, L, D]
+    # float32 rounding: relative to latents of magnitude ~10 in the trained model. streamed is block-major [K, B, L, D].
+    torch.testing.assert_close(streamed[:, 0], direct, rtol=1e-5, atol=1e-4)
 
 
 def test_derived_latents_are_cached_per_state_without_grad(small, monkeypatch):
@@ -141,3 +143,18 @@ def test_derived_latents_are_cached_per_state_without_grad(small, monkeypatch):
         assert len(calls) == 2
     small.predict(state, xq)  # with grad on: recomputed, and no graph is cached on the state
     assert len(calls) == 3 and not state._derived[1].requires_grad
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("n", [0, 1, 37])
+def test_training_forward_equals_streaming_prediction(net, n):
+    """The training pass (one softmax over the whole context) and the streaming path
+    (accumulators folded in chunks, then merged with the null point) are the same function."""
+    x, y = random_points(max(n, 1), net.cfg, batch=2, seed=10)
+    x, y = x[:, :n], y[:, :n]
+    xq = torch.linspace(-2, 2, 9).view(1, -1, 1).expand(2, -1, net.cfg.dim_x)
+    state = net.condition(x, y, chunk_size=8) if n else net.empty_state(2)
+    mean, var = net.predict(state, xq)
+    train_mean, train_std = net(x, y, xq)
+    assert (train_mean - mean).abs().max().item() <= MEAN_TOL
+    assert ((train_std.square() - var).abs() / var).max().item() <= REL_VAR_TOL
