@@ -51,6 +51,16 @@ def commands(out: Path, quick: bool) -> dict[str, list[str]]:
             *json_out("train_throughput"),
         ],
         "service_load": [*py, "bench.service_load", *quick_flag, *json_out("service_load")],
+        "calibration_cost": [
+            *py,
+            "bench.calibration_cost",
+            *(
+                ["--seconds", "2", "--rounds", "1", "--fold-repeats", "3"]
+                if quick
+                else ["--seconds", "6", "--rounds", "3"]
+            ),
+            *json_out("calibration_cost"),
+        ],
     }
 
 

@@ -338,6 +338,29 @@ def plot_service(load: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def calibration_section(cost: dict | None) -> list[str]:
+    lines = ["## 5. What online calibration costs the context-post path (issue 8)", ""]
+    if cost is None:
+        return [*lines, "Not run.", ""]
+    median, cpu = cost["median_posts_per_s"], cost["median_server_cpu_ms_per_post"]
+    lines += [
+        "Two servers started as `make run` starts them, sharing one Redis, differing only in "
+        "`CMANP_CALIBRATION`; rounds alternate between them (`bench/calibration_cost.py`).",
+        "",
+    ]
+    lines += _table(
+        ["scoring", "median posts/s", "median server CPU ms/post"],
+        [[mode, f"{median[mode]:,.1f}", f"{cpu[mode]:.3f}"] for mode in ("on", "off")],
+    )
+    lines += [
+        f"Throughput ratio on/off: {cost['throughput_ratio_on_over_off']:.3f} (per round: "
+        + ", ".join(f"{r:.3f}" for r in cost["round_ratios_on_over_off"])
+        + f"); implied by CPU per post: {cost['cpu_throughput_ratio_on_over_off']:.3f}.",
+        "",
+    ]
+    return lines
+
+
 def write_report(out: Path, report_dir: Path) -> Path:
     """Write RESULTS.md and the plots into report_dir from the JSON in out; returns the report's path."""
     costs, memory, peers = _load(out, "model_costs"), _load(out, "constant_memory"), _load(out, "peers")
@@ -362,7 +385,7 @@ def write_report(out: Path, report_dir: Path) -> Path:
     ]
     lines += [f"- {k}: {v}" for k, v in machine.items()]
     lines += ["", "## Commands", "", "Run from the repository root, each in its own process:", ""]
-    order = ["model_costs", "constant_memory", "peers", "train_throughput", "service_load"]  # as in bench.__main__
+    order = ["model_costs", "constant_memory", "peers", "train_throughput", "service_load", "calibration_cost"]
     runs = sorted(runs, key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
     lines += [f"- `{r['command']}` ({r['seconds']:.0f} s)" for r in runs]
     lines += [f"- total: {sum(r['seconds'] for r in runs):.0f} s", ""]
@@ -370,6 +393,7 @@ def write_report(out: Path, report_dir: Path) -> Path:
     lines += peers_section(peers, peers is not None)  # type: ignore[arg-type]
     lines += service_section(load, load is not None)  # type: ignore[arg-type]
     lines += speedups_section(out)
+    lines += calibration_section(_load(out, "calibration_cost"))  # type: ignore[arg-type]
     path = report_dir / "RESULTS.md"
     path.write_text("\n".join(lines))
     return path

@@ -4,6 +4,8 @@ Start the service (`make run`), then:
 
     python examples/bayes_opt.py [--url http://127.0.0.1:8000] [--model NAME] [--out bayes_opt.png] [--quick]
 
+Without --model it uses a served model with a joint head, if there is one.
+
 The target is the Forrester et al. (2008) function f(x) = (6x - 2)^2 sin(12x - 4) on [0, 1], to be
 minimised (global minimum -6.0207 at x = 0.7572). After a few random evaluations, each step draws
 one joint sample path of f from the session on a grid, evaluates f where that path is lowest, and
@@ -115,8 +117,11 @@ def main() -> None:
     grid = np.linspace(X_LOW, X_HIGH, grid_size)
 
     with CMANPClient(args.url, args.api_key) as client:
+        # Thompson sampling wants joint sample paths: by default, use a model with a joint head.
+        joint_models = [m.name for m in client.models() if m.joint_block_size]
+        model = args.model or (joint_models[0] if joint_models else None)
         session = client.create_session(
-            model=args.model, x_transform={"low": X_LOW, "high": X_HIGH}, y_transform=Y_TRANSFORM
+            model=model, x_transform={"low": X_LOW, "high": X_HIGH}, y_transform=Y_TRANSFORM
         )
         sid = session.session_id
         sampler = Sampler(client, sid, grid, args.seed)

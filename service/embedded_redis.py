@@ -38,10 +38,18 @@ def redis_cli_binary() -> Path:
     return redis_server_binary().with_name("redis-cli")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(below: int = 65536) -> int:
+    """A port that is free now, less than ``below``."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port < below:
+            return port
+
+
+# A cluster node also listens on its port + 10000, so a node's port must be at most 55535.
+MAX_CLUSTER_PORT = 55535
 
 
 class EmbeddedRedis:
@@ -72,7 +80,7 @@ class EmbeddedRedis:
         fixed_port = self.port != 0
         for _ in range(1 if fixed_port else START_ATTEMPTS):
             if not fixed_port:
-                self.port = free_port()
+                self.port = free_port(below=MAX_CLUSTER_PORT + 1)  # any node may be a cluster node
             if self._launch(timeout):
                 return self.url
         raise RuntimeError(f"redis-server did not start; see {self.data_dir / 'redis-server.log'}")

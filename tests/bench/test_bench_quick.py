@@ -44,7 +44,7 @@ def test_quick_bench_writes_every_result():
     memory = load("constant_memory")
     assert [r["n"] for r in memory] == [1000, 100_000]
 
-    train = load("train_throughput")
+    train = load("train_throughput")["rows"]
     assert any(r["config"].startswith("paper") and r["batch_size"] == 16 and r["tasks_per_s"] > 0 for r in train)
 
     service = load("service_load")
@@ -57,9 +57,14 @@ def test_quick_bench_writes_every_result():
             assert load_["requests"] > 0 and load_["error_count"] == 0
             assert load_["latency_ms"]["p50"] <= load_["latency_ms"]["p99"]
 
+    calibration = load("calibration_cost")
+    assert {"on", "off"} == set(calibration["median_posts_per_s"]) and calibration["throughput_ratio_on_over_off"] > 0
+
     runs = load("runs")
-    assert [r["name"] for r in runs] == ["model_costs", "constant_memory", "peers", "train_throughput", "service_load"]
+    names = ["model_costs", "constant_memory", "peers", "train_throughput", "service_load", "calibration_cost"]
+    assert [r["name"] for r in runs] == names
     report = (OUT / "RESULTS.md").read_text()
-    for heading in ("## Machine", "## Commands", "## 1. Model", "## 2. Against peers", "## 3. Service under load"):
+    headings = ("## Machine", "## Commands", "## 1. Model", "## 2. Against peers", "## 3. Service under load", "## 5.")
+    for heading in headings:
         assert heading in report
     assert (OUT / "peers.png").stat().st_size > 0

@@ -1,7 +1,7 @@
 """The README's screenshot of the demo page: clicks a few points on /demo of a running service.
 
 make run    # in another shell
-python -m tests.service.demo_screenshot [--url http://127.0.0.1:8000] [--out docs/demo.png]
+python -m tests.service.demo_screenshot [--url http://127.0.0.1:8000] [--model cmanp-and-gp-rbf] [--out docs/demo.png]
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import argparse
 
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import Select
 
 from tests.service.browser import chromium, click_plot, wait_for_points
 
@@ -21,6 +22,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--api-key", default=None)
+    parser.add_argument("--model", default=None, help="pick this model in the page's selector (default: the default)")
     parser.add_argument("--out", default="docs/demo.png")
     args = parser.parse_args()
 
@@ -29,6 +31,9 @@ def main() -> None:
         if args.api_key:
             driver.find_element(By.ID, "api-key").send_keys(args.api_key, Keys.TAB)
         wait_for_points(driver, 0)
+        if args.model:
+            Select(driver.find_element(By.ID, "model")).select_by_value(args.model)
+            wait_for_points(driver, 0)
         for fx, fy in CLICKS:
             click_plot(driver, fx, fy)
         wait_for_points(driver, len(CLICKS))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from service.embedded_redis import MAX_CLUSTER_PORT, free_port
 from tests.service.processes import ApiProcess, service_env
 
 
@@ -40,3 +41,8 @@ def test_bundled_redis_lifecycle(tmp_path: Path, checkpoint_dir: Path) -> None:
         redis_port = int(re.search(r"bundled redis-server at redis://127\.0\.0\.1:(\d+)", output).group(1))
         assert not port_is_open(redis_port), "redis-server was stopped with the service"
     assert (data_dir / "appendonly.aof").stat().st_size > 0
+
+
+def test_free_port_stays_below_the_bound() -> None:
+    """Regression: a cluster node on a port above 55535 cannot start (its bus port is port + 10000)."""
+    assert all(free_port(below=MAX_CLUSTER_PORT + 1) <= MAX_CLUSTER_PORT for _ in range(200))

@@ -6,9 +6,10 @@ import anyio
 import numpy as np
 import pytest
 
-from service.inference import Inference, log_entry
+from service.inference import Inference, Predicted, log_entry
 from service.registry import ServedModel
 from service.store import Session, Snapshot
+from service.training_range import TrainingRange
 from service.transforms import AffineMap
 from tests.service.helpers import expected_prediction, sample_points
 
@@ -25,9 +26,13 @@ def _snapshot(model: ServedModel, x: np.ndarray, y: np.ndarray, logged: int) -> 
     return Snapshot(session, state.to_bytes(), log, logged, 0)
 
 
+def tiny_model(net) -> ServedModel:
+    return ServedModel("tiny", net, None, net.empty_state().to_bytes(), TrainingRange(net.cfg.x_range, None))
+
+
 @pytest.mark.parametrize("max_batch", [1, 3, 16])
 def test_batched_predicts_equal_single_predicts(tiny_net, max_batch: int) -> None:
-    model = ServedModel("tiny", tiny_net, None, tiny_net.empty_state().to_bytes())
+    model = tiny_model(tiny_net)
     calls = []
     original = tiny_net.predict
 
@@ -40,7 +45,7 @@ def test_batched_predicts_equal_single_predicts(tiny_net, max_batch: int) -> Non
         x, y = sample_points(5 + 3 * i, seed=i)
         xq = np.linspace(-2, 2, 4 + 5 * i, dtype=np.float64)[:, None]
         requests.append((x, y, xq, _snapshot(model, x, y, logged=i % 3)))
-    got: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    got: dict[int, Predicted] = {}
     inference = Inference(workers=1, torch_threads=1, max_batch=max_batch)
 
     async def one(i: int) -> None:
@@ -59,15 +64,15 @@ def test_batched_predicts_equal_single_predicts(tiny_net, max_batch: int) -> Non
         del tiny_net.predict
     for i, (x, y, xq, _) in enumerate(requests):
         mean, var = expected_prediction(tiny_net, x, y, xq)
-        np.testing.assert_allclose(got[i][0], mean, rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(got[i][1], var, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(got[i].mean, mean, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got[i].variance, var, rtol=1e-4, atol=1e-6)
     assert sum(calls) == len(requests) and max(calls) <= max_batch
     if max_batch > 1:  # one worker: the first runs alone, the others queue behind it and batch
         assert len(calls) < len(requests)
 
 
 def test_a_broken_state_fails_only_its_own_request(tiny_net) -> None:
-    model = ServedModel("tiny", tiny_net, None, tiny_net.empty_state().to_bytes())
+    model = tiny_model(tiny_net)
     x, y = sample_points(6, seed=1)
     good = _snapshot(model, x, y, logged=2)
     bad = Snapshot(good.session, good.state[:-1] + bytes([good.state[-1] ^ 1]), good.log, 2, 0)  # bad checksum
@@ -88,4 +93,4 @@ def test_a_broken_state_fails_only_its_own_request(tiny_net) -> None:
 
     anyio.run(run)
     assert isinstance(outcomes["bad"], ValueError) and "checksum" in str(outcomes["bad"])
-    np.testing.assert_allclose(outcomes["good"][0], outcomes["first"][0], rtol=1e-6)
+    np.testing.assert_allclose(outcomes["good"].mean, outcomes["first"].mean, rtol=1e-6)
