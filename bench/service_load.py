@@ -246,7 +246,10 @@ def run(
         raise RuntimeError("wrk is not installed: run `make bench-setup` (apt-get install wrk)")
     with tempfile.TemporaryDirectory(prefix="cmanp-bench-") as tmp:
         data = Path(tmp)
-        server = start_server(server_dir.resolve(), data, data / "server.log", env={})
+        # make run's settings, but room for every benchmark session: without API keys all callers are
+        # one tenant, and the default quota (1,000 live sessions per tenant) would refuse the rest.
+        quota = {"CMANP_MAX_SESSIONS_PER_TENANT": str(sessions + 1000)}
+        server = start_server(server_dir.resolve(), data, data / "server.log", env=quota)
         try:
             memory_before = redis_used_memory(server)
             t0 = time.perf_counter()
@@ -276,7 +279,8 @@ def run(
         finally:
             stop_server(server)
     return {
-        "server_command": f"{Path(sys.executable).name} -m service (cwd {server_dir}), bundled redis-server, AOF on",
+        "server_command": f"CMANP_MAX_SESSIONS_PER_TENANT={sessions + 1000} {Path(sys.executable).name} -m service "
+        f"(cwd {server_dir}), bundled redis-server, AOF on",
         "sessions": sessions,
         "seed_points_per_session": SEED_POINTS,
         "targets_per_predict": TARGETS,

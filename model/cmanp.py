@@ -234,11 +234,24 @@ class DataCrossAttention(nn.Module):
         # Learned null pseudo-point: a score and a value per block, head and latent.
         self.null_score = nn.Parameter(torch.zeros(K, H, L))
         self.null_value = nn.Parameter(torch.zeros(K, H, L, cfg.head_dim))
+        self._queries: Tensor | None = None  # cached in eval mode without grad (see queries)
 
     def queries(self) -> Tensor:
-        """[K, H, L, Dh], pre-scaled by 1/sqrt(Dh)."""
-        q = _split_heads(self.q(self.latents, norm=self.norm_q), self.cfg.n_heads)
-        return q * self.cfg.head_dim**-0.5
+        """[K, H, L, Dh], pre-scaled by 1/sqrt(Dh).
+
+        They depend on the weights alone, and were a quarter of a single-point update: cached in
+        eval mode without grad, dropped by ``train()`` and by ``CMANP.load_state_dict``.
+        """
+        if self._queries is not None and not self.training and not torch.is_grad_enabled():
+            return self._queries
+        q = _split_heads(self.q(self.latents, norm=self.norm_q), self.cfg.n_heads) * self.cfg.head_dim**-0.5
+        if not self.training and not torch.is_grad_enabled():
+            self._queries = q
+        return q
+
+    def train(self, mode: bool = True) -> DataCrossAttention:
+        self._queries = None
+        return super().train(mode)
 
     def _scores_values(self, emb: Tensor) -> tuple[Tensor, Tensor]:
         """emb [B, N, D] -> scores [B, K, H, L, N] and values [B, N, K, H, Dh]."""
@@ -251,6 +264,8 @@ class DataCrossAttention(nn.Module):
     def accumulate(self, emb: Tensor) -> tuple[Tensor, Tensor]:
         """emb [B, N, D] (N >= 1) -> log_norm [B, K, H, L], value_sum [B, K, H, L, Dh]."""
         scores, values = self._scores_values(emb)
+        if emb.shape[1] == 1:  # one point (the service's usual post): its weight is exactly 1
+            return scores.squeeze(-1), values[:, 0].unsqueeze(3).expand(-1, -1, -1, scores.shape[3], -1)
         log_norm = torch.logsumexp(scores, dim=-1)
         weights = torch.exp(scores - log_norm.unsqueeze(-1))
         value_sum = torch.einsum("bkhln,bnkhd->bkhld", weights, values)
@@ -366,6 +381,7 @@ class CMANP(nn.Module):
 
     def load_state_dict(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201 - nn.Module's signature
         self._fingerprint = None
+        self.data_attn._queries = None
         return super().load_state_dict(*args, **kwargs)
 
     @property

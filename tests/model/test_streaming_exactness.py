@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from model import CMANP
-from tests.model.conftest import random_points
+from tests.model.conftest import random_points, small_model
 
 N = 300
 MEAN_TOL, REL_VAR_TOL = 1e-4, 1e-3
@@ -143,6 +143,19 @@ def test_derived_latents_are_cached_per_state_without_grad(small, monkeypatch):
         assert len(calls) == 2
     small.predict(state, xq)  # with grad on: recomputed, and no graph is cached on the state
     assert len(calls) == 3 and not state._derived[1].requires_grad
+
+
+@torch.no_grad()
+def test_cached_queries_follow_new_weights():
+    """The data cross-attention caches its queries in eval mode: loading other weights must drop them."""
+    a, b = small_model(seed=1).eval(), small_model(seed=2).eval()
+    x, y = random_points(5, a.cfg, seed=11)
+    xq = torch.zeros(1, 3, 1)
+    a.predict(a.condition(x, y), xq)  # fills a's cache
+    a.load_state_dict(b.state_dict())
+    expected = b.predict(b.condition(x, y), xq)
+    got = a.predict(a.condition(x, y), xq)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 
 @torch.no_grad()
