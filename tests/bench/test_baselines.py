@@ -13,11 +13,16 @@ from model.data.gp import GPSampler
 from model.gp_oracle import gp_predict
 
 
+def gp_for(batch, capacity: int) -> IncrementalGP:
+    """An empty incremental GP with the true kernel and hyperparameters of the batch's first task."""
+    hyp = (batch.kernel, float(batch.length[0]), float(batch.scale[0]), float(batch.period[0]), batch.noise_std)
+    return IncrementalGP(capacity, 1, *hyp)
+
+
 def test_incremental_gp_matches_the_batch_cholesky_oracle():
     g = torch.Generator().manual_seed(3)
     batch = GPSampler("matern").sample(1, 60, 25, g)
-    hyp = (batch.kernel, float(batch.length[0]), float(batch.scale[0]), float(batch.period[0]), batch.noise_std)
-    gp = IncrementalGP(80, 1, *hyp)
+    gp = gp_for(batch, capacity=80)
     gp.fit(batch.xc[0, :30], batch.yc[0, :30, 0])
     for i in range(30, 60):  # the other half one point at a time
         gp.add(batch.xc[0, i], float(batch.yc[0, i, 0]))
@@ -31,8 +36,7 @@ def test_incremental_gp_matches_the_batch_cholesky_oracle():
 def test_incremental_gp_truncate_forgets_points():
     g = torch.Generator().manual_seed(4)
     batch = GPSampler("rbf").sample(1, 20, 5, g)
-    hyp = (batch.kernel, float(batch.length[0]), float(batch.scale[0]), float(batch.period[0]), batch.noise_std)
-    gp = IncrementalGP(32, 1, *hyp)
+    gp = gp_for(batch, capacity=32)
     gp.fit(batch.xc[0, :10], batch.yc[0, :10, 0])
     before = gp.predict(batch.xt[0])
     for i in range(10, 20):
