@@ -33,13 +33,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.state import CMANPState, merge_accumulators
+from model.state import CMANPState, add_point, merge_accumulators
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -234,24 +238,61 @@ class DataCrossAttention(nn.Module):
         # Learned null pseudo-point: a score and a value per block, head and latent.
         self.null_score = nn.Parameter(torch.zeros(K, H, L))
         self.null_value = nn.Parameter(torch.zeros(K, H, L, cfg.head_dim))
-        self._queries: Tensor | None = None  # cached in eval mode without grad (see queries)
+        self._cache: dict[str, object] = {}  # weight-only tensors, see _cached
 
-    def queries(self) -> Tensor:
-        """[K, H, L, Dh], pre-scaled by 1/sqrt(Dh).
+    def _cached(self, name: str, compute: Callable[[], T]) -> T:
+        """``compute()``, cached in eval mode without grad (where weights cannot change under it).
 
-        They depend on the weights alone, and were a quarter of a single-point update: cached in
-        eval mode without grad, dropped by ``train()`` and by ``CMANP.load_state_dict``.
+        What it holds depends on the weights alone and was a large part of a single-point
+        update; ``train()`` and ``CMANP.load_state_dict`` drop it.
         """
-        if self._queries is not None and not self.training and not torch.is_grad_enabled():
-            return self._queries
-        q = _split_heads(self.q(self.latents, norm=self.norm_q), self.cfg.n_heads) * self.cfg.head_dim**-0.5
-        if not self.training and not torch.is_grad_enabled():
-            self._queries = q
-        return q
+        if self.training or torch.is_grad_enabled():
+            return compute()
+        if name not in self._cache:
+            self._cache[name] = compute()
+        return self._cache[name]  # type: ignore[return-value]
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
 
     def train(self, mode: bool = True) -> DataCrossAttention:
-        self._queries = None
+        self.clear_cache()
         return super().train(mode)
+
+    def queries(self) -> Tensor:
+        """[K, H, L, Dh], pre-scaled by 1/sqrt(Dh)."""
+
+        def compute() -> Tensor:
+            q = self.q(self.latents, norm=self.norm_q)
+            return _split_heads(q, self.cfg.n_heads) * self.cfg.head_dim**-0.5
+
+        return self._cached("queries", compute)
+
+    def _point_projection(self) -> tuple[Tensor, Tensor]:
+        """Weight [K*H*L + K*D, D] and bias mapping a normed embedding to its scores and values.
+
+        The queries are fixed, so they fold into the key projection: q . (W_k e + b_k) =
+        (q W_k) e + q b_k. For one point that is one small matmul instead of the key/value
+        projection plus a batched per-head product; for a chunk it would cost 4x the key
+        projection's work (K*H*L = 4*K*D rows here), so chunks keep the two-step path.
+        """
+        cfg = self.cfg
+        K, H, L, D, Dh = cfg.n_blocks, cfg.n_heads, cfg.n_latents, cfg.d_model, cfg.head_dim
+        weight = self.kv.weight.view(K, 2, H, Dh, D)
+        bias = self.kv.bias.view(K, 2, H, Dh)
+        q = self.queries()
+        score_weight = torch.einsum("khld,khde->khle", q, weight[:, 0]).reshape(K * H * L, D)
+        score_bias = torch.einsum("khld,khd->khl", q, bias[:, 0]).reshape(K * H * L)
+        return torch.cat([score_weight, weight[:, 1].reshape(K * D, D)]), torch.cat([score_bias, bias[:, 1].flatten()])
+
+    def point_scores_values(self, emb: Tensor) -> tuple[Tensor, Tensor]:
+        """emb [B, D] (one point per batch element) -> scores [B, K, H, L], values [B, K, H, Dh]."""
+        cfg = self.cfg
+        weight, bias = self._cached("point_projection", self._point_projection)
+        out = F.linear(F.layer_norm(emb, emb.shape[-1:]), weight, bias)
+        scores, values = out.split([cfg.n_blocks * cfg.n_heads * cfg.n_latents, cfg.n_blocks * cfg.d_model], dim=-1)
+        B = emb.shape[0]
+        return scores.view(B, cfg.n_blocks, cfg.n_heads, cfg.n_latents), values.view(B, cfg.n_blocks, cfg.n_heads, -1)
 
     def _scores_values(self, emb: Tensor) -> tuple[Tensor, Tensor]:
         """emb [B, N, D] -> scores [B, K, H, L, N] and values [B, N, K, H, Dh]."""
@@ -264,8 +305,6 @@ class DataCrossAttention(nn.Module):
     def accumulate(self, emb: Tensor) -> tuple[Tensor, Tensor]:
         """emb [B, N, D] (N >= 1) -> log_norm [B, K, H, L], value_sum [B, K, H, L, Dh]."""
         scores, values = self._scores_values(emb)
-        if emb.shape[1] == 1:  # one point (the service's usual post): its weight is exactly 1
-            return scores.squeeze(-1), values[:, 0].unsqueeze(3).expand(-1, -1, -1, scores.shape[3], -1)
         log_norm = torch.logsumexp(scores, dim=-1)
         weights = torch.exp(scores - log_norm.unsqueeze(-1))
         value_sum = torch.einsum("bkhln,bnkhd->bkhld", weights, values)
@@ -381,7 +420,7 @@ class CMANP(nn.Module):
 
     def load_state_dict(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201 - nn.Module's signature
         self._fingerprint = None
-        self.data_attn._queries = None
+        self.data_attn.clear_cache()
         return super().load_state_dict(*args, **kwargs)
 
     @property
@@ -389,8 +428,9 @@ class CMANP(nn.Module):
         return self.input_latents.device
 
     # ---- validation -------------------------------------------------------------------------
-    def _as_points(self, t: Tensor, dim: int, name: str, batch: int | None = None) -> Tensor:
-        """Check a [B, n, dim] tensor of finite numbers and move it to the model's device/dtype."""
+    def _as_points(self, t: Tensor, dim: int, name: str, batch: int | None = None, finite: bool = True) -> Tensor:
+        """Check a [B, n, dim] numeric tensor (of finite numbers, if ``finite``) and move it to the
+        model's device/dtype."""
         t = torch.as_tensor(t)
         if t.ndim != 3:
             raise ValueError(f"{name} must have shape [batch, points, {dim}], got {tuple(t.shape)}")
@@ -403,9 +443,21 @@ class CMANP(nn.Module):
         if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
             raise ValueError(f"{name} must be numeric, got dtype {t.dtype}")
         t = t.to(self.device, torch.float32)
-        if not torch.isfinite(t).all():
-            raise ValueError(f"{name} contains NaN or Inf")
+        if finite:
+            _check_finite(t, name)
         return t
+
+    def _context_points(self, x: Tensor, y: Tensor, batch: int | None = None) -> Tensor:
+        """Checked context points (x [B,k,dx], y [B,k,dy]) as one [B, k, dx + dy] tensor."""
+        x = self._as_points(x, self.cfg.dim_x, "x", batch, finite=False)
+        y = self._as_points(y, self.cfg.dim_y, "y", x.shape[0], finite=False)
+        if x.shape[1] != y.shape[1]:
+            raise ValueError(f"x has {x.shape[1]} points but y has {y.shape[1]}")
+        xy = torch.cat([x, y], dim=-1)
+        if not torch.isfinite(xy).all():  # one pass over both; name the culprit only on failure
+            _check_finite(x, "x")
+            _check_finite(y, "y")
+        return xy
 
     def _check_state(self, state: CMANPState, name: str = "state") -> None:
         if not isinstance(state, CMANPState):
@@ -431,30 +483,31 @@ class CMANP(nn.Module):
         """The accumulators of a chunk of points (x [B,k,dx], y [B,k,dy], k >= 1)."""
         return self.data_attn.accumulate(self.context_embed(torch.cat([x, y], dim=-1)))
 
-    def _chunk_state(self, x: Tensor, y: Tensor) -> CMANPState:
-        log_norm, value_sum = self._accumulate(x, y)
-        n = torch.full((x.shape[0],), x.shape[1], dtype=torch.int64, device=x.device)
-        return CMANPState(log_norm, value_sum, n, self.fingerprint, version=1)
+    def _add_points(self, state: CMANPState, xy: Tensor) -> CMANPState:
+        """The state with checked points xy [B, k, dx + dy] folded in (a new state)."""
+        emb = self.context_embed(xy)
+        k = xy.shape[1]
+        if k == 1:  # one point (the service's usual post): its weight within the chunk is exactly 1
+            scores, values = self.data_attn.point_scores_values(emb[:, 0])
+            log_norm, value_sum = add_point(state.log_norm, state.value_sum, scores, values.unsqueeze(3))
+        else:
+            log_norm, value_sum = merge_accumulators(state.log_norm, state.value_sum, *self.data_attn.accumulate(emb))
+        return CMANPState(log_norm, value_sum, state.num_points + k, state.fingerprint, state.version + 1)
 
     def update(self, state: CMANPState, x: Tensor, y: Tensor) -> CMANPState:
         """Fold k new points (x [B,k,dx], y [B,k,dy]) into the state; cost is O(k), not O(N)."""
         self._check_state(state)
-        x = self._as_points(x, self.cfg.dim_x, "x", state.batch_size)
-        y = self._as_points(y, self.cfg.dim_y, "y", state.batch_size)
-        if x.shape[1] != y.shape[1]:
-            raise ValueError(f"x has {x.shape[1]} points but y has {y.shape[1]}")
-        return state.merge(self._chunk_state(x, y))
+        return self._add_points(state, self._context_points(x, y, state.batch_size))
 
     def condition(self, x: Tensor, y: Tensor, chunk_size: int | None = None) -> CMANPState:
         """Same as update(empty_state, x, y); with chunk_size, peak memory does not grow with N."""
-        x = self._as_points(x, self.cfg.dim_x, "x")
-        y = self._as_points(y, self.cfg.dim_y, "y", x.shape[0])
+        xy = self._context_points(x, y)
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        state = self.empty_state(x.shape[0])
-        step = chunk_size or x.shape[1]
-        for i in range(0, x.shape[1], step):
-            state = self.update(state, x[:, i : i + step], y[:, i : i + step])
+        state = self.empty_state(xy.shape[0])
+        step = chunk_size or xy.shape[1]
+        for i in range(0, xy.shape[1], step):
+            state = self._add_points(state, xy[:, i : i + step])
         return state
 
     def merge(self, a: CMANPState, b: CMANPState) -> CMANPState:
@@ -552,6 +605,11 @@ class CMANP(nn.Module):
         """Per-task mean target log-likelihood [B] (summed over output dims)."""
         mean, std = self(xc, yc, xt)
         return torch.distributions.Normal(mean, std).log_prob(yt).sum(-1).mean(-1)
+
+
+def _check_finite(t: Tensor, name: str) -> None:
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN or Inf")
 
 
 def count_parameters(net: nn.Module) -> int:

@@ -53,6 +53,14 @@ def merge_accumulators(c_a: Tensor, o_a: Tensor, c_b: Tensor, o_b: Tensor) -> tu
     return c, o
 
 
+def add_point(c: Tensor, o: Tensor, score: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
+    """``merge_accumulators`` with a single point (c = score, o = value): the same result in fewer
+    passes, for the one-point update. A score is finite, so the merged c is too and needs no
+    empty-set guard; o' = o + exp(score - c') (value - o) is the convex mix of the two sides."""
+    c_new = torch.logaddexp(c, score)
+    return c_new, torch.lerp(o, value, torch.exp(score - c_new).unsqueeze(-1))
+
+
 @dataclass(eq=False)
 class CMANPState:
     """Accumulators of a batch of sessions; immutable by convention (updates return new states)."""

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from model import CMANP
+from model.state import add_point, merge_accumulators
 from tests.model.conftest import random_points, small_model
 
 N = 300
@@ -101,14 +102,16 @@ def test_batched_sessions_are_independent(net):
 
 
 @torch.no_grad()
-def test_accumulators_match_plain_attention(net):
+@pytest.mark.parametrize("chunk", [1, 10], ids=["one-point-path", "chunk-path"])
+def test_accumulators_match_plain_attention(net, chunk):
     """Independent check of the accumulator maths: softmax attention over all points plus the
-    null point, computed directly with SDPA, equals reading the streamed accumulators."""
+    null point, computed directly from the weights, equals reading the streamed accumulators
+    (chunk 1 takes the one-point path: queries folded into the key projection, lerp merge)."""
     cfg = net.cfg
     x, y = random_points(57, cfg, seed=6)
     state = net.empty_state()
-    for i in range(0, 57, 10):
-        state = net.update(state, x[:, i : i + 10], y[:, i : i + 10])
+    for i in range(0, 57, chunk):
+        state = net.update(state, x[:, i : i + chunk], y[:, i : i + chunk])
     streamed = net.data_attn.read(state.log_norm, state.value_sum)
 
     attn = net.data_attn
@@ -151,11 +154,24 @@ def test_cached_queries_follow_new_weights():
     a, b = small_model(seed=1).eval(), small_model(seed=2).eval()
     x, y = random_points(5, a.cfg, seed=11)
     xq = torch.zeros(1, 3, 1)
-    a.predict(a.condition(x, y), xq)  # fills a's cache
+    a.predict(a.update(a.condition(x, y), x[:, :1], y[:, :1]), xq)  # fills a's caches (chunk and one-point paths)
     a.load_state_dict(b.state_dict())
-    expected = b.predict(b.condition(x, y), xq)
-    got = a.predict(a.condition(x, y), xq)
-    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    for build in (lambda net: net.condition(x, y), lambda net: net.update(net.condition(x, y), x[:, :1], y[:, :1])):
+        expected = b.predict(build(b), xq)
+        got = a.predict(build(a), xq)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+def test_one_point_update_with_grad_equals_cached_path(small):
+    """With grad on, nothing is cached: the one-point path recomputes its projection and agrees."""
+    x, y = random_points(6, small.cfg, seed=12)
+    with torch.no_grad():
+        base = small.condition(x[:, :5], y[:, :5])
+        cached = small.update(base, x[:, 5:], y[:, 5:])
+    fresh = small.update(base, x[:, 5:], y[:, 5:])
+    assert fresh.log_norm.requires_grad
+    torch.testing.assert_close(fresh.log_norm.detach(), cached.log_norm, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(fresh.value_sum.detach(), cached.value_sum, rtol=1e-6, atol=1e-6)
 
 
 @torch.no_grad()
@@ -171,3 +187,20 @@ def test_training_forward_equals_streaming_prediction(net, n):
     train_mean, train_std = net(x, y, xq)
     assert (train_mean - mean).abs().max().item() <= MEAN_TOL
     assert ((train_std.square() - var).abs() / var).max().item() <= REL_VAR_TOL
+
+
+@pytest.mark.parametrize("empty", [False, True])
+def test_add_point_equals_general_merge(empty):
+    """The one-point merge gives what the general merge gives for a one-point summary (c = s,
+    o = v), on a non-empty and on an empty (-inf, 0) side."""
+    g = torch.Generator().manual_seed(13)
+    c = torch.randn(2, 3, 4, 5, generator=g) * 5
+    o = torch.randn(2, 3, 4, 5, 6, generator=g)
+    if empty:
+        c, o = torch.full_like(c, -torch.inf), torch.zeros_like(o)
+    s = torch.randn(2, 3, 4, 5, generator=g) * 5
+    v = torch.randn(2, 3, 4, 1, 6, generator=g)
+    got_c, got_o = add_point(c, o, s, v)
+    want_c, want_o = merge_accumulators(c, o, s, v.expand_as(o))
+    torch.testing.assert_close(got_c, want_c)
+    torch.testing.assert_close(got_o, want_o, rtol=1e-5, atol=1e-6)
