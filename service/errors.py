@@ -107,6 +107,21 @@ async def _redis_unavailable(_: Request, exc: Exception) -> ProblemResponse:
     return problem(503, "the session store (Redis) is unavailable; retry shortly", UnavailableError.headers)
 
 
+async def _redis_error(request: Request, exc: Exception) -> ProblemResponse:
+    # Redis refuses a write past maxmemory (noeviction) before it changes anything: a script is
+    # stopped at its first write, so the request changed nothing and can be retried once there is
+    # room. Inside a script that refusal arrives as a plain ResponseError, hence the text match.
+    if isinstance(exc, redis.exceptions.OutOfMemoryError) or "OOM command not allowed" in str(exc):
+        logger.warning("redis out of memory: %s", exc)
+        return problem(
+            507,
+            "the session store (Redis) is out of memory; nothing was changed. Retry later, "
+            "or delete sessions you no longer need",
+            UnavailableError.headers,
+        )
+    return await _unexpected(request, exc)
+
+
 async def _unexpected(_: Request, exc: Exception) -> ProblemResponse:
     logger.exception("unhandled error", exc_info=exc)
     return problem(500, "internal error")
@@ -120,4 +135,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(redis.exceptions.ConnectionError, _redis_unavailable)
     app.add_exception_handler(redis.exceptions.TimeoutError, _redis_unavailable)
     app.add_exception_handler(redis.exceptions.ClusterDownError, _redis_unavailable)  # slots not served
+    app.add_exception_handler(redis.exceptions.ResponseError, _redis_error)
     app.add_exception_handler(Exception, _unexpected)

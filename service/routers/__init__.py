@@ -36,4 +36,5 @@ PROBLEM_RESPONSES: dict[int | str, dict] = {
     422: _problem(422, "the request does not fit the schema or the session"),
     429: _problem(429, "the tenant's rate limit is exceeded (CMANP_RATE_LIMIT_PER_SECOND)", RETRY_AFTER),
     503: _problem(503, "Redis is unavailable, or the default model is not loaded", RETRY_AFTER),
+    507: _problem(507, "Redis is out of memory (maxmemory); nothing was changed", RETRY_AFTER),
 }
