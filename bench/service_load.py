@@ -242,6 +242,18 @@ def run_scenario(server: Server, name: str, loads: list[tuple[str, Path, int]], 
 SCENARIOS = ("context_spread", "context_hot", "predict_spread", "predict_hot")
 
 
+def scenario_loads(
+    name: str, all_ids: Path, hot: Path, post_connections: int, predict_connections: int
+) -> list[tuple[str, Path, int]]:
+    """The wrk loads (mode, ids file, connections) of a scenario; the first is the one it is named after."""
+    return {
+        "context_spread": [("context", all_ids, post_connections)],
+        "context_hot": [("context", hot, post_connections)],
+        "predict_spread": [("predict", all_ids, predict_connections)],
+        "predict_hot": [("predict", hot, predict_connections), ("context", hot, max(1, post_connections // 4))],
+    }[name]
+
+
 def run(
     sessions: int,
     duration: float,
@@ -269,14 +281,16 @@ def run(
             all_ids, hot = data / "all.txt", data / "hot.txt"
             all_ids.write_text("\n".join(ids[1:]) + "\n")
             hot.write_text(ids[0] + "\n")
-            loads = {
-                "context_spread": [("context", all_ids, post_connections)],
-                "context_hot": [("context", hot, post_connections)],
-                "predict_spread": [("predict", all_ids, predict_connections)],
-                "predict_hot": [("predict", hot, predict_connections), ("context", hot, max(1, post_connections // 4))],
-            }
             scenarios = [
-                run_scenario(server, name, loads[name], threads, duration) for name in SCENARIOS if name in only
+                run_scenario(
+                    server,
+                    name,
+                    scenario_loads(name, all_ids, hot, post_connections, predict_connections),
+                    threads,
+                    duration,
+                )
+                for name in SCENARIOS
+                if name in only
             ]
         except BaseException:
             shutil.copy(data / "server.log", OUT_DIR / "service_load_server.log")  # for the post-mortem
