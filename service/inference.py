@@ -12,6 +12,9 @@ that gets the worker takes every queued predict of the same model (up to ``max_b
 batched model call. Deriving the latents and decoding run as one batch of sessions, which costs
 far less per session than one call each (a model call on one session is mostly per-op overhead).
 Nothing waits for a batch to fill: under light load each predict runs alone, as before.
+
+Folded states are cached per session (``FoldedStates``): a predict on a hot session folds only
+the log entries posted since the previous predict, not the whole unfolded log.
 """
 
 from __future__ import annotations

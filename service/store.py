@@ -14,16 +14,23 @@ blob on every post serialises writers on one read-modify-write; appending is che
 conflicts. A context post is one Lua script (atomic): replay an idempotency record if there is
 one, else append the post's points to the log, bump ``num_points`` and ``version``, record the
 key and refresh the TTL. Predict reads meta, state and log atomically and folds the log into its
-own in-memory copy of the state, writing nothing. The stored state is rewritten only when the
-log reaches ``fold_threshold`` points (once per that many points, not on every predict, which
-would multiply the append-only-file traffic): the fold computes the new state off the event
-loop from such a snapshot, then commits with a script that checks the fold epoch is unchanged,
-writes the state and LTRIMs exactly the folded prefix (appends only add at the tail). A
-conflicting commit is dropped and the fold retried. The update is exact and order-independent,
-so whatever the interleaving, every acknowledged point is counted exactly once. A fold may also
-return sums (``Fold.sums``, e.g. calibration scores of the folded points, see
-``service.calibration``): the same commit adds them to meta fields ``sum:<name>``, so they too
-count every folded point exactly once, and a session's record stays constant-size.
+own in-memory copy of the state, writing nothing (``service.inference.FoldedStates`` keeps such
+copies per process, so that a hot session's next predict folds only the entries appended since).
+The stored state is rewritten only when the log reaches ``fold_threshold`` points (once per that
+many points, not on every predict, which would multiply the append-only-file traffic): the fold
+computes the new state off the event loop from such a snapshot, then commits with a script that
+checks the fold epoch is unchanged, writes the state and LTRIMs exactly the folded prefix
+(appends only add at the tail). A conflicting commit is dropped and the fold retried. Folds are
+single-flight per session within a process: a post past the threshold while a fold of its
+session is in flight here leaves the log to that fold (its point is durable; the next post past
+the threshold folds again if need be), and a writer refused because the log is full waits for it
+and appends again. Without this, every concurrent writer of a hot session computed the same fold
+and all but one commit failed. Folds of different processes (workers, replicas) still race, and
+the epoch check settles them. The update is exact and order-independent, so whatever the
+interleaving, every acknowledged point is counted exactly once. A fold may also return sums
+(``Fold.sums``, e.g. calibration scores of the folded points, see ``service.calibration``): the
+same commit adds them to meta fields ``sum:<name>``, so they too count every folded point
+exactly once, and a session's record stays constant-size.
 
 Memory per session is bounded by a constant: an append is refused while the log would exceed
 ``fold_threshold + max_points_per_request`` points (the writer folds, then appends again), and
