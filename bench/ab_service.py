@@ -19,9 +19,7 @@ import tempfile
 from pathlib import Path
 
 from bench.common import OUT_DIR, write_json
-from bench.service_load import create_sessions, run_scenario, start_server, stop_server
-
-SCENARIOS = {"context_spread": "context", "predict_spread": "predict"}
+from bench.service_load import SCENARIOS, create_sessions, run_scenario, scenario_loads, start_server, stop_server
 
 
 def _env(pairs: list[str]) -> dict[str, str]:
@@ -38,13 +36,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--duration", type=float, default=8.0)
     p.add_argument("--sessions", type=int, default=300)
-    p.add_argument("--scenarios", default="context_spread,predict_spread")
+    p.add_argument("--scenarios", default="context_spread,predict_spread", help=f"a subset of {','.join(SCENARIOS)}")
     p.add_argument("--post-connections", type=int, default=16)
     p.add_argument("--predict-connections", type=int, default=8)
     p.add_argument("--out", type=Path, default=OUT_DIR / "ab_service.json")
     args = p.parse_args(argv)
     sides = {"before": (args.before, _env(args.before_env)), "after": (args.after, _env(args.after_env))}
-    connections = {"context": args.post_connections, "predict": args.predict_connections}
     samples: dict[str, dict[str, list[dict]]] = {s: {n: [] for n in args.scenarios.split(",")} for s in sides}
     with tempfile.TemporaryDirectory(prefix="cmanp-ab-") as tmp:
         servers, ids_files = {}, {}
@@ -54,14 +51,14 @@ def main(argv: list[str] | None = None) -> dict:
                 data.mkdir()
                 servers[side] = start_server(directory.resolve(), data, data / "server.log", env)
                 ids = asyncio.run(create_sessions(servers[side].url, args.sessions))
-                ids_files[side] = data / "ids.txt"
-                ids_files[side].write_text("\n".join(ids) + "\n")
+                ids_files[side] = (data / "ids.txt", data / "hot.txt")  # all sessions, and the hot one
+                ids_files[side][0].write_text("\n".join(ids) + "\n")
+                ids_files[side][1].write_text(ids[0] + "\n")
             for _ in range(args.rounds):
                 for name in samples["before"]:
                     for side in sides:
-                        mode = SCENARIOS[name]
-                        load = [(mode, ids_files[side], connections[mode])]
-                        result = run_scenario(servers[side], name, load, 1, args.duration)
+                        loads = scenario_loads(name, *ids_files[side], args.post_connections, args.predict_connections)
+                        result = run_scenario(servers[side], name, loads, 1, args.duration)
                         samples[side][name].append(result["loads"][0] | {"cpu_cores": result["cpu_cores"]})
         finally:
             for server in servers.values():

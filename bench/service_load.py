@@ -1,6 +1,6 @@
 """The service under load: context posts/s and predicts/s with latency percentiles, driven by wrk.
 
-    python -m bench.service_load [--quick] [--sessions 10000] [--duration 15]
+    python -m bench.service_load [--quick] [--sessions 10000] [--duration 15] [--scenarios context_hot,predict_hot]
 
 The server is started exactly as ``make run`` starts it: ``python -m service`` with the default
 settings, so with the bundled redis-server and its append-only file on (data in a temporary
@@ -239,8 +239,29 @@ def run_scenario(server: Server, name: str, loads: list[tuple[str, Path, int]], 
     }
 
 
+SCENARIOS = ("context_spread", "context_hot", "predict_spread", "predict_hot")
+
+
+def scenario_loads(
+    name: str, all_ids: Path, hot: Path, post_connections: int, predict_connections: int
+) -> list[tuple[str, Path, int]]:
+    """The wrk loads (mode, ids file, connections) of a scenario; the first is the one it is named after."""
+    return {
+        "context_spread": [("context", all_ids, post_connections)],
+        "context_hot": [("context", hot, post_connections)],
+        "predict_spread": [("predict", all_ids, predict_connections)],
+        "predict_hot": [("predict", hot, predict_connections), ("context", hot, max(1, post_connections // 4))],
+    }[name]
+
+
 def run(
-    sessions: int, duration: float, threads: int, post_connections: int, predict_connections: int, server_dir: Path
+    sessions: int,
+    duration: float,
+    threads: int,
+    post_connections: int,
+    predict_connections: int,
+    server_dir: Path,
+    only: tuple[str, ...] = SCENARIOS,
 ) -> dict:
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed: run `make bench-setup` (apt-get install wrk)")
@@ -261,16 +282,15 @@ def run(
             all_ids.write_text("\n".join(ids[1:]) + "\n")
             hot.write_text(ids[0] + "\n")
             scenarios = [
-                run_scenario(server, "context_spread", [("context", all_ids, post_connections)], threads, duration),
-                run_scenario(server, "context_hot", [("context", hot, post_connections)], threads, duration),
-                run_scenario(server, "predict_spread", [("predict", all_ids, predict_connections)], threads, duration),
                 run_scenario(
                     server,
-                    "predict_hot",
-                    [("predict", hot, predict_connections), ("context", hot, max(1, post_connections // 4))],
+                    name,
+                    scenario_loads(name, all_ids, hot, post_connections, predict_connections),
                     threads,
                     duration,
-                ),
+                )
+                for name in SCENARIOS
+                if name in only
             ]
         except BaseException:
             shutil.copy(data / "server.log", OUT_DIR / "service_load_server.log")  # for the post-mortem
@@ -319,11 +339,21 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--post-connections", type=int, default=16)
     p.add_argument("--predict-connections", type=int, default=8)
     p.add_argument("--server-dir", type=Path, default=Path("."))
+    p.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated subset of {','.join(SCENARIOS)} (default all)",
+    )
     p.add_argument("--out", type=Path, default=OUT_DIR / "service_load.json")
     args = p.parse_args(argv)
     sessions = args.sessions or (100 if args.quick else 10_000)
     duration = args.duration or (2.0 if args.quick else 15.0)
-    result = run(sessions, duration, args.threads, args.post_connections, args.predict_connections, args.server_dir)
+    only = tuple(args.scenarios.split(","))
+    if unknown := set(only) - set(SCENARIOS):
+        p.error(f"unknown scenarios {sorted(unknown)}; choose from {', '.join(SCENARIOS)}")
+    result = run(
+        sessions, duration, args.threads, args.post_connections, args.predict_connections, args.server_dir, only
+    )
     report(result)
     write_json(args.out, result)
     return result

@@ -82,7 +82,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 limiter = RateLimiter(redis, settings.rate_limit_per_second, settings.rate_limit_burst)
             registry = ModelRegistry.load(settings.checkpoint_dir, settings.default_model)
             inference = Inference(
-                settings.inference_workers, settings.torch_threads, settings.predict_batch_max, settings.calibration
+                settings.inference_workers,
+                settings.torch_threads,
+                settings.predict_batch_max,
+                settings.calibration,
+                settings.predict_cache_sessions,
             )
             app.state.services = Services(settings, store, registry, inference, metrics, quota, limiter)
             yield

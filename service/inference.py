@@ -12,6 +12,9 @@ that gets the worker takes every queued predict of the same model (up to ``max_b
 batched model call. Deriving the latents and decoding run as one batch of sessions, which costs
 far less per session than one call each (a model call on one session is mostly per-op overhead).
 Nothing waits for a batch to fill: under light load each predict runs alone, as before.
+
+Folded states are cached per session (``FoldedStates``): a predict on a hot session folds only
+the log entries posted since the previous predict, not the whole unfolded log.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import secrets
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -41,18 +46,68 @@ def log_entry(x: np.ndarray, y: np.ndarray) -> bytes:
     return np.concatenate([x, y], axis=1).astype("<f4").tobytes()
 
 
-def _log_points(model: ServedModel, snapshot: Snapshot) -> tuple[torch.Tensor, torch.Tensor]:
-    """The snapshot's unfolded points: x [1, n, dim_x] and y [1, n, dim_y], model units (n may be 0)."""
-    rows = np.frombuffer(b"".join(snapshot.log), dtype="<f4").reshape(1, -1, model.dim_x + model.dim_y)
+def _log_points(model: ServedModel, entries: list[bytes]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The points of log entries: x [1, n, dim_x] and y [1, n, dim_y], model units (n may be 0)."""
+    rows = np.frombuffer(b"".join(entries), dtype="<f4").reshape(1, -1, model.dim_x + model.dim_y)
     points = torch.from_numpy(rows.copy())
     return points[..., : model.dim_x], points[..., model.dim_x :]
 
 
-def _folded(model: ServedModel, snapshot: Snapshot) -> CMANPState:
-    state = model.net.state_from_bytes(snapshot.state)
-    if snapshot.log:
-        state = model.net.update(state, *_log_points(model, snapshot))
-    return state
+@dataclass(frozen=True)
+class _Folded:
+    """A state blob with the first log entries of its session folded in."""
+
+    blob: bytes
+    log: list[bytes]
+    num_points: int  # the session's points at the time: a later snapshot never has fewer
+    state: CMANPState  # the model caches its derived latents on it once it is predicted from
+
+
+class FoldedStates:
+    """The last folded state of recently predicted sessions (per process, LRU, at most ``capacity``).
+
+    A predict needs the session's state with its whole unfolded log folded in. On a hot session
+    the log holds up to ``fold_threshold`` points and gains a few between two predicts, so
+    folding it from the blob every time costs far more than folding just the new entries into
+    the state the last predict built; with no post in between, even its derived latents are
+    reused. An entry serves a snapshot only if the snapshot's blob is byte-equal to the entry's
+    and its log starts with the entry's log entries: appends only add at the log's tail, and only
+    a fold's commit rewrites the blob (trimming the log), so the rest of the log is then exactly
+    what the entry lacks. Comparing contents, not counters (fold epoch, version), keeps this
+    exact even where Redis lost its last writes and then took others (failover, ``appendfsync``).
+    The update is exact and order-independent: the result equals a fold from scratch up to
+    float rounding.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[tuple[str, str], _Folded] = OrderedDict()
+        self._lock = threading.Lock()  # worker threads share the cache
+
+    def state(self, model: ServedModel, snapshot: Snapshot) -> CMANPState:
+        """The snapshot's state with its log folded in; call under ``torch.inference_mode``."""
+        key = (model.fingerprint, snapshot.session.session_id)
+        with self._lock:
+            cached = self._entries.get(key)
+        if cached is not None and cached.blob == snapshot.state and snapshot.log[: len(cached.log)] == cached.log:
+            state, done = cached.state, len(cached.log)
+        else:
+            state, done = model.net.state_from_bytes(snapshot.state), 0
+        if done < len(snapshot.log):
+            state = model.net.update(state, *_log_points(model, snapshot.log[done:]))
+        if self.capacity and (cached is None or state is not cached.state):
+            self._remember(key, _Folded(snapshot.state, snapshot.log, snapshot.session.num_points, state))
+        return state
+
+    def _remember(self, key: tuple[str, str], entry: _Folded) -> None:
+        with self._lock:
+            current = self._entries.get(key)
+            if current is not None and current.num_points > entry.num_points:
+                return  # a predict of a later snapshot got here first: keep its state
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+            if len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
 
 
 def _fold_and_score(model: ServedModel, snapshot: Snapshot, scoring: bool) -> tuple[CMANPState, Aggregates]:
@@ -62,7 +117,7 @@ def _fold_and_score(model: ServedModel, snapshot: Snapshot, scoring: bool) -> tu
     state = net.state_from_bytes(snapshot.state)
     if not snapshot.log:
         return state, Aggregates()
-    x, y = _log_points(model, snapshot)
+    x, y = _log_points(model, snapshot.log)
     aggregates = Aggregates(out_of_range=model.training_range.count_outside(x[0].numpy(), y[0].numpy()))
     if not scoring:
         return net.update(state, x, y), aggregates
@@ -95,36 +150,53 @@ class _Predict:
     result: asyncio.Future[tuple[np.ndarray, np.ndarray]]
 
 
-def _predict_batch(model: ServedModel, batch: list[_Predict]) -> list[tuple[np.ndarray, np.ndarray] | Exception]:
+def _predict_batch(
+    model: ServedModel, batch: list[_Predict], folded: FoldedStates
+) -> list[tuple[np.ndarray, np.ndarray] | Exception]:
     """Predict for several sessions in one model call; a session whose state fails gets its own error.
 
-    Queries are zero-padded to the longest request: the decoder treats every query independently,
-    so padding changes no prediction, and it is sliced off.
+    Each distinct state is one row of the call, with the queries of every request on it side by
+    side (requests on a session that saw no post in between share the state: ``FoldedStates``).
+    Rows are zero-padded to the longest: the decoder treats every query independently, so
+    neither the neighbours nor the padding change a prediction, and both are sliced off. A call
+    with a single row predicts from that state object itself, whose derived latents the model
+    caches: a repeated predict on an unchanged session decodes only.
     """
     results: list[tuple[np.ndarray, np.ndarray] | Exception | None] = [None] * len(batch)
-    states: dict[int, CMANPState] = {}  # index in batch -> folded state
+    rows: dict[int, tuple[CMANPState, list[int]]] = {}  # id(state) -> (state, indices in batch)
     with torch.inference_mode():
         for i, item in enumerate(batch):
             try:
-                states[i] = _folded(model, item.snapshot)
+                state = folded.state(model, item.snapshot)
             except Exception as e:  # noqa: BLE001 - handed to that request, which re-raises it
                 results[i] = e
-        if not states:
+                continue
+            rows.setdefault(id(state), (state, []))[1].append(i)
+        if not rows:
             return results  # type: ignore[return-value]
-        xq = torch.zeros(len(states), max(len(batch[i].x) for i in states), model.dim_x)
-        for row, i in enumerate(states):
-            xq[row, : len(batch[i].x)] = torch.from_numpy(batch[i].x)
-        stacked = CMANPState(
-            torch.cat([s.log_norm for s in states.values()]),
-            torch.cat([s.value_sum for s in states.values()]),
-            torch.cat([s.num_points for s in states.values()]),
-            model.fingerprint,
+        queries = [np.concatenate([batch[i].x for i in indices]) for _, indices in rows.values()]
+        xq = torch.zeros(len(rows), max(len(q) for q in queries), model.dim_x)
+        for row, q in enumerate(queries):
+            xq[row, : len(q)] = torch.from_numpy(q)
+        states = [state for state, _ in rows.values()]
+        stacked = (
+            states[0]
+            if len(states) == 1
+            else CMANPState(
+                torch.cat([s.log_norm for s in states]),
+                torch.cat([s.value_sum for s in states]),
+                torch.cat([s.num_points for s in states]),
+                model.fingerprint,
+            )
         )
         mean, variance = model.net.predict(stacked, xq)
         mean, variance = mean.double().numpy(), variance.double().numpy()
-    for row, i in enumerate(states):
-        m = len(batch[i].x)
-        results[i] = (mean[row, :m], variance[row, :m])
+    for row, (_, indices) in enumerate(rows.values()):
+        start = 0
+        for i in indices:
+            stop = start + len(batch[i].x)
+            results[i] = (mean[row, start:stop], variance[row, start:stop])
+            start = stop
     return results  # type: ignore[return-value] - every entry is set
 
 
@@ -139,14 +211,20 @@ class Predicted:
 
 
 def _predict_joint(
-    model: ServedModel, snapshot: Snapshot, x: np.ndarray, joint: bool, num_samples: int | None, seed: int | None
+    model: ServedModel,
+    snapshot: Snapshot,
+    x: np.ndarray,
+    joint: bool,
+    num_samples: int | None,
+    seed: int | None,
+    folded: FoldedStates,
 ) -> Predicted:
     """The joint head's prediction (``joint``) and/or joint sample paths (``num_samples``)."""
     net = model.net
     with torch.inference_mode():
-        # A fresh state object built from the snapshot: sampling folds values into copies of
-        # it, and nothing here is ever written back to the store.
-        state = _folded(model, snapshot)
+        # Sampling folds values into per-path copies of the state, never into the state itself
+        # (which other predicts share), and nothing here is ever written back to the store.
+        state = folded.state(model, snapshot)
         xq = torch.from_numpy(x).unsqueeze(0)
         covariance = samples = None
         if joint:
@@ -163,12 +241,15 @@ def _predict_joint(
 
 
 class Inference:
-    def __init__(self, workers: int, torch_threads: int, max_batch: int = 16, scoring: bool = True) -> None:
+    def __init__(
+        self, workers: int, torch_threads: int, max_batch: int = 16, scoring: bool = True, folded_states: int = 64
+    ) -> None:
         torch.set_num_threads(torch_threads)
         self._limiter = anyio.CapacityLimiter(workers)
         self._max_batch = max_batch
         self._queue: list[_Predict] = []
         self.scoring = scoring
+        self.folded = FoldedStates(folded_states)
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._limiter)
@@ -194,7 +275,7 @@ class Inference:
         ``joint``, the joint head's mean and covariance; with ``num_samples``, joint sample paths.
         Plain predicts are micro-batched across sessions; joint ones run on their own."""
         if joint or num_samples is not None:
-            return await self._run(_predict_joint, model, snapshot, x, joint, num_samples, seed)
+            return await self._run(_predict_joint, model, snapshot, x, joint, num_samples, seed, self.folded)
         item = _Predict(model, snapshot, x, asyncio.get_running_loop().create_future())
         self._queue.append(item)
         try:
@@ -212,12 +293,11 @@ class Inference:
         self._queue = [p for p in self._queue if p not in batch]
         return batch
 
-    @staticmethod
-    async def _run_batch(model: ServedModel, batch: list[_Predict]) -> None:
+    async def _run_batch(self, model: ServedModel, batch: list[_Predict]) -> None:
         # Shielded: other requests wait on these results, so a cancelled caller must not drop them.
         try:
             with anyio.CancelScope(shield=True):
-                results = await anyio.to_thread.run_sync(_predict_batch, model, batch)
+                results = await anyio.to_thread.run_sync(_predict_batch, model, batch, self.folded)
         except Exception as e:  # noqa: BLE001 - every request of the batch gets the error
             results = [e] * len(batch)
         for p, r in zip(batch, results, strict=True):

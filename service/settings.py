@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     cached_sessions: int = Field(
         10_000, ge=0, description="fixed metadata of this many recent sessions kept in process (saves a Redis call)"
     )
+    predict_cache_sessions: int = Field(
+        64, ge=0, description="folded states of this many recently predicted sessions kept in process (hot sessions)"
+    )
     redis_timeout_seconds: float = Field(5.0, gt=0, description="socket timeout of Redis calls")
     calibration: bool = Field(True, description="score each context point against the state before it")
 

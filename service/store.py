@@ -14,16 +14,23 @@ blob on every post serialises writers on one read-modify-write; appending is che
 conflicts. A context post is one Lua script (atomic): replay an idempotency record if there is
 one, else append the post's points to the log, bump ``num_points`` and ``version``, record the
 key and refresh the TTL. Predict reads meta, state and log atomically and folds the log into its
-own in-memory copy of the state, writing nothing. The stored state is rewritten only when the
-log reaches ``fold_threshold`` points (once per that many points, not on every predict, which
-would multiply the append-only-file traffic): the fold computes the new state off the event
-loop from such a snapshot, then commits with a script that checks the fold epoch is unchanged,
-writes the state and LTRIMs exactly the folded prefix (appends only add at the tail). A
-conflicting commit is dropped and the fold retried. The update is exact and order-independent,
-so whatever the interleaving, every acknowledged point is counted exactly once. A fold may also
-return sums (``Fold.sums``, e.g. calibration scores of the folded points, see
-``service.calibration``): the same commit adds them to meta fields ``sum:<name>``, so they too
-count every folded point exactly once, and a session's record stays constant-size.
+own in-memory copy of the state, writing nothing (``service.inference.FoldedStates`` keeps such
+copies per process, so that a hot session's next predict folds only the entries appended since).
+The stored state is rewritten only when the log reaches ``fold_threshold`` points (once per that
+many points, not on every predict, which would multiply the append-only-file traffic): the fold
+computes the new state off the event loop from such a snapshot, then commits with a script that
+checks the fold epoch is unchanged, writes the state and LTRIMs exactly the folded prefix
+(appends only add at the tail). A conflicting commit is dropped and the fold retried. Folds are
+single-flight per session within a process: a post past the threshold while a fold of its
+session is in flight here leaves the log to that fold (its point is durable; the next post past
+the threshold folds again if need be), and a writer refused because the log is full waits for it
+and appends again. Without this, every concurrent writer of a hot session computed the same fold
+and all but one commit failed. Folds of different processes (workers, replicas) still race, and
+the epoch check settles them. The update is exact and order-independent, so whatever the
+interleaving, every acknowledged point is counted exactly once. A fold may also return sums
+(``Fold.sums``, e.g. calibration scores of the folded points, see ``service.calibration``): the
+same commit adds them to meta fields ``sum:<name>``, so they too count every folded point
+exactly once, and a session's record stays constant-size.
 
 Memory per session is bounded by a constant: an append is refused while the log would exceed
 ``fold_threshold + max_points_per_request`` points (the writer folds, then appends again), and
@@ -40,6 +47,7 @@ same Idempotency-Key, which makes the retry exactly-once.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections import OrderedDict
@@ -250,6 +258,8 @@ class SessionStore:
         cached_sessions: int = 10_000,
     ) -> None:
         self.redis = redis
+        # Sessions with a fold in flight in this process, each with an event set when it ends.
+        self._folding: dict[str, asyncio.Event] = {}
         # Fixed metadata of recently used sessions (see `fixed`); at most `cached_sessions`, LRU.
         self._fixed: OrderedDict[str, Session] = OrderedDict()
         self._fixed_capacity = cached_sessions
@@ -356,11 +366,13 @@ class SessionStore:
                 counters = record[DIGEST_BYTES:]
                 num_points, version = int(counters[:COUNTER_DIGITS]), int(counters[COUNTER_DIGITS:])
                 return Appended(num_points, version, replayed=True)
-            if status == "full":  # concurrent writers outran the folds: make room, then try again
+            if status == "full":  # concurrent writers outran the folds: make room (or wait for it), then try again
                 folds.extend(filter(None, [await self.fold(session, compute)]))
                 continue
             _, num_points, version, log_points = reply
-            if log_points >= self.fold_threshold:
+            # A fold of this session already in flight here will take care of the log: this
+            # post's point is durable, and the next post past the threshold folds again if needed.
+            if log_points >= self.fold_threshold and session.session_id not in self._folding:
                 folds.extend(filter(None, [await self._fold_after_append(session, compute)]))
             return Appended(num_points, version, replayed=False, folds=tuple(folds))
         raise UnavailableError(f"session {session.session_id} is too busy to take more points; retry shortly")
@@ -375,7 +387,26 @@ class SessionStore:
 
     async def fold(self, session: Session, compute: FoldFn) -> Fold | None:
         """Fold the log into the state if it is at the threshold; the fold committed here, if any
-        (None: the log was below the threshold, or another folder did it)."""
+        (None: the log was below the threshold, or another folder did it).
+
+        Single flight per session and process: a caller that finds a fold of the session in
+        flight here waits for it to end and returns None, instead of computing the same fold
+        again only to lose the commit (concurrent writers of a hot session would otherwise all
+        fold at once, each burning a full fold of CPU). Folds of other processes still race;
+        the commit's epoch check keeps them exact.
+        """
+        in_flight = self._folding.get(session.session_id)
+        if in_flight is not None:
+            await in_flight.wait()
+            return None
+        done = self._folding[session.session_id] = asyncio.Event()
+        try:
+            return await self._fold_once(session, compute)
+        finally:
+            del self._folding[session.session_id]
+            done.set()
+
+    async def _fold_once(self, session: Session, compute: FoldFn) -> Fold | None:
         for _ in range(MAX_ATTEMPTS):
             snapshot = await self.snapshot(session.session_id, session.tenant)
             if snapshot.log_points < self.fold_threshold:

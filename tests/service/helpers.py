@@ -20,6 +20,7 @@ import pytest
 import redis
 import torch
 import uvicorn
+from fastapi import FastAPI
 
 from model import CMANP, CMANPANDConfig, CMANPConfig, CMANPState, save_checkpoint
 from model.checkpoint import build_model
@@ -61,9 +62,11 @@ def make_settings(redis_url: str, checkpoint_dir: Path, **overrides: object) -> 
 
 
 @contextmanager
-def live_server(settings: Settings) -> Iterator[str]:
-    """Run the app with uvicorn in a thread, on a free port; yields its base URL."""
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning")
+def live_server(settings: Settings, app: FastAPI | None = None) -> Iterator[str]:
+    """Run the app (default: ``create_app(settings)``) with uvicorn in a thread, on a free port; yields its base URL.
+
+    Pass ``app`` to reach its services once it runs (``app.state.services``)."""
+    config = uvicorn.Config(app or create_app(settings), host="127.0.0.1", port=0, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

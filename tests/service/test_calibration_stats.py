@@ -101,6 +101,9 @@ def test_a_dropped_fold_adds_nothing(redis_server) -> None:
     async def scenario() -> tuple[float, tuple[Fold, ...], int]:
         redis = Redis.from_url(redis_server.url)
         store = SessionStore(redis, fold_threshold=4, max_points_per_request=8, idempotency_keys=2)
+        # Another process on the same Redis: folds are single-flight per process, so only another
+        # one's fold can race this process's (its commit then fails the epoch check).
+        other = SessionStore(redis, fold_threshold=4, max_points_per_request=8, idempotency_keys=2)
         identity = AffineMap.identity(1)
         session = Session("dropped-fold", "t", "m", "f", identity, identity, created_at=0.0, ttl_seconds=60)
         session = await store.create(session, b"empty state")
@@ -109,8 +112,8 @@ def test_a_dropped_fold_adds_nothing(redis_server) -> None:
         async def compute(snapshot) -> Fold:  # noqa: ANN001
             nonlocal calls
             calls += 1
-            if calls == 1:  # another writer folds and commits while this fold computes
-                assert await store.fold(session, compute) is not None
+            if calls == 1:  # another process folds and commits while this fold computes
+                assert await other.fold(session, compute) is not None
             return Fold(b"state", {"points": float(snapshot.log_points)})
 
         appended = await store.append(session, b"\0" * 32, 4, None, compute)
