@@ -13,9 +13,10 @@ directory, on a free port). Sessions are created and seeded through the HTTP API
 * ``predict_hot``: predicts on one session while another wrk posts to it.
 
 For each scenario: requests/s, p50/p95/p99 latency, errors (non-2xx included), and the CPU
-seconds used by the API process, redis-server, wrk and everything else on the machine (from
-/proc). Redis bytes per session: ``used_memory`` growth over the session creation, and
-``MEMORY USAGE`` of one seeded session's keys. Writes JSON (default bench/out/service_load.json).
+seconds used by the API (summed over its processes: the server and its uvicorn workers),
+redis-server, wrk and everything else on the machine (from /proc). Redis bytes per session:
+``used_memory`` growth over the session creation, and ``MEMORY USAGE`` of one seeded session's
+keys. Writes JSON (default bench/out/service_load.json).
 
 ``--server-dir`` runs the server from another checkout (e.g. a worktree of an older commit), so
 that two versions can be measured back to back with the same harness.
@@ -76,6 +77,12 @@ class Server:
     redis_port: int
 
 
+def passed_settings() -> str:
+    """The ``CMANP_*`` settings this environment passes on to the server (e.g. ``CMANP_WORKERS=1 ``)."""
+    passed = sorted((k, v) for k, v in os.environ.items() if k.startswith("CMANP_") and k != "CMANP_REDIS_URL")
+    return "".join(f"{k}={v} " for k, v in passed)
+
+
 def start_server(server_dir: Path, data_dir: Path, log_path: Path, env: dict[str, str]) -> Server:
     """``python -m service`` as ``make run`` runs it; only the port and the data directory differ."""
     port = free_port()
@@ -115,6 +122,12 @@ def _descendants(pid: int) -> list[int]:
     for child in children(pid):
         found += [child, *_descendants(child)]
     return found
+
+
+def api_pids(server: Server) -> list[int]:
+    """The API's processes: the server and everything under it but redis-server (its uvicorn workers
+    with several workers)."""
+    return [server.process.pid, *(p for p in _descendants(server.process.pid) if p != server.redis_pid)]
 
 
 def _cmdline(pid: int) -> bytes:
@@ -209,9 +222,10 @@ def _parse_wrk(stdout: str) -> dict:
 
 
 def run_scenario(server: Server, name: str, loads: list[tuple[str, Path, int]], threads: int, duration: float) -> dict:
-    """Run one wrk per load (mode, ids file, connections) at the same time; measure CPU per process."""
-    pids = {"api": server.process.pid, "redis": server.redis_pid}
-    before = {k: cpu_seconds(p) for k, p in pids.items()}
+    """Run one wrk per load (mode, ids file, connections) at the same time; measure CPU per process
+    (the API's: summed over its processes)."""
+    pids = {"api": api_pids(server), "redis": [server.redis_pid]}
+    before = {k: sum(map(cpu_seconds, p)) for k, p in pids.items()}
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy_before, t0 = machine_busy_seconds(), time.monotonic()
     procs = [
@@ -223,7 +237,7 @@ def run_scenario(server: Server, name: str, loads: list[tuple[str, Path, int]], 
     outputs = [p.communicate()[0] for p in procs]
     wall = time.monotonic() - t0
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = {k: cpu_seconds(p) - before[k] for k, p in pids.items()}
+    cpu = {k: sum(map(cpu_seconds, p)) - before[k] for k, p in pids.items()}
     cpu["wrk"] = (children_after.ru_utime + children_after.ru_stime) - (
         children_before.ru_utime + children_before.ru_stime
     )
@@ -235,6 +249,7 @@ def run_scenario(server: Server, name: str, loads: list[tuple[str, Path, int]], 
         "scenario": name,
         "loads": results,
         "wall_s": wall,
+        "api_processes": len(pids["api"]),
         "cpu_cores": {k: v / wall for k, v in cpu.items()},  # average cores busy during the run
     }
 
@@ -279,7 +294,8 @@ def run(
         finally:
             stop_server(server)
     return {
-        "server_command": f"CMANP_MAX_SESSIONS_PER_TENANT={sessions + 1000} {Path(sys.executable).name} -m service "
+        "server_command": f"{passed_settings()}CMANP_MAX_SESSIONS_PER_TENANT={sessions + 1000} "
+        f"{Path(sys.executable).name} -m service "
         f"(cwd {server_dir}), bundled redis-server, AOF on",
         "sessions": sessions,
         "seed_points_per_session": SEED_POINTS,
@@ -307,7 +323,8 @@ def report(result: dict) -> None:
                 f"{s['scenario']:<15} {load['mode']:<8} {load['connections']:>5} {load['requests_per_s']:>8.0f} "
                 f"{lat['p50']:>7.1f} {lat['p95']:>7.1f} {lat['p99']:>7.1f} {load['error_count']:>6}"
             )
-        print("    cores busy: " + ", ".join(f"{k} {v:.2f}" for k, v in s["cpu_cores"].items()))
+        cores = ", ".join(f"{k} {v:.2f}" for k, v in s["cpu_cores"].items())
+        print(f"    cores busy: {cores} (API: {s['api_processes']} processes)")
 
 
 def main(argv: list[str] | None = None) -> dict:
