@@ -8,7 +8,9 @@ out at about one core. In each process every model call runs in a thread, at mos
 Requests carry a handful to a few thousand points, far too little work for intra-op parallelism
 to pay off; running several single-threaded calls side by side uses the cores for throughput
 instead, and bounds the CPU the service takes at ``WORKERS * INFERENCE_WORKERS * TORCH_THREADS``
-cores.
+cores. The defaults give one model call per CPU in all: with 2 workers on 2 cores, one thread
+each, whose queue of predicts then runs as batches (measured against 2 threads each: 237 vs 204
+predicts/s, p99 46 vs 88 ms; docs/OPERATIONS.md).
 """
 
 from __future__ import annotations
@@ -86,7 +88,11 @@ class Settings(BaseSettings):
         default_factory=available_cpus, ge=1, description="uvicorn worker processes; default: one per CPU"
     )
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per model call")
-    inference_workers: int = Field(os.cpu_count() or 1, ge=1, description="model calls running at once")
+    inference_workers: int = Field(
+        default_factory=lambda data: max(1, available_cpus() // (data.get("workers") or 1)),
+        ge=1,
+        description="model calls running at once per worker process; default: CPUs / WORKERS, at least 1",
+    )
     predict_batch_max: int = Field(16, ge=1, description="most queued predicts run as one batched model call")
     cached_sessions: int = Field(
         10_000, ge=0, description="fixed metadata of this many recent sessions kept in process (saves a Redis call)"
