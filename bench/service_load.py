@@ -58,6 +58,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and everything under it now (a server and its worker processes)."""
+    return sum(map(cpu_seconds, [pid, *descendants(pid)]))
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds spent not idle, summed over all cores, since boot."""
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
@@ -111,23 +116,24 @@ def start_server(server_dir: Path, data_dir: Path, log_path: Path, env: dict[str
     else:
         process.terminate()
         raise TimeoutError(f"the server did not get ready; see {log_path}")
-    redis_pid = next(p for p in _descendants(process.pid) if b"redis-server" in _cmdline(p))
+    redis_pid = next(p for p in descendants(process.pid) if b"redis-server" in _cmdline(p))
     # redis-server sets its process title to "redis-server 127.0.0.1:PORT"
     redis_port = int(re.search(rb"127\.0\.0\.1:(\d+)", _cmdline(redis_pid)).group(1))  # type: ignore[union-attr]
     return Server(process, url, redis_pid, redis_port)
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
+    """Every process under ``pid`` (children, their children, ...)."""
     found = []
     for child in children(pid):
-        found += [child, *_descendants(child)]
+        found += [child, *descendants(child)]
     return found
 
 
 def api_pids(server: Server) -> list[int]:
     """The API's processes: the server and everything under it but redis-server (its uvicorn workers
     with several workers)."""
-    return [server.process.pid, *(p for p in _descendants(server.process.pid) if p != server.redis_pid)]
+    return [server.process.pid, *(p for p in descendants(server.process.pid) if p != server.redis_pid)]
 
 
 def _cmdline(pid: int) -> bytes:
