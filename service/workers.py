@@ -10,8 +10,8 @@ Each worker listens on its own socket bound with ``SO_REUSEPORT``, and the kerne
 incoming connections evenly over them by address hash. Not uvicorn's ``workers=N``: there all
 workers accept from one shared socket, and whichever wakes first takes every connection waiting,
 so the long-lived connections of a client pool (or of wrk) opened in a burst often all land on
-one worker, which then serves at one core while the other idles (measured: 1,100 vs 2,000
-posts/s, see docs/OPERATIONS.md). The parent binds the port too, without listening, so that a
+one worker, which then serves at one core while the other idles (measured: 1,099 vs 1,753
+posts/s; docs/OPERATIONS.md, "Worker processes and threads"). The parent binds the port too, without listening, so that a
 port in use fails at once and port 0 becomes one fixed port for every worker.
 
 ``shared_by_workers`` gives the workers what they must share, owned by the parent:
