@@ -11,8 +11,9 @@ incoming connections evenly over them by address hash. Not uvicorn's ``workers=N
 workers accept from one shared socket, and whichever wakes first takes every connection waiting,
 so the long-lived connections of a client pool (or of wrk) opened in a burst often all land on
 one worker, which then serves at one core while the other idles (measured: 1,099 vs 1,753
-posts/s; docs/OPERATIONS.md, "Worker processes and threads"). The parent binds the port too, without listening, so that a
-port in use fails at once and port 0 becomes one fixed port for every worker.
+posts/s; docs/OPERATIONS.md, "Worker processes and threads"). The parent binds the port too,
+without listening, so that a port in use fails at once and port 0 becomes one fixed port for
+every worker.
 
 ``shared_by_workers`` gives the workers what they must share, owned by the parent:
 
@@ -99,7 +100,11 @@ def worker_app() -> FastAPI:
 def run_worker(options: dict[str, Any]) -> None:
     """One worker process: uvicorn on its own SO_REUSEPORT socket (it drains and exits on SIGTERM)."""
     stop_with_parent()
-    sock = reuse_port_socket(options["host"], options["port"])
+    try:
+        sock = reuse_port_socket(options["host"], options["port"])
+    except OSError as error:  # e.g. another user's process holds the port: a restart would fail alike
+        logger.error("worker cannot listen on %s:%s: %s", options["host"], options["port"], error)
+        sys.exit(STARTUP_FAILURE)
     uvicorn.Server(uvicorn.Config(WORKER_APP, factory=True, **options)).run(sockets=[sock])
 
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,9 +22,10 @@ import orjson
 import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
+from uvicorn.config import STARTUP_FAILURE
 
 from service.settings import Settings
-from tests.service.helpers import assert_same_state, expected_prediction, sample_points, stored_state
+from tests.service.helpers import REPO, assert_same_state, expected_prediction, sample_points, stored_state
 from tests.service.processes import ApiProcess, service_env
 
 POSTS = 60  # single-point context posts, each on a new connection, so both workers get some
@@ -178,3 +182,20 @@ def test_workers_stop_when_the_parent_is_killed(two_workers: ApiProcess) -> None
         wait_for(lambda: not any(alive(p) for p in workers), timeout=30)
     finally:
         os.kill(redis_pid, signal.SIGTERM)  # orphaned: only the parent stops it (docs/OPERATIONS.md)
+
+
+def test_a_port_in_use_stops_the_service_and_its_redis(tmp_path: Path, checkpoint_dir: Path) -> None:
+    api = ApiProcess(
+        service_env(checkpoint_dir, workers=2, redis_data_dir=tmp_path / "redis", log_level="info"), tmp_path / "log"
+    )
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", api.port))
+        holder.listen()
+        with open(api.log, "wb") as out:
+            process = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=api.env, stdout=out, stderr=out)
+        assert process.wait(60) == STARTUP_FAILURE
+    output = api.log.read_text()
+    assert "cannot listen on" in output
+    redis_port = int(re.search(r"bundled redis-server at redis://127\.0\.0\.1:(\d+)", output).group(1))
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", redis_port)) != 0, "redis-server outlived the failed start"
