@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -66,6 +67,12 @@ def wait_for(condition: object, timeout: float = 60.0) -> None:
         time.sleep(0.1)
 
 
+def metrics_dir(worker: int) -> Path:
+    """The PROMETHEUS_MULTIPROC_DIR the parent handed to a worker (from its environment)."""
+    environ = dict(line.split("=", 1) for line in Path(f"/proc/{worker}/environ").read_text().split("\0") if line)
+    return Path(environ["PROMETHEUS_MULTIPROC_DIR"])
+
+
 def metric_samples(url: str) -> list:
     text = httpx.get(f"{url}/metrics").text
     return [s for family in text_string_to_metric_families(text) for s in family.samples]
@@ -106,10 +113,8 @@ def test_two_workers_share_the_store_and_the_metrics_and_stop_cleanly(two_worker
     api = two_workers
     workers, redis_pid = start_both(api)
     redis_url = re.search(r"bundled redis-server at (redis://127\.0\.0\.1:\d+)", api.log.read_text()).group(1)
-    metrics_dirs = {dict(
-        line.split("=", 1) for line in Path(f"/proc/{p}/environ").read_text().split("\0") if "=" in line
-    )["PROMETHEUS_MULTIPROC_DIR"] for p in workers}  # fmt: skip
-    assert len(metrics_dirs) == 1 and Path(next(iter(metrics_dirs))).is_dir()
+    metrics_dirs = {metrics_dir(p) for p in workers}
+    assert len(metrics_dirs) == 1 and next(iter(metrics_dirs)).is_dir()
 
     # One session, written and read through fresh connections, which the kernel spreads over both workers.
     session_id = httpx.post(f"{api.url}/v1/sessions", json={}).json()["session_id"]
@@ -164,7 +169,7 @@ def test_two_workers_share_the_store_and_the_metrics_and_stop_cleanly(two_worker
     assert answers and answers[0].json() == {"num_points": POSTS + IN_FLIGHT_POINTS, "version": POSTS + 1}
     assert api.process.wait(30) == 0
     assert not any(alive(p) for p in [*workers, redis_pid]), "a worker or redis-server outlived the service"
-    assert not Path(next(iter(metrics_dirs))).exists()
+    assert not next(iter(metrics_dirs)).exists()
 
     # The append-only file has it all: a new run (with new workers and counters) reads the session back.
     api.start(timeout=120)
@@ -177,11 +182,13 @@ def test_workers_stop_when_the_parent_is_killed(two_workers: ApiProcess) -> None
     """kill -9 of the parent runs none of its code; the workers still go (parent-death signal)."""
     api = two_workers
     workers, redis_pid = start_both(api)
+    left_behind = metrics_dir(workers[0])
     api.kill()
     try:
         wait_for(lambda: not any(alive(p) for p in workers), timeout=30)
-    finally:
-        os.kill(redis_pid, signal.SIGTERM)  # orphaned: only the parent stops it (docs/OPERATIONS.md)
+    finally:  # only the parent stops these (docs/SERVICE.md, "Processes")
+        os.kill(redis_pid, signal.SIGTERM)
+        shutil.rmtree(left_behind)
 
 
 def test_a_port_in_use_stops_the_service_and_its_redis(tmp_path: Path, checkpoint_dir: Path) -> None:
