@@ -34,16 +34,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from bench.service_load import tree_cpu_seconds
 from service.embedded_redis import EmbeddedRedis, free_port
 
 CHECKPOINT_DIR = Path("checkpoints")
 MODEL = "cmanp-gp-rbf"
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_server(redis_url: str, scoring: bool) -> tuple[subprocess.Popen, str]:
@@ -165,10 +160,10 @@ def main() -> None:
         for r in range(args.rounds):
             for mode in ("on", "off") if r % 2 == 0 else ("off", "on"):
                 pid, url = servers[mode]
-                cpu = cpu_seconds(pid)
+                cpu = tree_cpu_seconds(pid)  # the server and its worker processes
                 result = asyncio.run(load(url, args.sessions, args.writers, args.seconds, seed=r))
                 # Server CPU per post: far less sensitive than posts/s to other work on a shared CPU.
-                result["server_cpu_ms_per_post"] = 1e3 * (cpu_seconds(pid) - cpu) / result["posts"]
+                result["server_cpu_ms_per_post"] = 1e3 * (tree_cpu_seconds(pid) - cpu) / result["posts"]
                 rounds[mode].append(result)
                 print(
                     f"round {r} scoring {mode:3}: {result['posts_per_s']:7.1f} posts/s, "

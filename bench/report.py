@@ -199,7 +199,9 @@ def service_section(load: dict | None, plots: bool) -> list[str]:
         f"seeded with {load['seed_points_per_session']} points; wrk ({load['wrk_threads']} thread per wrk, "
         f"`bench/wrk/sessions.lua`) on the same machine, {load['duration_s']:g} s per scenario. Context posts "
         f"carry one point and a distinct Idempotency-Key; predicts ask for {load['targets_per_predict']} targets. "
-        "CPU: average cores busy during the scenario, from /proc (*other*: everything else on the machine).",
+        "CPU: average cores busy during the scenario, from /proc (*API*: the server's "
+        f"{load['scenarios'][0].get('api_processes', 1)} processes but redis-server, i.e. its supervisor "
+        "and worker processes, summed; *other*: everything else on the machine).",
         "",
         f"Redis bytes per session: {load['redis_bytes_per_session_used_memory']:,.0f} (growth of `used_memory` "
         f"over creating the sessions, divided by their number); {load['redis_bytes_per_session_memory_usage']:,} "

@@ -13,9 +13,10 @@ directory, on a free port). Sessions are created and seeded through the HTTP API
 * ``predict_hot``: predicts on one session while another wrk posts to it.
 
 For each scenario: requests/s, p50/p95/p99 latency, errors (non-2xx included), and the CPU
-seconds used by the API process, redis-server, wrk and everything else on the machine (from
-/proc). Redis bytes per session: ``used_memory`` growth over the session creation, and
-``MEMORY USAGE`` of one seeded session's keys. Writes JSON (default bench/out/service_load.json).
+seconds used by the API (summed over its processes: the server and its uvicorn workers),
+redis-server, wrk and everything else on the machine (from /proc). Redis bytes per session:
+``used_memory`` growth over the session creation, and ``MEMORY USAGE`` of one seeded session's
+keys. Writes JSON (default bench/out/service_load.json).
 
 ``--server-dir`` runs the server from another checkout (e.g. a worktree of an older commit), so
 that two versions can be measured back to back with the same harness.
@@ -57,6 +58,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and everything under it now (a server and its worker processes)."""
+    return sum(map(cpu_seconds, [pid, *descendants(pid)]))
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds spent not idle, summed over all cores, since boot."""
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
@@ -74,6 +80,12 @@ class Server:
     url: str
     redis_pid: int
     redis_port: int
+
+
+def passed_settings() -> str:
+    """The ``CMANP_*`` settings this environment passes on to the server (e.g. ``CMANP_WORKERS=1 ``)."""
+    passed = sorted((k, v) for k, v in os.environ.items() if k.startswith("CMANP_") and k != "CMANP_REDIS_URL")
+    return "".join(f"{k}={v} " for k, v in passed)
 
 
 def start_server(server_dir: Path, data_dir: Path, log_path: Path, env: dict[str, str]) -> Server:
@@ -104,17 +116,24 @@ def start_server(server_dir: Path, data_dir: Path, log_path: Path, env: dict[str
     else:
         process.terminate()
         raise TimeoutError(f"the server did not get ready; see {log_path}")
-    redis_pid = next(p for p in _descendants(process.pid) if b"redis-server" in _cmdline(p))
+    redis_pid = next(p for p in descendants(process.pid) if b"redis-server" in _cmdline(p))
     # redis-server sets its process title to "redis-server 127.0.0.1:PORT"
     redis_port = int(re.search(rb"127\.0\.0\.1:(\d+)", _cmdline(redis_pid)).group(1))  # type: ignore[union-attr]
     return Server(process, url, redis_pid, redis_port)
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
+    """Every process under ``pid`` (children, their children, ...)."""
     found = []
     for child in children(pid):
-        found += [child, *_descendants(child)]
+        found += [child, *descendants(child)]
     return found
+
+
+def api_pids(server: Server) -> list[int]:
+    """The API's processes: the server and everything under it but redis-server (its uvicorn workers
+    with several workers)."""
+    return [server.process.pid, *(p for p in descendants(server.process.pid) if p != server.redis_pid)]
 
 
 def _cmdline(pid: int) -> bytes:
@@ -209,9 +228,10 @@ def _parse_wrk(stdout: str) -> dict:
 
 
 def run_scenario(server: Server, name: str, loads: list[tuple[str, Path, int]], threads: int, duration: float) -> dict:
-    """Run one wrk per load (mode, ids file, connections) at the same time; measure CPU per process."""
-    pids = {"api": server.process.pid, "redis": server.redis_pid}
-    before = {k: cpu_seconds(p) for k, p in pids.items()}
+    """Run one wrk per load (mode, ids file, connections) at the same time; measure CPU per process
+    (the API's: summed over its processes)."""
+    pids = {"api": api_pids(server), "redis": [server.redis_pid]}
+    before = {k: sum(map(cpu_seconds, p)) for k, p in pids.items()}
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy_before, t0 = machine_busy_seconds(), time.monotonic()
     procs = [
@@ -223,7 +243,7 @@ def run_scenario(server: Server, name: str, loads: list[tuple[str, Path, int]], 
     outputs = [p.communicate()[0] for p in procs]
     wall = time.monotonic() - t0
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = {k: cpu_seconds(p) - before[k] for k, p in pids.items()}
+    cpu = {k: sum(map(cpu_seconds, p)) - before[k] for k, p in pids.items()}
     cpu["wrk"] = (children_after.ru_utime + children_after.ru_stime) - (
         children_before.ru_utime + children_before.ru_stime
     )
@@ -235,6 +255,7 @@ def run_scenario(server: Server, name: str, loads: list[tuple[str, Path, int]], 
         "scenario": name,
         "loads": results,
         "wall_s": wall,
+        "api_processes": len(pids["api"]),
         "cpu_cores": {k: v / wall for k, v in cpu.items()},  # average cores busy during the run
     }
 
@@ -299,7 +320,8 @@ def run(
         finally:
             stop_server(server)
     return {
-        "server_command": f"CMANP_MAX_SESSIONS_PER_TENANT={sessions + 1000} {Path(sys.executable).name} -m service "
+        "server_command": f"{passed_settings()}CMANP_MAX_SESSIONS_PER_TENANT={sessions + 1000} "
+        f"{Path(sys.executable).name} -m service "
         f"(cwd {server_dir}), bundled redis-server, AOF on",
         "sessions": sessions,
         "seed_points_per_session": SEED_POINTS,
@@ -327,7 +349,8 @@ def report(result: dict) -> None:
                 f"{s['scenario']:<15} {load['mode']:<8} {load['connections']:>5} {load['requests_per_s']:>8.0f} "
                 f"{lat['p50']:>7.1f} {lat['p95']:>7.1f} {lat['p99']:>7.1f} {load['error_count']:>6}"
             )
-        print("    cores busy: " + ", ".join(f"{k} {v:.2f}" for k, v in s["cpu_cores"].items()))
+        cores = ", ".join(f"{k} {v:.2f}" for k, v in s["cpu_cores"].items())
+        print(f"    cores busy: {cores} (API: {s['api_processes']} processes)")
 
 
 def main(argv: list[str] | None = None) -> dict:

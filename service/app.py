@@ -4,7 +4,9 @@ The live demo page is served at ``/demo`` (``service.routers.demo``).
 
 Startup (lifespan): use ``CMANP_REDIS_URL`` (a Redis Cluster with ``CMANP_REDIS_CLUSTER=true``),
 or start the bundled redis-server on ``CMANP_REDIS_DATA_DIR``; load every checkpoint in
-``CMANP_CHECKPOINT_DIR``. Shutdown closes the Redis client and stops the bundled server. Model
+``CMANP_CHECKPOINT_DIR``. Shutdown closes the Redis client and stops the bundled server. With
+several worker processes the parent starts the bundled server once and hands each worker its URL
+as ``CMANP_REDIS_URL`` (``service.workers``). Model
 calls run in worker threads (see ``service.inference``; thread counts are explained in
 ``service.settings``).
 
@@ -19,9 +21,10 @@ Middleware, outermost first: request id and access log (``service.logs``), CORS 
 
 from __future__ import annotations
 
+import gc
 import logging
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -55,6 +58,14 @@ def connect_redis(url: str, timeout: float, cluster: bool = False) -> Redis | Re
     return RedisCluster.from_url(url, **options) if cluster else Redis.from_url(url, **options)
 
 
+@contextmanager
+def start_bundled_redis(settings: Settings) -> Iterator[EmbeddedRedis]:
+    """The bundled redis-server on ``REDIS_DATA_DIR``, running until the block exits."""
+    with EmbeddedRedis(settings.redis_data_dir, options={"appendfsync": settings.redis_appendfsync}) as bundled:
+        logger.info("started the bundled redis-server at %s (data in %s)", bundled.url, settings.redis_data_dir)
+        yield bundled
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
@@ -62,11 +73,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            stack.callback(metrics.close)
             url = settings.redis_url
             if url is None:
-                bundled = EmbeddedRedis(settings.redis_data_dir, options={"appendfsync": settings.redis_appendfsync})
-                url = stack.enter_context(bundled).url
-                logger.info("started the bundled redis-server at %s (data in %s)", url, settings.redis_data_dir)
+                url = stack.enter_context(start_bundled_redis(settings)).url
             redis = connect_redis(url, settings.redis_timeout_seconds, settings.redis_cluster)
             stack.push_async_callback(redis.aclose)
             store = SessionStore(
@@ -89,6 +99,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.predict_cache_sessions,
             )
             app.state.services = Services(settings, store, registry, inference, metrics, quota, limiter)
+            # Everything alive now (modules, models) lives as long as the app: out of the collector's
+            # sight, the full collections that come every few seconds under load take a few ms instead
+            # of 100+ ms (measured), which stalled every request of the process (docs/OPERATIONS.md).
+            gc.collect()
+            gc.freeze()
+            stack.callback(gc.unfreeze)
             yield
 
     app = FastAPI(

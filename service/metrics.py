@@ -1,27 +1,41 @@
 """Prometheus metrics, in a registry per app (so that several apps can live in one process, as in tests).
 
+With several worker processes (``service.workers``), ``PROMETHEUS_MULTIPROC_DIR`` is set: every
+process writes its values to files there, and ``/metrics``, whichever worker answers it, reads
+all of them (prometheus-client's multiprocess mode), so counters and histograms are totals over
+the workers, including workers that have exited since the service started.
+
 Requests are labelled by route template (``/v1/sessions/{session_id}``), never by raw path, so
 session ids cannot blow up the label cardinality.
 
 Calibration (``service.calibration``) is aggregated across sessions per model, from the folds
 this process committed: counters of scored values, interval hits and PIT bins (sum them across
-processes), and coverage gauges, this process's hits / scored values since it started.
+processes), and coverage gauges, this process's hits / scored values since it started. A ratio
+cannot be summed, and the max or the latest of the workers' ratios would pass one worker's share
+of the traffic off as the service's; so with several workers each live worker's gauge is shown,
+labelled by its ``pid`` (multiprocess mode ``liveall``), and the service-wide coverage is the
+ratio of the summed counters (``cmanp_calibration_covered_values_total / cmanp_calibration_scored_values_total``).
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 from fastapi import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.calibration import LEVELS, PIT_BINS, Aggregates
+
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus-client when it is imported
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.multiprocess_dir = os.environ.get(MULTIPROCESS_DIR_ENV)
 
         def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
             return Counter(f"cmanp_{name}", doc, labels, registry=self.registry)
@@ -50,6 +64,7 @@ class Metrics:
             "fraction of scored values inside the central predictive interval (this process)",
             ("model", "level"),
             registry=self.registry,
+            multiprocess_mode="liveall",
         )
         self._calibration: dict[str, Aggregates] = {}  # per model, this process's folds
 
@@ -98,4 +113,13 @@ class Metrics:
         return observe
 
     def render(self) -> Response:
-        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+        registry = self.registry
+        if self.multiprocess_dir is not None:  # every worker's values, not only this process's
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=self.multiprocess_dir)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    def close(self) -> None:
+        """On this process's exit: drop its live gauges (its counters stay in the totals)."""
+        if self.multiprocess_dir is not None:
+            mark_process_dead(os.getpid(), self.multiprocess_dir)

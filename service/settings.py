@@ -1,10 +1,16 @@
 """Service settings, read from the environment with the prefix ``CMANP_`` (e.g. ``CMANP_REDIS_URL``).
 
-Threads: every model call runs in a worker thread, at most ``INFERENCE_WORKERS`` at a time, and
-torch uses ``TORCH_THREADS`` intra-op threads (default 1). Requests carry a handful to a few
-thousand points, far too little work for intra-op parallelism to pay off; running several
-single-threaded calls side by side uses the cores for throughput instead, and bounds the CPU
-the service takes at ``INFERENCE_WORKERS * TORCH_THREADS`` cores.
+Processes and threads: ``WORKERS`` uvicorn worker processes (default: one per CPU) serve the
+same app behind one port (``service.workers``), because one Python process spends most of a
+small request in the interpreter (HTTP parsing, validation, JSON, Redis protocol) and so tops
+out at about one core. In each process every model call runs in a thread, at most
+``INFERENCE_WORKERS`` at a time, and torch uses ``TORCH_THREADS`` intra-op threads (default 1).
+Requests carry a handful to a few thousand points, far too little work for intra-op parallelism
+to pay off; running several single-threaded calls side by side uses the cores for throughput
+instead, and bounds the CPU the service takes at ``WORKERS * INFERENCE_WORKERS * TORCH_THREADS``
+cores. The defaults give one model call per CPU in all: with 2 workers on 2 cores, one thread
+each, whose queue of predicts then runs as batches (measured against 2 threads each: 237 vs 204
+predicts/s, p99 46 vs 88 ms; docs/OPERATIONS.md).
 """
 
 from __future__ import annotations
@@ -35,6 +41,13 @@ def parse_api_keys(spec: str) -> dict[str, str]:
             raise ValueError("API_KEYS has the same key twice")
         tenants[digest] = tenant.strip()
     return tenants
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one), at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 class Settings(BaseSettings):
@@ -71,8 +84,15 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    workers: int = Field(
+        default_factory=available_cpus, ge=1, description="uvicorn worker processes; default: one per CPU"
+    )
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per model call")
-    inference_workers: int = Field(os.cpu_count() or 1, ge=1, description="model calls running at once")
+    inference_workers: int = Field(
+        default_factory=lambda data: max(1, available_cpus() // (data.get("workers") or 1)),
+        ge=1,
+        description="model calls running at once per worker process; default: CPUs / WORKERS, at least 1",
+    )
     predict_batch_max: int = Field(16, ge=1, description="most queued predicts run as one batched model call")
     cached_sessions: int = Field(
         10_000, ge=0, description="fixed metadata of this many recent sessions kept in process (saves a Redis call)"

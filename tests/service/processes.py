@@ -27,6 +27,7 @@ def service_env(checkpoint_dir: Path, **settings: object) -> dict[str, str]:
     options: dict[str, object] = {
         "checkpoint_dir": checkpoint_dir,
         "default_model": "tiny",
+        "workers": 1,  # one process, so that kill() (SIGKILL) takes the whole API down
         "torch_threads": 1,
         "inference_workers": 1,
         "log_level": "warning",

@@ -38,6 +38,7 @@ def service_env(redis_url: str, checkpoint_dir: Path) -> dict[str, str]:
         "checkpoint_dir": str(checkpoint_dir),
         "default_model": "tiny",
         "api_keys": ",".join(f"{tenant}:{key}" for tenant, key in API_KEYS.items()),
+        "workers": "1",
         "torch_threads": "1",
         "inference_workers": "1",
     }
