@@ -122,18 +122,20 @@ def start_server(server_dir: Path, data_dir: Path, log_path: Path, env: dict[str
     return Server(process, url, redis_pid, redis_port)
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process under ``pid`` (children, their children, ...)."""
+def descendants(pid: int, skip: int | None = None) -> list[int]:
+    """Every process under ``pid`` (children, their children, ...), without ``skip`` and its subtree."""
     found = []
     for child in children(pid):
-        found += [child, *descendants(child)]
+        if child != skip:
+            found += [child, *descendants(child, skip)]
     return found
 
 
 def api_pids(server: Server) -> list[int]:
-    """The API's processes: the server and everything under it but redis-server (its uvicorn workers
-    with several workers)."""
-    return [server.process.pid, *(p for p in descendants(server.process.pid) if p != server.redis_pid)]
+    """The API's processes: the server and everything under it but redis-server and its forks (its
+    uvicorn workers with several workers). A short-lived redis fork (an AOF rewrite) would vanish
+    before the CPU could be read again."""
+    return [server.process.pid, *descendants(server.process.pid, skip=server.redis_pid)]
 
 
 def _cmdline(pid: int) -> bytes:
