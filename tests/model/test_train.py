@@ -44,11 +44,8 @@ def weights(path):
     return torch.load(path, weights_only=True)["model"]
 
 
-@pytest.mark.parametrize(
-    "speed",
-    [["--precision", "fp32"], ["--precision", "bf16"], pytest.param(["--compile", "true"], marks=pytest.mark.slow)],
-    ids=["fp32", "bf16", "bf16-compiled"],
-)
+# Compiled, it also continues bit-for-bit (checked once), but 3 compilations cost minutes.
+@pytest.mark.parametrize("speed", [["--precision", "fp32"], ["--precision", "bf16"]], ids=["fp32", "bf16"])
 def test_resume_continues_exactly(tmp_path, speed):
     main([*TINY, *speed, "--steps", "8", "--out", str(tmp_path / "a")])
     main([*TINY, *speed, "--steps", "8", "--run-steps", "5", "--out", str(tmp_path / "b")])
