@@ -152,8 +152,15 @@ def _merge_heads(x: Tensor) -> Tensor:
 
 
 def _attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Fused attention over [..., H, n, Dh]; leading dims are flattened to one batch dim
-    because SDPA's fused CPU kernel takes 4-D inputs (5-D falls back to a slow path)."""
+    """Attention over [..., H, n, Dh].
+
+    float32: SDPA's fused kernel, with leading dims flattened to one batch dim because its CPU
+    kernel takes 4-D inputs (5-D falls back to a slow path). bfloat16 (training under autocast):
+    plain matmuls, which use the CPU's bf16 dot products, where the fused kernel's bf16 backward
+    is 3x slower than its float32 one; torch.compile also fuses this softmax with its neighbours.
+    """
+    if q.dtype == torch.bfloat16:
+        return ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
     lead = q.shape[:-3]
     out = F.scaled_dot_product_attention(q.flatten(0, -4), k.flatten(0, -4), v.flatten(0, -4))
     return out.unflatten(0, lead)
@@ -560,7 +567,11 @@ class CMANP(nn.Module):
         return z
 
     def _decode(self, latents: Tensor, xq: Tensor) -> tuple[Tensor, Tensor]:
-        mean, raw = self.head(self._target_encodings(latents, xq)).chunk(2, dim=-1)
+        z = self._target_encodings(latents, xq)
+        # The output head stays float32 under bf16 autocast (training): a bf16 mean has 3
+        # significant digits, coarser than the noise the likelihood scores it against.
+        with torch.autocast(z.device.type, enabled=False):
+            mean, raw = self.head(z.float()).chunk(2, dim=-1)
         std = self.cfg.min_std + F.softplus(raw)
         return mean, std
 

@@ -35,6 +35,8 @@ TINY = [
     "2",
     "--long-context-max",
     "80",
+    "--compile",  # eager here: the compiled path has its own (slow) tests
+    "false",
 ]
 
 
@@ -42,11 +44,13 @@ def weights(path):
     return torch.load(path, weights_only=True)["model"]
 
 
-def test_resume_continues_exactly(tmp_path):
-    main([*TINY, "--steps", "8", "--out", str(tmp_path / "a")])
-    main([*TINY, "--steps", "8", "--run-steps", "5", "--out", str(tmp_path / "b")])
+# Compiled, it also continues bit-for-bit (checked once), but 3 compilations cost minutes.
+@pytest.mark.parametrize("speed", [["--precision", "fp32"], ["--precision", "bf16"]], ids=["fp32", "bf16"])
+def test_resume_continues_exactly(tmp_path, speed):
+    main([*TINY, *speed, "--steps", "8", "--out", str(tmp_path / "a")])
+    main([*TINY, *speed, "--steps", "8", "--run-steps", "5", "--out", str(tmp_path / "b")])
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["step"] == 5
-    main([*TINY, "--steps", "8", "--out", str(tmp_path / "b"), "--resume"])
+    main([*TINY, *speed, "--steps", "8", "--out", str(tmp_path / "b"), "--resume"])
     a, b = weights(tmp_path / "a" / "last.pt"), weights(tmp_path / "b" / "last.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "a" / "best.safetensors").exists()
@@ -102,6 +106,7 @@ def test_joint_head_trains_alone_on_a_plain_cmanp(tmp_path):
     base = load_checkpoint(tmp_path / "base" / "best.safetensors").state_dict()
     main(
         [*TINY, "--architecture", "cmanp-and", "--cov-features", "3", "--cov-layers", "1", "--freeze-base", "true"]
+        + ["--precision", "fp32"]
         + ["--steps", "3", "--out", str(tmp_path / "and"), "--init-from", str(tmp_path / "base" / "best.safetensors")]
     )
     joint = weights(tmp_path / "and" / "last.pt")
