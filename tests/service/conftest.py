@@ -71,6 +71,13 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
         yield server
 
 
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A redis-server of the test's own, for tests that kill it or reconfigure it."""
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        yield server
+
+
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
     cluster = LocalRedisCluster(tmp_path_factory.mktemp("redis-cluster"))

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
-import pytest
 import redis
 
 from service.client import CMANPClient, ContextResult, RetryPolicy
@@ -30,12 +28,6 @@ from tests.service.helpers import (
 
 AUTH = {"Authorization": f"Bearer {API_KEYS['alice']}"}
 QUERIES = np.linspace(-2.0, 2.0, 9)[:, None]
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    with EmbeddedRedis(tmp_path / "redis") as server:
-        yield server
 
 
 def wait_until(condition, timeout: float = 20.0) -> None:

@@ -4,12 +4,10 @@ exactly once. Reads keep working meanwhile."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
-import pytest
 import redis
 
 from service.embedded_redis import EmbeddedRedis
@@ -25,12 +23,6 @@ from tests.service.helpers import (
 
 AUTH = {"Authorization": f"Bearer {API_KEYS['alice']}"}
 QUERIES = np.linspace(-2.0, 2.0, 5)[:, None]
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    with EmbeddedRedis(tmp_path / "redis") as server:
-        yield server
 
 
 def _post(url: str, session_id: str, x: np.ndarray, y: np.ndarray, key: str) -> httpx.Response:
