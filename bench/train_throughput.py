@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from model.allocator import retain_freed_memory
 from model.cmanp import CMANP, CMANPConfig, count_parameters
 from model.data.gp import GPBatch, GPSampler
 from model.train import train_step, training_loss
@@ -80,6 +81,7 @@ def main() -> None:
     p.add_argument("--options", default=",".join(OPTIONS), help=f"comma-separated, of {', '.join(OPTIONS)}")
     p.add_argument("--compiled-configs", default="paper", help="configs (name prefixes) that run the compiled options")
     args = p.parse_args()
+    retained = retain_freed_memory()  # as model.train does
     if args.threads:
         torch.set_num_threads(args.threads)
     sampler = GPSampler("rbf")
@@ -133,6 +135,7 @@ def main() -> None:
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "malloc_retains_freed_memory": retained,
         "load_average_before": [round(v, 2) for v in load_before],
         "load_average_after": [round(v, 2) for v in load_after],
     }
