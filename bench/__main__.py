@@ -49,9 +49,9 @@ def commands(out: Path, quick: bool) -> dict[str, list[str]]:
             "bench.train_throughput",
             # Quick mode (CI) leaves out the compiled option: its compilation alone takes minutes cold.
             *(
-                ["--steps", "3", "--rounds", "1", "--options", "fp32-eager,bf16-eager"]
+                ["--steps", "3", "--warmup", "1", "--rounds", "1", "--options", "fp32-eager,bf16-eager"]
                 if quick
-                else ["--steps", "20", "--rounds", "1"]
+                else ["--steps", "40", "--warmup", "20", "--rounds", "1"]
             ),
             *json_out("train_throughput"),
         ],
