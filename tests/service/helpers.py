@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = CMANPConfig(n_blocks=2, n_latents=16, d_model=32, ff_width=64, embed_depth=2)
 TINY_AND = CMANPANDConfig(**TINY.to_dict(), block_size=8, cov_features=4, cov_layers=1)  # a joint head, b_Q = 8
 API_KEYS = {"alice": "alice-key", "bob": "bob-key"}
+AUTH = {"Authorization": f"Bearer {API_KEYS['alice']}"}  # the request headers of tenant alice
 TINY_CARD = {"rbf_ll": 1.25, "matern_ll": 0.5}
 BODY_LIMIT = 64 * 1024  # comfortably above 1000 points of JSON
 # `pytestmark = BOTH_BACKENDS`: the module's tests run on one redis-server and on a Redis Cluster.

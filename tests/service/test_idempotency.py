@@ -13,11 +13,16 @@ import pytest
 
 from service.client import CMANPClient, CMANPError, ContextResult
 from service.store import KEY_PREFIX, RECORD_BYTES
-from tests.service.helpers import API_KEYS, BOTH_BACKENDS, assert_same_state, raw_session, sample_points, stored_state
+from tests.service.helpers import (
+    AUTH,
+    BOTH_BACKENDS,
+    assert_same_state,
+    raw_session,
+    sample_points,
+    stored_state,
+)
 
 pytestmark = BOTH_BACKENDS
-
-AUTH = {"Authorization": f"Bearer {API_KEYS['alice']}"}
 
 
 def test_repeated_key_is_applied_once(client: CMANPClient, redis_client, tiny_net) -> None:

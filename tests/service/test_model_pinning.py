@@ -10,9 +10,7 @@ from pathlib import Path
 import httpx
 
 from service.client import CMANPClient
-from tests.service.helpers import API_KEYS, TINY, build_checkpoint, live_server, make_settings, raw_session
-
-AUTH = {"Authorization": f"Bearer {API_KEYS['alice']}"}
+from tests.service.helpers import AUTH, TINY, build_checkpoint, live_server, make_settings, raw_session
 
 
 def test_replaced_or_removed_model_gives_409(client: CMANPClient, redis_server, redis_client, tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from service.client import CMANPClient, ContextResult, RetryPolicy
 from service.embedded_redis import EmbeddedRedis
 from tests.service.helpers import (
     API_KEYS,
+    AUTH,
     assert_same_state,
     expected_prediction,
     live_server,
@@ -26,7 +27,6 @@ from tests.service.helpers import (
     stored_state,
 )
 
-AUTH = {"Authorization": f"Bearer {API_KEYS['alice']}"}
 QUERIES = np.linspace(-2.0, 2.0, 9)[:, None]
 
 

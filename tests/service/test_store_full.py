@@ -12,7 +12,7 @@ import redis
 
 from service.embedded_redis import EmbeddedRedis
 from tests.service.helpers import (
-    API_KEYS,
+    AUTH,
     assert_same_state,
     expected_prediction,
     live_server,
@@ -21,7 +21,6 @@ from tests.service.helpers import (
     stored_state,
 )
 
-AUTH = {"Authorization": f"Bearer {API_KEYS['alice']}"}
 QUERIES = np.linspace(-2.0, 2.0, 5)[:, None]
 
 
