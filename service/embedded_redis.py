@@ -5,11 +5,13 @@ the real Redis the tests run against. Durability comes from the append-only file
 ``data_dir`` (``appendonly yes``; RDB snapshots are off): a restart on the same directory
 reloads every acknowledged write. ``options`` adds redis.conf directives, e.g.
 ``{"appendfsync": "always"}`` (see docs/OPERATIONS.md for the durability modes) or the ones of a
-cluster node. The server listens on 127.0.0.1 only, on a free port.
+cluster node. The server listens on 127.0.0.1 only, on a free port. On Linux it gets SIGTERM
+when the thread that started it dies, even by ``kill -9`` of its process (``service.parent_death``).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import socket
@@ -21,6 +23,8 @@ from types import TracebackType
 
 import redis
 import redis.exceptions
+
+from service.parent_death import terminate_with_parent
 
 START_ATTEMPTS = 3  # a free port can be taken between choosing it and binding it
 
@@ -99,8 +103,13 @@ class EmbeddedRedis:
         ]  # fmt: skip
         for name, value in self.options.items():
             command += [f"--{name}", value]
+        # SIGTERM to the server when this thread dies, even by kill -9 of the process: no orphan
+        # keeps serving (and appending to) the data directory that the next start will use.
+        stop_with_us = functools.partial(terminate_with_parent, os.getpid())
         with open(self.data_dir / "redis-server.log", "ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=self.env, preexec_fn=stop_with_us
+            )
         client = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
         deadline = time.monotonic() + timeout
         try:

@@ -28,7 +28,6 @@ The workers inherit both through the environment (spawned interpreters copy the 
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -50,12 +49,12 @@ from uvicorn.config import STARTUP_FAILURE
 from service.app import create_app, start_bundled_redis
 from service.logs import configure_logging
 from service.metrics import MULTIPROCESS_DIR_ENV
+from service.parent_death import terminate_with_parent
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 WORKER_APP = "service.workers:worker_app"  # the import string uvicorn loads in each worker
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 POLL_SECONDS = 0.5  # how often the parent looks at its signal flags between worker exits
 
 
@@ -79,17 +78,6 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def stop_with_parent() -> None:
-    """Ask Linux to send this process SIGTERM when its parent dies, so that a killed supervisor
-    (``kill -9``, OOM) leaves no worker behind holding the port. No-op elsewhere."""
-    parent = multiprocessing.parent_process()
-    if sys.platform != "linux" or parent is None:
-        return
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent.pid:  # the parent died before the request took effect
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
 def worker_app() -> FastAPI:
     """The app of one worker process: uvicorn calls this factory in each worker."""
     settings = Settings()
@@ -99,7 +87,9 @@ def worker_app() -> FastAPI:
 
 def run_worker(options: dict[str, Any]) -> None:
     """One worker process: uvicorn on its own SO_REUSEPORT socket (it drains and exits on SIGTERM)."""
-    stop_with_parent()
+    parent = multiprocessing.parent_process()
+    assert parent is not None, "run_worker runs in a process the Supervisor spawned"
+    terminate_with_parent(parent.pid)  # a killed supervisor (kill -9, OOM) leaves no worker holding the port
     try:
         sock = reuse_port_socket(options["host"], options["port"])
     except OSError as error:  # e.g. another user's process holds the port: a restart would fail alike

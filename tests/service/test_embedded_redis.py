@@ -4,9 +4,13 @@ CMANP_REDIS_DATA_DIR), becomes ready, stops Redis on shutdown, and finds its ses
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -46,3 +50,33 @@ def test_bundled_redis_lifecycle(tmp_path: Path, checkpoint_dir: Path) -> None:
 def test_free_port_stays_below_the_bound() -> None:
     """Regression: a cluster node on a port above 55535 cannot start (its bus port is port + 10000)."""
     assert all(free_port(below=MAX_CLUSTER_PORT + 1) <= MAX_CLUSTER_PORT for _ in range(200))
+
+
+def test_redis_stops_when_its_owner_is_killed(tmp_path: Path) -> None:
+    """kill -9 of the process that started the server runs none of its code; the server still stops
+    (parent-death signal) instead of serving the data directory on as an orphan. Regression."""
+    owner = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from service.embedded_redis import EmbeddedRedis;"
+            f"r = EmbeddedRedis({str(tmp_path)!r}); r.start(); print(r.port, r.process.pid, flush=True);"
+            "time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        port, server_pid = map(int, owner.stdout.readline().split())
+        assert port_is_open(port)
+    finally:
+        owner.kill()
+        owner.wait()
+    deadline = time.monotonic() + 15
+    while port_is_open(port) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        assert not port_is_open(port), "redis-server outlived the process that started it"
+    finally:
+        if port_is_open(port):
+            os.kill(server_pid, signal.SIGTERM)

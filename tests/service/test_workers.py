@@ -178,17 +178,20 @@ def test_two_workers_share_the_store_and_the_metrics_and_stop_cleanly(two_worker
 
 
 @pytest.mark.slow
-def test_workers_stop_when_the_parent_is_killed(two_workers: ApiProcess) -> None:
-    """kill -9 of the parent runs none of its code; the workers still go (parent-death signal)."""
+def test_workers_and_redis_stop_when_the_parent_is_killed(two_workers: ApiProcess) -> None:
+    """kill -9 of the parent runs none of its code; the workers and the bundled redis-server still
+    go (parent-death signal), so nothing keeps the port or the data directory. Regression: the
+    redis-server used to be left behind."""
     api = two_workers
     workers, redis_pid = start_both(api)
     left_behind = metrics_dir(workers[0])
     api.kill()
     try:
-        wait_for(lambda: not any(alive(p) for p in workers), timeout=30)
-    finally:  # only the parent stops these (docs/SERVICE.md, "Processes")
-        os.kill(redis_pid, signal.SIGTERM)
-        shutil.rmtree(left_behind)
+        wait_for(lambda: not any(alive(p) for p in [*workers, redis_pid]), timeout=30)
+    finally:
+        if alive(redis_pid):
+            os.kill(redis_pid, signal.SIGTERM)
+        shutil.rmtree(left_behind)  # only the parent removes it (docs/SERVICE.md, "Processes")
 
 
 def test_a_port_in_use_stops_the_service_and_its_redis(tmp_path: Path, checkpoint_dir: Path) -> None:
