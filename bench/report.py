@@ -121,10 +121,12 @@ def model_section(costs: dict | None, memory: list | None, train: dict | None) -
             "",
         ]
         lines += _table(
-            ["config", "precision", "compiled", "mode", "parameters", "batch", "tasks/s", "warm-up", "torch threads"],
+            ["config", "precision", "compiled", "mode", "parameters", "batch", "tasks/s", "each round", "warm-up",
+             "torch threads"],
             [
                 [r["config"], r["precision"], "yes" if r["compiled"] else "no", r["mode"], f"{r['parameters']:,}",
-                 r["batch_size"], r["tasks_per_s"], f"{r['warmup_s']:.0f} s", threads]
+                 r["batch_size"], r["tasks_per_s"], ", ".join(map(str, r.get("tasks_per_s_by_round", []))),
+                 f"{r['warmup_s']:.0f} s", threads]
                 for r in rows
             ],
         )  # fmt: skip

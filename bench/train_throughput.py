@@ -105,12 +105,11 @@ def main() -> None:
             t0 = time.perf_counter()
             trainer.run(presampled.__getitem__, args.warmup)  # includes the compilation
             trainer.warmup_s = time.perf_counter() - t0
-    best: dict[tuple[str, str, str], float] = {}
+    rates: dict[tuple[str, str, str], list[float]] = {}
     for _ in range(args.rounds):
         for (name, option), trainer in trainers.items():
             for mode, make in modes.items():
-                rate = trainer.run(make(), args.steps)
-                best[name, option, mode] = max(best.get((name, option, mode), 0.0), rate)
+                rates.setdefault((name, option, mode), []).append(trainer.run(make(), args.steps))
     load_after = os.getloadavg()
     rows = [
         {
@@ -120,7 +119,8 @@ def main() -> None:
             "mode": mode,
             "parameters": count_parameters(trainer.net),
             "batch_size": args.batch_size,
-            "tasks_per_s": round(best[name, option, mode], 1),
+            "tasks_per_s": round(max(rates[name, option, mode]), 1),
+            "tasks_per_s_by_round": [round(r, 1) for r in rates[name, option, mode]],
             "warmup_s": round(trainer.warmup_s, 1),
         }
         for (name, option), trainer in trainers.items()
