@@ -75,6 +75,12 @@ class TooManyRequestsError(ServiceError):
         self.headers = {"Retry-After": str(retry_after_seconds)}
 
 
+class CorruptStateError(ServiceError):
+    """A session's stored state fails its integrity checks: the server's data is bad, not the request."""
+
+    status = 500
+
+
 class UnavailableError(ServiceError):
     status = 503
     headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import secrets
 import threading
 from collections import OrderedDict
@@ -35,8 +36,11 @@ import torch
 
 from model import CMANPState
 from service.calibration import Aggregates, prequential_blocks
+from service.errors import CorruptStateError
 from service.registry import ServedModel
 from service.store import Fold, Snapshot
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -44,6 +48,20 @@ T = TypeVar("T")
 def log_entry(x: np.ndarray, y: np.ndarray) -> bytes:
     """A context post as stored in the session log: float32 rows [x | y] in model units."""
     return np.concatenate([x, y], axis=1).astype("<f4").tobytes()
+
+
+def stored_state(model: ServedModel, snapshot: Snapshot) -> CMANPState:
+    """The snapshot's state blob, decoded; CorruptStateError if it fails its checks (checksum, shapes,
+    fingerprint), which the model reports as ValueError. The session cannot be served then, but the
+    blob is left as it is, for an operator to look at."""
+    try:
+        return model.net.state_from_bytes(snapshot.state)
+    except ValueError as e:
+        logger.error("session %s: stored state unreadable: %s", snapshot.session.session_id, e)
+        raise CorruptStateError(
+            f"the stored state of session {snapshot.session.session_id} is unreadable ({e}); it cannot be "
+            "served or updated: delete the session and create it again"
+        ) from e
 
 
 def _log_points(model: ServedModel, entries: list[bytes]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,7 +110,7 @@ class FoldedStates:
         if cached is not None and cached.blob == snapshot.state and snapshot.log[: len(cached.log)] == cached.log:
             state, done = cached.state, len(cached.log)
         else:
-            state, done = model.net.state_from_bytes(snapshot.state), 0
+            state, done = stored_state(model, snapshot), 0
         if done < len(snapshot.log):
             state = model.net.update(state, *_log_points(model, snapshot.log[done:]))
         if self.capacity and (cached is None or state is not cached.state):
@@ -114,7 +132,7 @@ def _fold_and_score(model: ServedModel, snapshot: Snapshot, scoring: bool) -> tu
     """The snapshot's state with its log folded in, and the log's out-of-range count and (if scoring)
     prequential scores: each block of points is scored by the state before it, then folded in."""
     net = model.net
-    state = net.state_from_bytes(snapshot.state)
+    state = stored_state(model, snapshot)
     if not snapshot.log:
         return state, Aggregates()
     x, y = _log_points(model, snapshot.log)

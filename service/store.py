@@ -58,7 +58,7 @@ import orjson
 import redis.exceptions
 from redis.asyncio import Redis, RedisCluster
 
-from service.errors import NotFoundError, UnavailableError, UnprocessableError
+from service.errors import CorruptStateError, NotFoundError, UnavailableError, UnprocessableError
 from service.transforms import AffineMap
 
 logger = logging.getLogger(__name__)
@@ -378,11 +378,14 @@ class SessionStore:
         raise UnavailableError(f"session {session.session_id} is too busy to take more points; retry shortly")
 
     async def _fold_after_append(self, session: Session, compute: FoldFn) -> Fold | None:
-        # The post is already durable: a Redis failure here must not turn its answer into an error.
+        # The post is already durable: a Redis failure or an unreadable stored state here must not
+        # turn its answer into an error.
         try:
             return await self.fold(session, compute)
         except redis.exceptions.RedisError as e:
             logger.warning("fold of session %s deferred: %s", session.session_id, e)
+            return None
+        except CorruptStateError:  # logged where it was found; a post that finds the log full fails with it
             return None
 
     async def fold(self, session: Session, compute: FoldFn) -> Fold | None:
