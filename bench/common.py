@@ -54,3 +54,9 @@ def machine() -> dict:
         "platform": platform.platform(),
         "load_average": os.getloadavg(),
     }
+
+
+def redis_forks(scenario: dict) -> str:
+    """Forks of redis-server (AOF rewrites) during a scenario, and one still running from before."""
+    running = " + 1 running at the start" if scenario.get("aof_rewrite_running_at_start") else ""
+    return f"{scenario.get('redis_forks', '?')}{running}"

@@ -17,6 +17,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the non-interactive backend
 
+from bench.common import redis_forks  # noqa: E402
+
 # Acceptance targets of the performance issue.
 UPDATE_RATIO_MAX = 1.1
 TNP_ADD_RATIO_MIN = 1000
@@ -234,11 +236,12 @@ def service_section(load: dict | None, plots: bool) -> list[str]:
                     f"{lat['p99']:.1f}",
                     w["error_count"],
                     f"{cpu['api']:.2f} / {cpu['redis']:.2f} / {cpu['wrk']:.2f} / {cpu['other']:.2f}" if i == 0 else "",
+                    redis_forks(s) if i == 0 else "",
                 ]
             )
     lines += _table(
         ["scenario", "requests", "connections", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors",
-         "cores: API / Redis / wrk / other"],
+         "cores: API / Redis / wrk / other", "Redis forks (AOF rewrites)"],
         rows,
     )  # fmt: skip
     by_name = {s["scenario"]: s["loads"][0] for s in load["scenarios"]}

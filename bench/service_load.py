@@ -14,7 +14,8 @@ directory, on a free port). Sessions are created and seeded through the HTTP API
 
 For each scenario: requests/s, p50/p95/p99 latency, errors (non-2xx included), and the CPU
 seconds used by the API (summed over its processes: the server and its uvicorn workers),
-redis-server, wrk and everything else on the machine (from /proc). Redis bytes per session:
+redis-server, wrk and everything else on the machine (from /proc), and the forks of redis-server
+(AOF rewrites, whose child takes a core for seconds). Redis bytes per session:
 ``used_memory`` growth over the session creation, and ``MEMORY USAGE`` of one seeded session's
 keys. Writes JSON (default bench/out/service_load.json).
 
@@ -41,7 +42,7 @@ from pathlib import Path
 import httpx
 import redis
 
-from bench.common import OUT_DIR, write_json
+from bench.common import OUT_DIR, redis_forks, write_json
 from service.client import AsyncCMANPClient, CMANPError
 from service.embedded_redis import free_port
 
@@ -189,12 +190,16 @@ def redis_bytes_per_session(server: Server, session_id: str) -> int:
         client.close()
 
 
-def redis_used_memory(server: Server) -> int:
+def redis_info(server: Server) -> dict:
     client = redis.Redis(port=server.redis_port)
     try:
-        return int(client.info("memory")["used_memory"])
+        return client.info()
     finally:
         client.close()
+
+
+def redis_used_memory(server: Server) -> int:
+    return int(redis_info(server)["used_memory"])
 
 
 def wrk_command(url: str, mode: str, ids_file: Path, connections: int, threads: int, duration: float) -> list[str]:
@@ -233,6 +238,8 @@ def run_scenario(server: Server, name: str, loads: list[tuple[str, Path, int]], 
     """Run one wrk per load (mode, ids file, connections) at the same time; measure CPU per process
     (the API's: summed over its processes)."""
     pids = {"api": api_pids(server), "redis": [server.redis_pid]}
+    # An AOF rewrite forks redis-server; its child takes CPU from everything else for seconds.
+    redis_before = redis_info(server)
     before = {k: sum(map(cpu_seconds, p)) for k, p in pids.items()}
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy_before, t0 = machine_busy_seconds(), time.monotonic()
@@ -259,6 +266,8 @@ def run_scenario(server: Server, name: str, loads: list[tuple[str, Path, int]], 
         "wall_s": wall,
         "api_processes": len(pids["api"]),
         "cpu_cores": {k: v / wall for k, v in cpu.items()},  # average cores busy during the run
+        "redis_forks": redis_info(server)["total_forks"] - redis_before["total_forks"],
+        "aof_rewrite_running_at_start": bool(redis_before["aof_rewrite_in_progress"]),
     }
 
 
@@ -352,7 +361,7 @@ def report(result: dict) -> None:
                 f"{lat['p50']:>7.1f} {lat['p95']:>7.1f} {lat['p99']:>7.1f} {load['error_count']:>6}"
             )
         cores = ", ".join(f"{k} {v:.2f}" for k, v in s["cpu_cores"].items())
-        print(f"    cores busy: {cores} (API: {s['api_processes']} processes)")
+        print(f"    cores busy: {cores} (API: {s['api_processes']} processes); Redis forks: {redis_forks(s)}")
 
 
 def main(argv: list[str] | None = None) -> dict:
