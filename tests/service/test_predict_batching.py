@@ -6,6 +6,7 @@ import anyio
 import numpy as np
 import pytest
 
+from service.errors import CorruptStateError
 from service.inference import Inference, Predicted, log_entry
 from service.registry import ServedModel
 from service.store import Session, Snapshot
@@ -83,7 +84,7 @@ def test_a_broken_state_fails_only_its_own_request(tiny_net) -> None:
     async def one(name: str, snapshot: Snapshot) -> None:
         try:
             outcomes[name] = await inference.predict(model, snapshot, xq)
-        except ValueError as e:
+        except CorruptStateError as e:
             outcomes[name] = e
 
     async def run() -> None:
@@ -92,5 +93,5 @@ def test_a_broken_state_fails_only_its_own_request(tiny_net) -> None:
                 tg.start_soon(one, name, snapshot)
 
     anyio.run(run)
-    assert isinstance(outcomes["bad"], ValueError) and "checksum" in str(outcomes["bad"])
+    assert isinstance(outcomes["bad"], CorruptStateError) and "checksum" in outcomes["bad"].detail
     np.testing.assert_allclose(outcomes["good"].mean, outcomes["first"].mean, rtol=1e-6)
