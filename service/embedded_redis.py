@@ -103,8 +103,6 @@ class EmbeddedRedis:
         ]  # fmt: skip
         for name, value in self.options.items():
             command += [f"--{name}", value]
-        # SIGTERM to the server when this thread dies, even by kill -9 of the process: no orphan
-        # keeps serving (and appending to) the data directory that the next start will use.
         stop_with_us = functools.partial(terminate_with_parent, os.getpid())
         with open(self.data_dir / "redis-server.log", "ab") as log:
             self.process = subprocess.Popen(

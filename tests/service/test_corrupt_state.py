@@ -27,7 +27,9 @@ def _post(url: str, session_id: str, x: np.ndarray, y: np.ndarray) -> httpx.Resp
 def test_a_damaged_state_gives_a_clear_500_and_loses_nothing(own_redis: EmbeddedRedis, checkpoint_dir: Path) -> None:
     x, y = sample_points(12, seed=5)
     raw = redis.Redis.from_url(own_redis.url)
-    settings = make_settings(own_redis.url, checkpoint_dir, fold_threshold_points=FOLD_AT, max_points_per_request=4)
+    settings = make_settings(
+        own_redis.url, checkpoint_dir, fold_threshold_points=FOLD_AT, max_points_per_request=PER_REQUEST
+    )
     with live_server(settings) as url:
         session_id = httpx.post(f"{url}/v1/sessions", json={}, headers=AUTH).json()["session_id"]
         assert _post(url, session_id, x[:2], y[:2]).status_code == 200
