@@ -51,7 +51,7 @@ def commands(out: Path, quick: bool) -> dict[str, list[str]]:
             *(
                 ["--steps", "3", "--warmup", "1", "--rounds", "1", "--options", "fp32-eager,bf16-eager"]
                 if quick
-                else ["--steps", "40", "--warmup", "20", "--rounds", "2"]
+                else ["--steps", "40", "--warmup", "20", "--rounds", "4"]
             ),
             *json_out("train_throughput"),
         ],

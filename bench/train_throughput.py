@@ -1,16 +1,16 @@
 """Training throughput (tasks/s) on the paper protocol: configs and speed options, in one process.
 
-    python -m bench.train_throughput [--steps 40] [--warmup 30] [--batch-size 16] [--rounds 2] [--threads 2]
+    python -m bench.train_throughput [--steps 40] [--warmup 30] [--batch-size 16] [--rounds 4] [--threads 2]
         [--options fp32-eager,bf16-eager,bf16-compiled] [--compiled-configs paper]
 
-Each timed step is the one ``model.train`` runs (forward, backward, gradient clipping, AdamW),
-on RBF batches of the paper protocol (N ~ U{3..46}, M ~ U{3..49-N}), with the loss of
-``model.train.training_loss`` in each option's precision, eager or compiled. Two modes: "model"
-steps on pre-sampled batches (data generation excluded); "model+data" samples each batch inside
-the timed loop, as training does. Each (config, option) keeps one model for all its timings, so
-it compiles once (the warm-up seconds are recorded); configs, options and modes are timed in
-alternation and the best round is kept, because the machine may be shared; the load average is
-recorded next to the figures. Like ``model.train``, it keeps freed memory in malloc's heap
+Each timed step is the one ``model.train`` runs: sample an RBF batch of the paper protocol
+(N ~ U{3..46}, M ~ U{3..49-N}) inside the timed loop, then forward, backward, gradient clipping
+and AdamW, with the loss of ``model.train.training_loss`` in each option's precision, eager or
+compiled. The sampling alone is timed too, and reported in ms per batch. Each (config, option)
+keeps one model for all its timings, so it compiles once (the warm-up seconds are recorded);
+configs and options are timed in alternation, round after round, because the machine may be
+shared: every round is kept, with the best and the median; the load average is recorded next
+to the figures. Like ``model.train``, it keeps freed memory in malloc's heap
 (``model.allocator``). Prints a table and writes JSON (bench/out/train_throughput.json).
 """
 
@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,20 +49,30 @@ class Trainer:
         self.loss_fn = training_loss(self.net, precision, compile)
         self.warmup_s = 0.0
 
-    def run(self, next_batch: Callable[[int], GPBatch], steps: int) -> float:
-        """Tasks/s over ``steps`` steps; next_batch(i) gives the i-th batch."""
+    def run(self, next_batch: Callable[[], GPBatch], steps: int) -> float:
+        """Tasks/s over ``steps`` steps, each on the batch next_batch() gives."""
         t0, tasks = time.perf_counter(), 0
-        for i in range(steps):
-            batch = next_batch(i)
+        for _ in range(steps):
+            batch = next_batch()
             train_step(self.net, self.opt, batch, grad_clip=1.0, loss_fn=self.loss_fn)
             tasks += batch.xc.shape[0]
         return tasks / (time.perf_counter() - t0)
 
 
-def sampled_in_loop(sampler: GPSampler, batch_size: int, seed: int = 0) -> Callable[[int], GPBatch]:
-    """A batch source that draws each batch when asked, as training does."""
+def sampled_in_loop(sampler: GPSampler, batch_size: int, seed: int = 0) -> Callable[[], GPBatch]:
+    """A batch source that draws each batch when asked, as training does. The same seed gives
+    the same batches (so the same shapes) to every config and option."""
     g = torch.Generator().manual_seed(seed)
-    return lambda _: sampler.sample_protocol(batch_size, g)
+    return lambda: sampler.sample_protocol(batch_size, g)
+
+
+def sampling_ms_per_batch(sampler: GPSampler, batch_size: int, batches: int = 200) -> float:
+    """Wall time of drawing one batch alone, in ms (it is inside every timed step too)."""
+    next_batch = sampled_in_loop(sampler, batch_size, seed=1)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        next_batch()
+    return (time.perf_counter() - t0) / batches * 1e3
 
 
 def cpu_name() -> str:
@@ -75,7 +86,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=4)
     # Untimed steps first: the compilation, and enough batches to meet most context and target sizes
     # once (oneDNN builds a kernel per new matmul shape), as a long training run has long since done.
     p.add_argument("--warmup", type=int, default=30, help="untimed steps per (config, option) first")
@@ -88,12 +99,6 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     sampler = GPSampler("rbf")
-    g = torch.Generator().manual_seed(0)
-    presampled = [sampler.sample_protocol(args.batch_size, g) for _ in range(max(args.warmup, args.steps))]
-    modes: dict[str, Callable[[], Callable[[int], GPBatch]]] = {
-        "model": lambda: presampled.__getitem__,
-        "model+data": lambda: sampled_in_loop(sampler, args.batch_size),
-    }
     load_before = os.getloadavg()
     trainers: dict[tuple[str, str], Trainer] = {}
     for name, cfg in CONFIGS.items():
@@ -103,36 +108,37 @@ def main() -> None:
                 continue
             trainer = trainers[name, option] = Trainer(cfg, precision, compile)
             t0 = time.perf_counter()
-            trainer.run(presampled.__getitem__, args.warmup)  # includes the compilation
+            trainer.run(sampled_in_loop(sampler, args.batch_size), args.warmup)  # includes the compilation
             trainer.warmup_s = time.perf_counter() - t0
-    rates: dict[tuple[str, str, str], list[float]] = {}
+    rates: dict[tuple[str, str], list[float]] = {}
     for _ in range(args.rounds):
-        for (name, option), trainer in trainers.items():
-            for mode, make in modes.items():
-                rates.setdefault((name, option, mode), []).append(trainer.run(make(), args.steps))
+        for key, trainer in trainers.items():
+            rates.setdefault(key, []).append(trainer.run(sampled_in_loop(sampler, args.batch_size), args.steps))
+    sampling_ms = sampling_ms_per_batch(sampler, args.batch_size)
     load_after = os.getloadavg()
     rows = [
         {
             "config": name,
             "precision": OPTIONS[option][0],
             "compiled": OPTIONS[option][1],
-            "mode": mode,
             "parameters": count_parameters(trainer.net),
             "batch_size": args.batch_size,
-            "tasks_per_s": round(max(rates[name, option, mode]), 1),
-            "tasks_per_s_by_round": [round(r, 1) for r in rates[name, option, mode]],
+            "tasks_per_s": round(max(rates[name, option]), 1),
+            "tasks_per_s_median": round(statistics.median(rates[name, option]), 1),
+            "tasks_per_s_by_round": [round(r, 1) for r in rates[name, option]],
             "warmup_s": round(trainer.warmup_s, 1),
         }
         for (name, option), trainer in trainers.items()
-        for mode in modes
     ]
-    header = f"{'config':<22} {'precision':<9} {'compiled':<8} {'mode':<11} {'params':>10} {'batch':>6} {'tasks/s':>9}"
-    print(header + f" {'warm-up s':>9}")
+    header = f"{'config':<22} {'precision':<9} {'compiled':<8} {'params':>10} {'batch':>6} {'best':>7} {'median':>7}"
+    print(header + f" {'warm-up s':>9}  tasks/s by round")
     for r in rows:
         print(
-            f"{r['config']:<22} {r['precision']:<9} {r['compiled']!s:<8} {r['mode']:<11} {r['parameters']:>10,} "
-            f"{r['batch_size']:>6} {r['tasks_per_s']:>9.1f} {r['warmup_s']:>9.1f}"
+            f"{r['config']:<22} {r['precision']:<9} {r['compiled']!s:<8} {r['parameters']:>10,} {r['batch_size']:>6} "
+            f"{r['tasks_per_s']:>7.1f} {r['tasks_per_s_median']:>7.1f} {r['warmup_s']:>9.1f}  "
+            f"{r['tasks_per_s_by_round']}"
         )
+    print(f"GP sampling alone: {sampling_ms:.2f} ms per batch of {args.batch_size} (inside every timed step)")
     machine = {
         "cpu": cpu_name(),
         "cores": os.cpu_count(),
@@ -140,6 +146,7 @@ def main() -> None:
         "torch": torch.__version__,
         "malloc_retains_freed_memory": retained,
         "warmup_steps": args.warmup,
+        "gp_sampling_ms_per_batch": round(sampling_ms, 3),
         "load_average_before": [round(v, 2) for v in load_before],
         "load_average_after": [round(v, 2) for v in load_after],
     }
