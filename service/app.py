@@ -66,6 +66,9 @@ def start_bundled_redis(settings: Settings) -> Iterator[EmbeddedRedis]:
         yield bundled
 
 
+FOLD_DRAIN_SECONDS = 10.0
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
@@ -86,6 +89,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 idempotency_keys=settings.idempotency_keys_per_session,
                 cached_sessions=settings.cached_sessions,
             )
+            # At shutdown, before Redis closes: let folds that posts started finish (their points
+            # are in the log either way; a fold cut short is only redone by the next post).
+            stack.push_async_callback(store.wait_for_folds, FOLD_DRAIN_SECONDS)
             quota = SessionQuota(redis, settings.max_sessions_per_tenant)
             limiter = None
             if settings.rate_limit_per_second > 0:

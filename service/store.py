@@ -20,11 +20,12 @@ The stored state is rewritten only when the log reaches ``fold_threshold`` point
 many points, not on every predict, which would multiply the append-only-file traffic): the fold
 computes the new state off the event loop from such a snapshot, then commits with a script that
 checks the fold epoch is unchanged, writes the state and LTRIMs exactly the folded prefix
-(appends only add at the tail). A conflicting commit is dropped and the fold retried. Folds are
-single-flight per session within a process: a post past the threshold while a fold of its
-session is in flight here leaves the log to that fold (its point is durable; the next post past
-the threshold folds again if need be), and a writer refused because the log is full waits for it
-and appends again. Without this, every concurrent writer of a hot session computed the same fold
+(appends only add at the tail). A conflicting commit is dropped and the fold retried. The post
+that takes the log to the threshold starts the fold in the background and answers without
+waiting for it (its points are durable in the log already). Folds are single-flight per session
+within a process: a post past the threshold while a fold of its session is in flight here
+leaves the log to that fold, which folds again until the log is below the threshold, and a
+writer refused because the log is full waits for it and appends again. Without this, every concurrent writer of a hot session computed the same fold
 and all but one commit failed. Folds of different processes (workers, replicas) still race, and
 the epoch check settles them. The update is exact and order-independent, so whatever the
 interleaving, every acknowledged point is counted exactly once. A fold may also return sums
@@ -269,10 +270,14 @@ class Appended:
     num_points: int
     version: int
     replayed: bool  # an Idempotency-Key repeat: nothing was applied
-    folds: tuple[Fold, ...] = ()  # the folds this append committed
 
 
 FoldFn = Callable[[Snapshot], Awaitable[Fold]]
+OnCommit = Callable[[Fold], None]  # told of every fold committed (e.g. to count its sums in metrics)
+
+
+def _ignore(fold: Fold) -> None:
+    pass
 
 
 def _not_found(session_id: str) -> NotFoundError:
@@ -296,6 +301,7 @@ class SessionStore:
         self.redis = redis
         # Sessions with a fold in flight in this process, each with an event set when it ends.
         self._folding: dict[str, asyncio.Event] = {}
+        self._background: set[asyncio.Task] = set()  # folds started by posts, which did not wait for them
         # Fixed metadata of recently used sessions (see `fixed`), as `Session.fixed_fields` tuples;
         # at most `cached_sessions`, LRU.
         self._fixed: OrderedDict[str, tuple] = OrderedDict()
@@ -384,13 +390,24 @@ class SessionStore:
             raise _not_found(session_id)
 
     async def append(
-        self, session: Session, entry: bytes, points: int, idempotency_key: str | None, compute: FoldFn
+        self,
+        session: Session,
+        entry: bytes,
+        points: int,
+        idempotency_key: str | None,
+        compute: FoldFn,
+        on_commit: OnCommit = _ignore,
     ) -> Appended:
-        """Append one context post (float32 points in model units) to the session's log, exactly once."""
+        """Append one context post (float32 points in model units) to the session's log, exactly once.
+
+        A post that takes the log past the fold threshold starts the fold in the background and
+        answers at once: its points are durable in the log already, and a fold takes tens of ms
+        of CPU, which made the posts that started one the p99 of a hot session (100-230 ms, against
+        15-20 ms with folds out of the way). Only a post that finds the log full waits for a fold.
+        """
         key_digest = _digest(idempotency_key.encode()) if idempotency_key is not None else b""
         request_digest = _digest(entry)
         args = [entry, points, key_digest, request_digest, self.log_capacity, self.idempotency_keys]
-        folds: list[Fold] = []
         for _ in range(MAX_ATTEMPTS):
             reply = await self._append(keys=session_keys(session.session_id), args=args)
             status = reply[0].decode()
@@ -405,28 +422,39 @@ class SessionStore:
                 num_points, version = int(counters[:COUNTER_DIGITS]), int(counters[COUNTER_DIGITS:])
                 return Appended(num_points, version, replayed=True)
             if status == "full":  # concurrent writers outran the folds: make room (or wait for it), then try again
-                folds.extend(filter(None, [await self.fold(session, compute)]))
+                await self.fold(session, compute, on_commit)
                 continue
             _, num_points, version, log_points = reply
             # A fold of this session already in flight here will take care of the log: this
             # post's point is durable, and the next post past the threshold folds again if needed.
-            if log_points >= self.fold_threshold and session.session_id not in self._folding:
-                folds.extend(filter(None, [await self._fold_after_append(session, compute)]))
-            return Appended(num_points, version, replayed=False, folds=tuple(folds))
+            if log_points >= self.fold_threshold and self._claim_fold(session.session_id):
+                task = asyncio.create_task(self._background_fold(session, compute, on_commit))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+            return Appended(num_points, version, replayed=False)
         raise UnavailableError(f"session {session.session_id} is too busy to take more points; retry shortly")
 
-    async def _fold_after_append(self, session: Session, compute: FoldFn) -> Fold | None:
-        # The post is already durable: a Redis failure or an unreadable stored state here must not
-        # turn its answer into an error.
+    async def _background_fold(self, session: Session, compute: FoldFn, on_commit: OnCommit) -> None:
+        # Nobody awaits this: a failure is logged here, and the log stays for the next fold.
         try:
-            return await self.fold(session, compute)
+            # Again while the log is still at the threshold: posts that came during a fold left it to this one.
+            while await self._fold_once(session, compute, on_commit) is not None:
+                pass
         except redis.exceptions.RedisError as e:
             logger.warning("fold of session %s deferred: %s", session.session_id, e)
-            return None
         except CorruptStateError:  # logged where it was found; a post that finds the log full fails with it
-            return None
+            pass
+        except Exception:
+            logger.exception("fold of session %s failed", session.session_id)
+        finally:
+            self._release_fold(session.session_id)
 
-    async def fold(self, session: Session, compute: FoldFn) -> Fold | None:
+    async def wait_for_folds(self, timeout: float | None = None) -> None:
+        """Wait until the background folds started so far have ended (at shutdown, and in tests)."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=timeout)
+
+    async def fold(self, session: Session, compute: FoldFn, on_commit: OnCommit = _ignore) -> Fold | None:
         """Fold the log into the state if it is at the threshold; the fold committed here, if any
         (None: the log was below the threshold, or another folder did it).
 
@@ -436,24 +464,33 @@ class SessionStore:
         fold at once, each burning a full fold of CPU). Folds of other processes still race;
         the commit's epoch check keeps them exact.
         """
-        in_flight = self._folding.get(session.session_id)
-        if in_flight is not None:
-            await in_flight.wait()
+        if not self._claim_fold(session.session_id):
+            await self._folding[session.session_id].wait()
             return None
-        done = self._folding[session.session_id] = asyncio.Event()
         try:
-            return await self._fold_once(session, compute)
+            return await self._fold_once(session, compute, on_commit)
         finally:
-            del self._folding[session.session_id]
-            done.set()
+            self._release_fold(session.session_id)
 
-    async def _fold_once(self, session: Session, compute: FoldFn) -> Fold | None:
+    def _claim_fold(self, session_id: str) -> bool:
+        """Mark a fold of the session in flight in this process; False if one already is."""
+        if session_id in self._folding:
+            return False
+        self._folding[session_id] = asyncio.Event()
+        return True
+
+    def _release_fold(self, session_id: str) -> None:
+        self._folding.pop(session_id).set()
+
+    async def _fold_once(self, session: Session, compute: FoldFn, on_commit: OnCommit) -> Fold | None:
+        """One fold, by whoever claimed the session's fold; None if the log was below the threshold."""
         for _ in range(MAX_ATTEMPTS):
             snapshot = await self.snapshot(session.session_id, session.tenant)
             if snapshot.log_points < self.fold_threshold:
                 return None
             fold = await compute(snapshot)
             if await self._commit(snapshot, fold):
+                on_commit(fold)
                 return fold
         return None
 

@@ -36,7 +36,7 @@ from service.schemas import (
     SessionInfo,
 )
 from service.settings import Settings
-from service.store import Session
+from service.store import Fold, Session
 from service.transforms import AffineMap, model_points, resolve_x, resolve_y
 
 SESSION_ID_BYTES = 24  # 192 random bits
@@ -159,9 +159,12 @@ async def add_context(
     x = model_points(body.x, session.x_transform, "x")
     y = model_points(body.y, session.y_transform, "y")
     compute_fold = functools.partial(services.inference.fold, model)
-    appended = await services.store.append(session, log_entry(x, y), len(x), idempotency_key, compute_fold)
-    for fold in appended.folds:
+
+    def record_fold(fold: Fold) -> None:
         services.metrics.record_fold(model.name, Aggregates.from_sums(fold.sums))
+
+    entry = log_entry(x, y)
+    appended = await services.store.append(session, entry, len(x), idempotency_key, compute_fold, record_fold)
     if appended.replayed:
         response.headers["Idempotent-Replayed"] = "true"
         services.metrics.idempotent_replays.inc()

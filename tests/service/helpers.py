@@ -48,6 +48,9 @@ def build_checkpoint(directory: Path, name: str, config: CMANPConfig, seed: int,
     return path
 
 
+DEFAULT_FOLD_THRESHOLD: int = Settings.model_fields["fold_threshold_points"].default
+
+
 def make_settings(redis_url: str, checkpoint_dir: Path, **overrides: object) -> Settings:
     options: dict[str, object] = {
         "redis_url": redis_url,
@@ -115,15 +118,32 @@ def raw_session(client: redis.Redis, session_id: str) -> dict[bytes, bytes]:
 
 def logged_points(client: redis.Redis, session_id: str, dim_x: int, dim_y: int) -> tuple[np.ndarray, np.ndarray]:
     """The points of the session's unfolded append log, read from the raw key (float32 rows [x | y], model units)."""
-    log = client.lrange(f"{KEY_PREFIX}:{{{session_id}}}:log", 0, -1)
+    return _log_rows(client.lrange(f"{KEY_PREFIX}:{{{session_id}}}:log", 0, -1), dim_x, dim_y)
+
+
+def _log_rows(log: list[bytes], dim_x: int, dim_y: int) -> tuple[np.ndarray, np.ndarray]:
     rows = np.frombuffer(b"".join(log), dtype="<f4").reshape(-1, dim_x + dim_y)
     return rows[:, :dim_x], rows[:, dim_x:]
 
 
+def wait_for_folds(client: redis.Redis, session_id: str, fold_threshold: int, timeout: float = 30.0) -> None:
+    """Wait until the session's log is below the fold threshold: a post that takes it there starts
+    the fold in the background and answers without waiting for it."""
+    key, deadline = f"{KEY_PREFIX}:{{{session_id}}}:meta", time.monotonic() + timeout
+    while int(client.hget(key, "log_points")) >= fold_threshold:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"session {session_id}: the log stayed at the fold threshold for {timeout} s")
+        time.sleep(0.005)
+
+
 def stored_state(client: redis.Redis, session_id: str, net: CMANP) -> CMANPState:
-    """The session's exact state as Redis holds it: the state blob with the unfolded log applied."""
-    state = net.state_from_bytes(client.get(f"{KEY_PREFIX}:{{{session_id}}}:state"))
-    x, y = logged_points(client, session_id, net.cfg.dim_x, net.cfg.dim_y)
+    """The session's exact state as Redis holds it: the state blob with the unfolded log applied,
+    both read in one transaction (a fold may commit at any time)."""
+    prefix = f"{KEY_PREFIX}:{{{session_id}}}"
+    with client.pipeline(transaction=True) as pipe:
+        blob, log = pipe.get(f"{prefix}:state").lrange(f"{prefix}:log", 0, -1).execute()
+    state = net.state_from_bytes(blob)
+    x, y = _log_rows(log, net.cfg.dim_x, net.cfg.dim_y)
     if len(x):
         with torch.no_grad():
             state = net.update(state, torch.from_numpy(x[None].copy()), torch.from_numpy(y[None].copy()))

@@ -12,7 +12,15 @@ import httpx
 import pytest
 
 from service.client import CMANPClient
-from tests.service.helpers import API_KEYS, BODY_LIMIT, BOTH_BACKENDS, raw_session, sample_points
+from tests.service.helpers import (
+    API_KEYS,
+    BODY_LIMIT,
+    BOTH_BACKENDS,
+    DEFAULT_FOLD_THRESHOLD,
+    raw_session,
+    sample_points,
+    wait_for_folds,
+)
 
 pytestmark = BOTH_BACKENDS
 
@@ -65,12 +73,13 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def victim(server: str) -> Iterator[str]:
+def victim(server: str, redis_client) -> Iterator[str]:
     """A session with a folded state (300 points) and an unfolded log (10 more)."""
     with CMANPClient(server, API_KEYS["alice"]) as client:
         session_id = client.create_session().session_id
         x, y = sample_points(310, seed=8)
         client.add_context(session_id, x[:300], y[:300])
+        wait_for_folds(redis_client, session_id, DEFAULT_FOLD_THRESHOLD)
         client.add_context(session_id, x[300:], y[300:])
         yield session_id
 

@@ -23,7 +23,7 @@ from model import CMANP, load_checkpoint
 from model.data.gp import GPSampler
 from service.client import CMANPClient
 from service.store import KEY_PREFIX
-from tests.service.helpers import API_KEYS, REPO, live_server, make_settings
+from tests.service.helpers import API_KEYS, REPO, live_server, make_settings, wait_for_folds
 
 SHIPPED = "cmanp-gp-rbf"
 NORMAL = NormalDist()
@@ -162,7 +162,7 @@ def test_every_point_is_scored_by_a_state_without_it(
     settings = make_settings(redis_server.url, shipped_dir, default_model=SHIPPED, fold_threshold_points=FOLD_EVERY)
     with live_server(settings) as url, CMANPClient(url, API_KEYS["alice"]) as client:
         session_id = client.create_session().session_id
-        # One writer: the store folds right after a post that brings the log to FOLD_EVERY points.
+        # One writer: the store folds after a post that brings the log to FOLD_EVERY points.
         fold_starts, log, posted, checked = [0], 0, 0, set()
         for size in sizes:
             size = min(int(size), len(x) - posted)
@@ -171,6 +171,7 @@ def test_every_point_is_scored_by_a_state_without_it(
             if log >= FOLD_EVERY:
                 fold_starts.append(posted)
                 log = 0
+                wait_for_folds(redis_client, session_id, FOLD_EVERY)  # before the next post joins the fold
             moment = "log pending" if log else "just folded"
             if moment not in checked or posted == len(x):
                 info = client.get_session(session_id)

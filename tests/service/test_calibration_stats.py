@@ -116,12 +116,14 @@ def test_a_dropped_fold_adds_nothing(redis_server) -> None:
                 assert await other.fold(session, compute) is not None
             return Fold(b"state", {"points": float(snapshot.log_points)})
 
-        appended = await store.append(session, b"\0" * 32, 4, None, compute)
+        committed: list[Fold] = []
+        await store.append(session, b"\0" * 32, 4, None, compute, committed.append)
+        await store.wait_for_folds()  # the post started its fold without waiting for it
         got = await store.get(session.session_id, "t")
         await redis.aclose()
-        return got.sums["points"], appended.folds, calls
+        return got.sums["points"], tuple(committed), calls
 
     points, folds, calls = asyncio.run(scenario())
     assert calls == 2  # both folds computed ...
     assert points == 4.0  # ... one committed its sums
-    assert folds == ()  # this append's own fold was dropped: nothing for it to report
+    assert folds == ()  # this append's own fold was dropped: nothing reported as committed

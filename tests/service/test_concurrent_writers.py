@@ -17,12 +17,14 @@ from service.client import CMANPClient, RetryPolicy
 from service.store import KEY_PREFIX
 from tests.service.helpers import (
     API_KEYS,
+    DEFAULT_FOLD_THRESHOLD,
     assert_same_state,
     expected_prediction,
     live_server,
     make_settings,
     sample_points,
     stored_state,
+    wait_for_folds,
 )
 
 WRITERS, POSTS = 8, 100
@@ -30,29 +32,34 @@ QUERIES = np.linspace(-2.0, 2.0, 25)[:, None]
 
 
 @pytest.fixture(params=["default", "tiny-log"])
-def writer_server(request: pytest.FixtureRequest, server: str, redis_server, checkpoint_dir) -> Iterator[str]:
+def writer_server(
+    request: pytest.FixtureRequest, server: str, redis_server, checkpoint_dir
+) -> Iterator[tuple[str, int]]:
+    """A server's URL and its fold threshold."""
     if request.param == "default":
-        yield server
+        yield server, DEFAULT_FOLD_THRESHOLD
         return
     settings = make_settings(redis_server.url, checkpoint_dir, fold_threshold_points=8, max_points_per_request=4)
     with live_server(settings) as url:
-        yield url
+        yield url, settings.fold_threshold_points
 
 
-def test_concurrent_writers_lose_nothing(writer_server: str, server: str, redis_client, tiny_net) -> None:
+def test_concurrent_writers_lose_nothing(writer_server: tuple[str, int], server: str, redis_client, tiny_net) -> None:
+    url, fold_threshold = writer_server
     x, y = sample_points(WRITERS * POSTS, seed=4)
-    with CMANPClient(writer_server, API_KEYS["alice"]) as setup:
+    with CMANPClient(url, API_KEYS["alice"]) as setup:
         session_id = setup.create_session().session_id
 
     def write(writer: int) -> list[int]:
         retry = RetryPolicy(retries=0)  # any failure must show up, not be papered over
-        with CMANPClient(writer_server, API_KEYS["alice"], retry=retry) as client:
+        with CMANPClient(url, API_KEYS["alice"], retry=retry) as client:
             rows = range(writer, WRITERS * POSTS, WRITERS)
             return [client.add_context(session_id, x[i : i + 1], y[i : i + 1]).version for i in rows]
 
     with ThreadPoolExecutor(WRITERS) as pool:
         versions = [v for vs in pool.map(write, range(WRITERS)) for v in vs]
     assert sorted(versions) == list(range(1, WRITERS * POSTS + 1))  # every post got its own version
+    wait_for_folds(redis_client, session_id, fold_threshold)  # posts do not wait for the folds they start
 
     with CMANPClient(server, API_KEYS["alice"]) as client:  # same Redis; its limits allow 25 queries
         info = client.get_session(session_id)

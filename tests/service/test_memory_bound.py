@@ -8,7 +8,7 @@ and idempotency records are bounded by settings, not by the number of points; me
 from __future__ import annotations
 
 from service.client import CMANPClient
-from tests.service.helpers import sample_points, session_keys_in_redis
+from tests.service.helpers import DEFAULT_FOLD_THRESHOLD, sample_points, session_keys_in_redis, wait_for_folds
 
 BATCH = 500
 
@@ -29,6 +29,7 @@ def test_memory_is_constant_in_the_number_of_points(client: CMANPClient, redis_c
             step = min(BATCH, target - posted)
             client.add_context(session_id, x[posted : posted + step], y[posted : posted + step])
             posted += step
+        wait_for_folds(redis_client, session_id, DEFAULT_FOLD_THRESHOLD)  # posts do not wait for their folds
         usage[target] = session_memory(redis_client, session_id)
     assert client.get_session(session_id).num_points == 10_000
     for n in (1_000, 10_000):
@@ -42,5 +43,6 @@ def test_memory_is_constant_with_single_point_posts_and_keys(client: CMANPClient
     for i in range(1_000):
         client.add_context(session_id, x[i : i + 1], y[i : i + 1])  # the client sends a key per call
         if i + 1 in (10, 1_000):
+            wait_for_folds(redis_client, session_id, DEFAULT_FOLD_THRESHOLD)
             usage[i + 1] = session_memory(redis_client, session_id)
     assert abs(usage[1_000] - usage[10]) / usage[10] < 0.05, usage
