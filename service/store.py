@@ -25,13 +25,14 @@ that takes the log to the threshold starts the fold in the background and answer
 waiting for it (its points are durable in the log already). Folds are single-flight per session
 within a process: a post past the threshold while a fold of its session is in flight here
 leaves the log to that fold, which folds again until the log is below the threshold, and a
-writer refused because the log is full waits for it and appends again. Without this, every concurrent writer of a hot session computed the same fold
-and all but one commit failed. Folds of different processes (workers, replicas) still race, and
-the epoch check settles them. The update is exact and order-independent, so whatever the
-interleaving, every acknowledged point is counted exactly once. A fold may also return sums
-(``Fold.sums``, e.g. calibration scores of the folded points, see ``service.calibration``): the
-same commit adds them to meta fields ``sum:<name>``, so they too count every folded point
-exactly once, and a session's record stays constant-size.
+writer refused because the log is full waits for it and appends again. Without this, every
+concurrent writer of a hot session computed the same fold and all but one commit failed. Folds
+of different processes (workers, replicas) still race, and the epoch check settles them. The
+update is exact and order-independent, so whatever the interleaving, every acknowledged point is
+counted exactly once. A fold may also return sums (``Fold.sums``, e.g. calibration scores of the
+folded points, see ``service.calibration``): the same commit adds them to meta fields
+``sum:<name>``, so they too count every folded point exactly once, and a session's record stays
+constant-size.
 
 Memory per session is bounded by a constant: an append is refused while the log would exceed
 ``fold_threshold + max_points_per_request`` points (the writer folds, then appends again), and
