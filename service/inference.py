@@ -38,7 +38,7 @@ from model import CMANPState
 from service.calibration import Aggregates, prequential_blocks
 from service.errors import CorruptStateError
 from service.registry import ServedModel
-from service.store import Fold, Snapshot
+from service.store import Fold, Session, Snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -165,29 +165,53 @@ class _Predict:
     model: ServedModel
     snapshot: Snapshot
     x: np.ndarray
-    result: asyncio.Future[tuple[np.ndarray, np.ndarray]]
+    result: asyncio.Future[tuple[np.ndarray, np.ndarray, Session]]
+
+
+def _newest_snapshots(batch: list[_Predict]) -> dict[str, Snapshot]:
+    """Per session of the batch, its snapshot with the most posts applied.
+
+    Every request of a session is answered from that one: it holds every point acknowledged
+    before any of them arrived (versions only grow, and each snapshot is read atomically), so
+    each still sees its own writes, and a hot session's concurrent predicts, each of which read
+    a slightly longer log, share one state (one derivation of its latents) instead of one each.
+    """
+    newest: dict[str, Snapshot] = {}
+    for item in batch:
+        snapshot, session_id = item.snapshot, item.snapshot.session.session_id
+        if session_id not in newest or snapshot.session.version > newest[session_id].session.version:
+            newest[session_id] = snapshot
+    return newest
 
 
 def _predict_batch(
     model: ServedModel, batch: list[_Predict], folded: FoldedStates
-) -> list[tuple[np.ndarray, np.ndarray] | Exception]:
+) -> list[tuple[np.ndarray, np.ndarray, Session] | Exception]:
     """Predict for several sessions in one model call; a session whose state fails gets its own error.
 
     Each distinct state is one row of the call, with the queries of every request on it side by
-    side (requests on a session that saw no post in between share the state: ``FoldedStates``).
-    Rows are zero-padded to the longest: the decoder treats every query independently, so
-    neither the neighbours nor the padding change a prediction, and both are sliced off. A call
-    with a single row predicts from that state object itself, whose derived latents the model
-    caches: a repeated predict on an unchanged session decodes only.
+    side: requests on one session share its newest snapshot (``_newest_snapshots``), and requests
+    on a session that saw no post in between share the state (``FoldedStates``). Rows are
+    zero-padded to the longest: the decoder treats every query independently, so neither the
+    neighbours nor the padding change a prediction, and both are sliced off. A call with a single
+    row predicts from that state object itself, whose derived latents the model caches: a
+    repeated predict on an unchanged session decodes only. Each result carries the session (with
+    its counters) of the snapshot it was computed from.
     """
-    results: list[tuple[np.ndarray, np.ndarray] | Exception | None] = [None] * len(batch)
+    results: list[tuple[np.ndarray, np.ndarray, Session] | Exception | None] = [None] * len(batch)
     rows: dict[int, tuple[CMANPState, list[int]]] = {}  # id(state) -> (state, indices in batch)
+    newest = _newest_snapshots(batch)
     with torch.inference_mode():
-        for i, item in enumerate(batch):
+        by_session: dict[str, CMANPState | Exception] = {}
+        for session_id, snapshot in newest.items():
             try:
-                state = folded.state(model, item.snapshot)
-            except Exception as e:  # noqa: BLE001 - handed to that request, which re-raises it
-                results[i] = e
+                by_session[session_id] = folded.state(model, snapshot)
+            except Exception as e:  # noqa: BLE001 - handed to the requests on it, which re-raise it
+                by_session[session_id] = e
+        for i, item in enumerate(batch):
+            state = by_session[item.snapshot.session.session_id]
+            if isinstance(state, Exception):
+                results[i] = state
                 continue
             rows.setdefault(id(state), (state, []))[1].append(i)
         if not rows:
@@ -213,17 +237,19 @@ def _predict_batch(
         start = 0
         for i in indices:
             stop = start + len(batch[i].x)
-            results[i] = (mean[row, start:stop], variance[row, start:stop])
+            session = newest[batch[i].snapshot.session.session_id].session
+            results[i] = (mean[row, start:stop], variance[row, start:stop], session)
             start = stop
     return results  # type: ignore[return-value] - every entry is set
 
 
 @dataclass(frozen=True)
 class Predicted:
-    """A prediction in model units, float64."""
+    """A prediction in model units, float64, and the session (counters included) it was made from."""
 
     mean: np.ndarray  # [m, dim_y]
     variance: np.ndarray  # [m, dim_y]
+    session: Session  # its num_points and version: what the prediction includes
     covariance: np.ndarray | None = None  # [dim_y, m, m], when asked for (joint head only)
     samples: np.ndarray | None = None  # [num_samples, m, dim_y], when asked for (joint head only)
 
@@ -255,7 +281,7 @@ def _predict_joint(
         if num_samples is not None:
             generator = torch.Generator().manual_seed(seed if seed is not None else secrets.randbits(63))
             samples = net.sample(state, xq, num_samples, generator=generator)[:, 0].double().numpy()
-        return Predicted(mean[0].double().numpy(), variance, covariance, samples)
+        return Predicted(mean[0].double().numpy(), variance, snapshot.session, covariance, samples)
 
 
 class Inference:

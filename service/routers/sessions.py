@@ -217,8 +217,8 @@ async def predict(session_id: str, body: Query, services: ServicesDep, tenant: T
         result = {
             "mean": y_map.mean_to_user(out.mean),
             "variance": y_map.variance_to_user(out.variance),
-            "num_points": session.num_points,
-            "version": session.version,
+            "num_points": out.session.num_points,  # a concurrent predict's newer snapshot may have served it
+            "version": out.session.version,
             "warnings": model.training_range.query_warnings(x),
         }
         if out.covariance is not None:

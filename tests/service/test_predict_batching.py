@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import anyio
 import numpy as np
 import pytest
@@ -15,14 +17,17 @@ from service.transforms import AffineMap
 from tests.service.helpers import expected_prediction, sample_points
 
 
-def _snapshot(model: ServedModel, x: np.ndarray, y: np.ndarray, logged: int) -> Snapshot:
-    """A session holding x, y: the first points folded into the state, the last `logged` in the log."""
+def _snapshot(
+    model: ServedModel, x: np.ndarray, y: np.ndarray, logged: int, session_id: str = "s", version: int = 0
+) -> Snapshot:
+    """Session `session_id` holding x, y: the first points folded into the state, the last `logged` in the log."""
     net = model.net
     split = len(x) - logged
     state = net.empty_state()
     if split:
         state = net.update(state, *(np.asarray(a, np.float32)[None] for a in (x[:split], y[:split])))
-    session = Session("s", "", model.name, model.fingerprint, AffineMap.identity(1), AffineMap.identity(1), 0.0, 60)
+    identity = AffineMap.identity(1)
+    session = Session(session_id, "", model.name, model.fingerprint, identity, identity, 0.0, 60, len(x), version)
     log = [log_entry(x[i : i + 1], y[i : i + 1]) for i in range(split, len(x))]
     return Snapshot(session, state.to_bytes(), log, logged, 0)
 
@@ -45,7 +50,7 @@ def test_batched_predicts_equal_single_predicts(tiny_net, max_batch: int) -> Non
     for i in range(7):  # different context sizes, logs and numbers of queries
         x, y = sample_points(5 + 3 * i, seed=i)
         xq = np.linspace(-2, 2, 4 + 5 * i, dtype=np.float64)[:, None]
-        requests.append((x, y, xq, _snapshot(model, x, y, logged=i % 3)))
+        requests.append((x, y, xq, _snapshot(model, x, y, logged=i % 3, session_id=f"s{i}")))
     got: dict[int, Predicted] = {}
     inference = Inference(workers=1, torch_threads=1, max_batch=max_batch)
 
@@ -76,7 +81,8 @@ def test_a_broken_state_fails_only_its_own_request(tiny_net) -> None:
     model = tiny_model(tiny_net)
     x, y = sample_points(6, seed=1)
     good = _snapshot(model, x, y, logged=2)
-    bad = Snapshot(good.session, good.state[:-1] + bytes([good.state[-1] ^ 1]), good.log, 2, 0)  # bad checksum
+    bad_session = replace(good.session, session_id="bad")
+    bad = Snapshot(bad_session, good.state[:-1] + bytes([good.state[-1] ^ 1]), good.log, 2, 0)  # bad checksum
     inference = Inference(workers=1, torch_threads=1, max_batch=8)
     xq = np.zeros((3, 1), np.float32)
     outcomes: dict[str, object] = {}
@@ -95,3 +101,44 @@ def test_a_broken_state_fails_only_its_own_request(tiny_net) -> None:
     anyio.run(run)
     assert isinstance(outcomes["bad"], CorruptStateError) and "checksum" in outcomes["bad"].detail
     np.testing.assert_allclose(outcomes["good"].mean, outcomes["first"].mean, rtol=1e-6)
+
+
+def test_predicts_on_one_session_share_its_newest_snapshot(tiny_net) -> None:
+    """Predicts on a hot session that queue together, each with a snapshot a few posts apart, are
+    all answered from the newest (one state, one row of the model call), with its counters: each
+    still includes every point posted before it."""
+    model = tiny_model(tiny_net)
+    x, y = sample_points(12, seed=5)
+    xq = np.linspace(-2, 2, 5, dtype=np.float32)[:, None]
+    other = _snapshot(model, x[:3], y[:3], logged=1, session_id="other")
+    versions = (1, 3, 2, 4)  # posts applied when each request read its snapshot (not in order)
+    hot = [_snapshot(model, x[: 8 + v], y[: 8 + v], logged=2 + v, session_id="hot", version=v) for v in versions]
+    rows = []
+    original = tiny_net.predict
+
+    def counting_predict(state, xq, chunk_size=None):
+        rows.append(state.batch_size)
+        return original(state, xq, chunk_size)
+
+    inference = Inference(workers=1, torch_threads=1, max_batch=16)
+    got: dict[int, Predicted] = {}
+
+    async def one(i: int, snapshot: Snapshot) -> None:
+        got[i] = await inference.predict(model, snapshot, xq)
+
+    async def run() -> None:
+        async with anyio.create_task_group() as tg:  # one worker: they queue and batch
+            for i, snapshot in enumerate([other, *hot]):
+                tg.start_soon(one, i, snapshot)
+
+    tiny_net.predict = counting_predict
+    try:
+        anyio.run(run)
+    finally:
+        del tiny_net.predict
+    assert sum(rows) == 2  # one row for the other session, one for all four hot predicts
+    mean, variance = expected_prediction(tiny_net, x[:12], y[:12], xq)  # the newest: all 12 points
+    for i in range(1, 5):
+        assert (got[i].session.version, got[i].session.num_points) == (4, 12)
+        np.testing.assert_allclose(got[i].mean, mean, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got[i].variance, variance, rtol=1e-4, atol=1e-6)
