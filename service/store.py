@@ -25,7 +25,7 @@ that takes the log to the threshold starts the fold in the background and answer
 waiting for it (its points are durable in the log already). Folds are single-flight per session
 within a process: a post past the threshold while a fold of its session is in flight here
 leaves the log to that fold, which folds again until the log is below the threshold, and a
-writer refused because the log is full waits for it and appends again. Without this, every
+writer refused because the log is full waits for its next commit and appends again. Without this, every
 concurrent writer of a hot session computed the same fold and all but one commit failed. Folds
 of different processes (workers, replicas) still race, and the epoch check settles them. The
 update is exact and order-independent, so whatever the interleaving, every acknowledged point is
@@ -300,8 +300,10 @@ class SessionStore:
         cached_sessions: int = 10_000,
     ) -> None:
         self.redis = redis
-        # Sessions with a fold in flight in this process, each with an event set when it ends.
+        # Sessions with a fold in flight in this process, each with an event set when it ends or commits.
         self._folding: dict[str, asyncio.Event] = {}
+        # Sessions whose log reached the threshold while their fold was in flight here: it reads the log again.
+        self._refold: set[str] = set()
         self._background: set[asyncio.Task] = set()  # folds started by posts, which did not wait for them
         # Fixed metadata of recently used sessions (see `fixed`), as `Session.fixed_fields` tuples;
         # at most `cached_sessions`, LRU.
@@ -426,34 +428,52 @@ class SessionStore:
                 await self.fold(session, compute, on_commit)
                 continue
             _, num_points, version, log_points = reply
-            # A fold of this session already in flight here will take care of the log: this
-            # post's point is durable, and the next post past the threshold folds again if needed.
-            if log_points >= self.fold_threshold and self._claim_fold(session.session_id):
-                task = asyncio.create_task(self._background_fold(session, compute, on_commit))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+            if log_points >= self.fold_threshold:
+                self._fold_in_background(session, compute, on_commit)
             return Appended(num_points, version, replayed=False)
         raise UnavailableError(f"session {session.session_id} is too busy to take more points; retry shortly")
 
+    def _fold_in_background(self, session: Session, compute: FoldFn, on_commit: OnCommit) -> None:
+        """Start a fold of the session, or, if one is in flight here, have it read the log again."""
+        if not self._claim_fold(session.session_id):
+            self._refold.add(session.session_id)
+            return
+        task = asyncio.create_task(self._background_fold(session, compute, on_commit))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def _background_fold(self, session: Session, compute: FoldFn, on_commit: OnCommit) -> None:
         # Nobody awaits this: a failure is logged here, and the log stays for the next fold.
+        session_id = session.session_id
         try:
-            # Again while the log is still at the threshold: posts that came during a fold left it to this one.
-            while await self._fold_once(session, compute, on_commit) is not None:
-                pass
+            # Fold until a read finds the log below the threshold with no post since asking for
+            # another: a post whose append landed after that read, but whose reply came first,
+            # found this fold in flight and started none.
+            while True:
+                self._refold.discard(session_id)
+                if await self._fold_once(session, compute, on_commit) is not None:
+                    self._wake_waiters(session_id)  # posts refused because the log was full: there is room
+                elif session_id not in self._refold:
+                    break
         except redis.exceptions.RedisError as e:
-            logger.warning("fold of session %s deferred: %s", session.session_id, e)
-        except CorruptStateError:  # logged where it was found; a post that finds the log full fails with it
+            logger.warning("fold of session %s deferred: %s", session_id, e)
+        except (CorruptStateError, NotFoundError):  # logged where found; or deleted or expired meanwhile
             pass
         except Exception:
-            logger.exception("fold of session %s failed", session.session_id)
+            logger.exception("fold of session %s failed", session_id)
         finally:
-            self._release_fold(session.session_id)
+            self._refold.discard(session_id)
+            self._release_fold(session_id)
 
     async def wait_for_folds(self, timeout: float | None = None) -> None:
-        """Wait until the background folds started so far have ended (at shutdown, and in tests)."""
-        if self._background:
-            await asyncio.wait(set(self._background), timeout=timeout)
+        """Wait until the background folds started so far have ended; after ``timeout`` seconds,
+        cancel those still running (at shutdown: their points stay in the log for the next fold)."""
+        if not self._background:
+            return
+        _, running = await asyncio.wait(set(self._background), timeout=timeout)
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
 
     async def fold(self, session: Session, compute: FoldFn, on_commit: OnCommit = _ignore) -> Fold | None:
         """Fold the log into the state if it is at the threshold; the fold committed here, if any
@@ -482,6 +502,11 @@ class SessionStore:
 
     def _release_fold(self, session_id: str) -> None:
         self._folding.pop(session_id).set()
+
+    def _wake_waiters(self, session_id: str) -> None:
+        """Wake whoever waits on the session's fold in flight, which goes on (a fresh event for the next)."""
+        woken, self._folding[session_id] = self._folding[session_id], asyncio.Event()
+        woken.set()
 
     async def _fold_once(self, session: Session, compute: FoldFn, on_commit: OnCommit) -> Fold | None:
         """One fold, by whoever claimed the session's fold; None if the log was below the threshold."""

@@ -8,47 +8,166 @@ hot session those posts were the p99 (100-230 ms against 15-20 ms with folds out
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
+import pytest
 from redis.asyncio import Redis
 
 from service.store import Fold, Session, SessionStore, Snapshot, session_keys
 from service.transforms import AffineMap
 
-THRESHOLD = 4
+THRESHOLD, PER_REQUEST = 4, 8  # the log is full at 12 points
 POINT = b"\0" * 8  # one (x, y) row of float32
+
+
+class HeldFold:
+    """A fold computation that records the log size it folds; each fold ends only once released."""
+
+    def __init__(self) -> None:
+        self.folded: list[int] = []
+        self._releases = asyncio.Semaphore(0)
+
+    def release(self, folds: int = 100) -> None:
+        for _ in range(folds):
+            self._releases.release()
+
+    async def __call__(self, snapshot: Snapshot) -> Fold:
+        self.folded.append(snapshot.log_points)
+        await self._releases.acquire()
+        return Fold(b"state", {})
+
+    async def started(self, folds: int = 1) -> None:
+        async def poll() -> None:
+            while len(self.folded) < folds:
+                await asyncio.sleep(0.005)
+
+        await asyncio.wait_for(poll(), 5)
+
+
+@asynccontextmanager
+async def one_session(redis_server, session_id: str) -> AsyncIterator[tuple[Redis, SessionStore, Session]]:
+    redis = Redis.from_url(redis_server.url)
+    store = SessionStore(redis, fold_threshold=THRESHOLD, max_points_per_request=PER_REQUEST, idempotency_keys=2)
+    identity = AffineMap.identity(1)
+    session = await store.create(Session(session_id, "t", "m", "f", identity, identity, 0.0, 60), b"state")
+    try:
+        yield redis, store, session
+    finally:
+        await redis.delete(*session_keys(session_id))
+        await redis.aclose()
+
+
+async def counters(redis: Redis, session: Session) -> tuple[int, int, int]:
+    """log_points, fold_epoch and num_points of the session, as Redis holds them."""
+    meta = await redis.hgetall(session_keys(session.session_id)[0])
+    return int(meta[b"log_points"]), int(meta[b"fold_epoch"]), int(meta[b"num_points"])
+
+
+def post(store: SessionStore, session: Session, points: int, compute: Callable[[Snapshot], Awaitable[Fold]]):  # noqa: ANN201
+    return asyncio.wait_for(store.append(session, POINT * points, points, None, compute), 5)
 
 
 def test_a_post_does_not_wait_for_the_fold_it_starts(redis_server) -> None:
     async def scenario() -> None:
-        redis = Redis.from_url(redis_server.url)
-        store = SessionStore(redis, fold_threshold=THRESHOLD, max_points_per_request=8, idempotency_keys=2)
-        identity = AffineMap.identity(1)
-        session = await store.create(Session("bg-fold", "t", "m", "f", identity, identity, 0.0, 60), b"state")
-        meta_key = session_keys(session.session_id)[0]
-        release, folded = asyncio.Event(), []
-
-        async def compute(snapshot: Snapshot) -> Fold:
-            folded.append(snapshot.log_points)
-            await release.wait()  # the fold cannot end until the test says so
-            return Fold(b"state", {})
-
-        committed: list[Fold] = []
-        appended = await asyncio.wait_for(store.append(session, POINT * 4, 4, None, compute, committed.append), 5)
-        assert appended.num_points == 4  # answered while its fold is still running
-        while not folded:
-            await asyncio.sleep(0.01)
-        assert folded == [4] and committed == []
-        # Posts during the fold leave the log to it: they start no fold of their own.
-        for _ in range(5):
-            await asyncio.wait_for(store.append(session, POINT, 1, None, compute, committed.append), 5)
-        assert folded == [4] and int(await redis.hget(meta_key, "log_points")) == 9
-        release.set()
-        await asyncio.wait_for(store.wait_for_folds(), 5)
-        # The fold folded again, since its first commit left 5 points: at the threshold still.
-        assert folded == [4, 5] and len(committed) == 2
-        meta = await redis.hgetall(meta_key)
-        assert (int(meta[b"log_points"]), int(meta[b"fold_epoch"]), int(meta[b"num_points"])) == (0, 2, 9)
-        await redis.delete(*session_keys(session.session_id))
-        await redis.aclose()
+        async with one_session(redis_server, "bg-fold") as (redis, store, session):
+            fold, committed = HeldFold(), []
+            appended = await asyncio.wait_for(store.append(session, POINT * 4, 4, None, fold, committed.append), 5)
+            assert appended.num_points == 4  # answered while its fold is still running
+            await fold.started()
+            assert fold.folded == [4] and committed == []
+            # Posts during the fold leave the log to it: they start no fold of their own.
+            for _ in range(5):
+                await asyncio.wait_for(store.append(session, POINT, 1, None, fold, committed.append), 5)
+            assert fold.folded == [4] and await counters(redis, session) == (9, 0, 9)
+            fold.release()
+            await asyncio.wait_for(store.wait_for_folds(), 5)
+            # The fold folded again, since its first commit left 5 points: at the threshold still.
+            assert fold.folded == [4, 5] and len(committed) == 2
+            assert await counters(redis, session) == (0, 2, 9)
 
     asyncio.run(scenario())
+
+
+def test_a_post_landing_just_after_the_folds_last_read_is_folded_too(redis_server) -> None:
+    """The fold reads the log, finds it below the threshold; a post lands right after that read
+    and its answer comes back first: it finds the fold in flight, so the fold must read again."""
+
+    async def scenario() -> None:
+        async with one_session(redis_server, "bg-race") as (redis, store, session):
+            fold = HeldFold()
+            fold.release()
+            read = store.snapshot
+            reads = 0
+
+            async def snapshot_then_post(session_id: str, tenant: str) -> Snapshot:
+                nonlocal reads
+                reads += 1
+                got = await read(session_id, tenant)
+                if reads == 2:  # the read after the first commit: the log is empty here
+                    assert got.log_points == 0
+                    await post(store, session, THRESHOLD, fold)  # its fold is in flight: it starts none
+                return got
+
+            store.snapshot = snapshot_then_post  # type: ignore[method-assign]
+            await post(store, session, THRESHOLD, fold)
+            await asyncio.wait_for(store.wait_for_folds(), 5)
+            assert fold.folded == [THRESHOLD, THRESHOLD]  # the fold read again and folded the late post
+            assert await counters(redis, session) == (0, 2, 2 * THRESHOLD)
+
+    asyncio.run(scenario())
+
+
+def test_a_post_refused_by_a_full_log_goes_on_after_the_first_commit(redis_server) -> None:
+    """It waits for room, not for the end of a fold that keeps going while others keep posting."""
+
+    async def scenario() -> None:
+        async with one_session(redis_server, "bg-full") as (redis, store, session):
+            fold = HeldFold()
+            await post(store, session, THRESHOLD, fold)
+            await fold.started()
+            await post(store, session, PER_REQUEST, fold)  # the log is full now (12 points)
+            refused = asyncio.create_task(post(store, session, 1, fold))
+            await asyncio.sleep(0.05)
+            assert not refused.done()  # no room until the fold commits
+            fold.release(1)
+            await refused  # room after the first commit, while the fold goes on with the 8 points left
+            await fold.started(2)
+            assert fold.folded == [THRESHOLD, PER_REQUEST]
+            fold.release()
+            await asyncio.wait_for(store.wait_for_folds(), 5)
+            log_points, folds, points = await counters(redis, session)
+            assert points == THRESHOLD + PER_REQUEST + 1 == sum(fold.folded) + log_points
+            assert folds == len(fold.folded) and log_points < THRESHOLD
+
+    asyncio.run(scenario())
+
+
+def test_shutdown_cancels_a_fold_that_does_not_end_and_the_points_stay(redis_server) -> None:
+    async def scenario() -> None:
+        async with one_session(redis_server, "bg-stuck") as (redis, store, session):
+            fold = HeldFold()  # never released
+            await post(store, session, THRESHOLD, fold)
+            await fold.started()
+            await asyncio.wait_for(store.wait_for_folds(timeout=0.1), 5)
+            assert not store._background and not store._folding  # cancelled, and its claim released
+            assert await counters(redis, session) == (THRESHOLD, 0, THRESHOLD)  # the log still holds them
+
+    asyncio.run(scenario())
+
+
+def test_a_fold_of_a_session_deleted_meanwhile_ends_quietly(redis_server, caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        async with one_session(redis_server, "bg-deleted") as (redis, store, session):
+            fold = HeldFold()
+            await post(store, session, THRESHOLD, fold)
+            await fold.started()
+            await store.delete(session.session_id, "t")
+            fold.release()
+            await asyncio.wait_for(store.wait_for_folds(), 5)
+            assert not store._folding and await redis.exists(*session_keys(session.session_id)) == 0
+
+    with caplog.at_level(logging.WARNING, logger="service.store"):
+        asyncio.run(scenario())
+    assert caplog.records == []

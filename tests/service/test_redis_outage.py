@@ -19,12 +19,14 @@ from service.embedded_redis import EmbeddedRedis
 from tests.service.helpers import (
     API_KEYS,
     AUTH,
+    DEFAULT_FOLD_THRESHOLD,
     assert_same_state,
     expected_prediction,
     live_server,
     make_settings,
     sample_points,
     stored_state,
+    wait_for_folds,
 )
 
 QUERIES = np.linspace(-2.0, 2.0, 9)[:, None]
@@ -46,6 +48,8 @@ def test_service_survives_a_redis_crash(own_redis: EmbeddedRedis, checkpoint_dir
         session_id = client.create_session().session_id
         # Acknowledged before the crash: a folded state (300 points) and an unfolded log (50 more).
         client.add_context(session_id, x[:300], y[:300])
+        with redis.Redis.from_url(own_redis.url) as raw:
+            wait_for_folds(raw, session_id, DEFAULT_FOLD_THRESHOLD)  # the post does not wait for its fold
         client.add_context(session_id, x[300:350], y[300:350])
 
         own_redis.process.kill()
