@@ -10,19 +10,18 @@ import math
 import torch
 from torch import Tensor
 
-from model.data.gp import GPBatch, kernel_matrix
+from model.data import TaskBatch
 
 
-def gp_posterior(batch: GPBatch) -> tuple[Tensor, Tensor]:
+def gp_posterior(batch: TaskBatch) -> tuple[Tensor, Tensor]:
     """Joint posterior predictive of the noisy targets, float64: mean [B, M] and covariance [B, M, M]."""
     xc, yc, xt = (t.double().cpu() for t in (batch.xc, batch.yc, batch.xt))
-    hyp = (batch.length, batch.scale, batch.period)
-    noise_var = batch.noise_std**2
-    k_tt = kernel_matrix(batch.kernel, xt, xt, *hyp) + noise_var * torch.eye(xt.shape[1], dtype=torch.float64)
+    noise_var = batch.noise_variance().view(-1, 1, 1)
+    k_tt = batch.covariance(xt, xt) + noise_var * torch.eye(xt.shape[1], dtype=torch.float64)
     if xc.shape[1] == 0:
         return torch.zeros(xt.shape[:2], dtype=torch.float64), k_tt
-    k_cc = kernel_matrix(batch.kernel, xc, xc, *hyp) + noise_var * torch.eye(xc.shape[1], dtype=torch.float64)
-    k_ct = kernel_matrix(batch.kernel, xc, xt, *hyp)
+    k_cc = batch.covariance(xc, xc) + noise_var * torch.eye(xc.shape[1], dtype=torch.float64)
+    k_ct = batch.covariance(xc, xt)
     chol = torch.linalg.cholesky(k_cc)
     alpha = torch.cholesky_solve(yc, chol)  # [B, N, 1]
     mean = (k_ct.mT @ alpha).squeeze(-1)
@@ -30,13 +29,13 @@ def gp_posterior(batch: GPBatch) -> tuple[Tensor, Tensor]:
     return mean, k_tt - v.mT @ v
 
 
-def gp_predict(batch: GPBatch) -> tuple[Tensor, Tensor]:
+def gp_predict(batch: TaskBatch) -> tuple[Tensor, Tensor]:
     """Posterior predictive mean and variance of the noisy targets, float64, each [B, M]."""
     mean, cov = gp_posterior(batch)
     return mean, cov.diagonal(dim1=-2, dim2=-1).clamp_min(1e-12)
 
 
-def gp_log_likelihood(batch: GPBatch) -> Tensor:
+def gp_log_likelihood(batch: TaskBatch) -> Tensor:
     """Per-task mean target log-likelihood under the exact GP, float64 [B]."""
     mean, var = gp_predict(batch)
     yt = batch.yt.double().cpu().squeeze(-1)
@@ -44,7 +43,7 @@ def gp_log_likelihood(batch: GPBatch) -> Tensor:
     return ll.mean(-1)
 
 
-def gp_joint_log_likelihood(batch: GPBatch) -> Tensor:
+def gp_joint_log_likelihood(batch: TaskBatch) -> Tensor:
     """Per-task joint target log-likelihood per target (a multivariate normal over all targets), float64 [B]."""
     mean, cov = gp_posterior(batch)
     yt = batch.yt.double().cpu().squeeze(-1)

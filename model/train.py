@@ -1,5 +1,8 @@
 """Meta-train a CMANP on GP tasks: ``python -m model.train [--config cfg.json] [flags] [--resume]``.
 
+The config names its model, its data source (``"data": {"kind": "broad"}``, see ``model.data``) and its
+training settings; flags override the training and model settings.
+
 ``--architecture cmanp-and`` trains a CMANP-AND (joint head, loss = minus the joint target
 log-likelihood per target). With ``--init-from`` a plain CMANP checkpoint of the same base config
 and ``freeze_base``, only the joint head is trained on top of that CMANP's encoder and decoder.
@@ -28,7 +31,7 @@ from model.allocator import retain_freed_memory
 from model.checkpoint import ARCHITECTURES, build_model, load_checkpoint, save_checkpoint
 from model.cmanp import CMANP, CMANPConfig, count_parameters
 from model.cmanp_and import CMANPAND, CMANPANDConfig
-from model.data.gp import GPBatch, GPSampler
+from model.data import DEFAULT_DATA, TaskBatch, TaskSampler, build_sampler
 
 
 @dataclass
@@ -59,7 +62,7 @@ class TrainConfig:
     run_steps: int = 0  # stop this invocation after this many steps (0: run to `steps`); resume later
 
 
-def sample_training_batch(sampler: GPSampler, tc: TrainConfig, g: torch.Generator) -> GPBatch:
+def sample_training_batch(sampler: TaskSampler, tc: TrainConfig, g: torch.Generator) -> TaskBatch:
     """One batch from the curriculum in TrainConfig (all tasks share N and M)."""
     u = float(torch.rand((), generator=g))
     if u < tc.empty_context_prob:
@@ -71,15 +74,14 @@ def sample_training_batch(sampler: GPSampler, tc: TrainConfig, g: torch.Generato
     return sampler.sample_protocol(tc.batch_size, g)
 
 
-def heldout_batches(n: int, batch_size: int, seed: int = 12345) -> list[GPBatch]:
-    """A small, fixed, held-out RBF set on the paper protocol (distinct from the evaluation seed)."""
+def heldout_batches(sampler: TaskSampler, n: int, batch_size: int, seed: int = 12345) -> list[TaskBatch]:
+    """A small, fixed, held-out set from the training source's protocol (distinct from the evaluation seeds)."""
     g = torch.Generator().manual_seed(seed)
-    sampler = GPSampler("rbf")
     return [sampler.sample_protocol(batch_size, g) for _ in range(n)]
 
 
 @torch.no_grad()
-def heldout_ll(net: CMANP, batches: list[GPBatch], device: str) -> float:
+def heldout_ll(net: CMANP, batches: list[TaskBatch], device: str) -> float:
     was_training = net.training
     net.eval()
     lls = [net.log_likelihood(b.xc.to(device), b.yc.to(device), b.xt.to(device), b.yt.to(device)) for b in batches]
@@ -115,7 +117,7 @@ def training_loss(net: CMANP, precision: str = "fp32", compile: bool = False) ->
 
 
 def train_step(
-    net: CMANP, opt: torch.optim.Optimizer, batch: GPBatch, grad_clip: float, loss_fn: LossFn | None = None
+    net: CMANP, opt: torch.optim.Optimizer, batch: TaskBatch, grad_clip: float, loss_fn: LossFn | None = None
 ) -> Tensor:
     """One optimiser step on a batch; returns the (detached) loss. ``loss_fn`` (default
     ``net.loss``) comes from ``training_loss``. Clips the gradients of the optimiser's
@@ -143,7 +145,15 @@ def train(
     resume: bool,
     init_from: Path | None = None,
     architecture: str = CMANP.architecture,
+    data: dict | None = None,
+    warm_start: bool = False,
 ) -> None:
+    """Train ``mc`` on the data source ``data`` (default: the paper's RBF GP tasks) into ``out``.
+
+    ``init_from`` continues an exported checkpoint at its recorded step; with ``warm_start`` it only
+    takes the weights, and the schedule and held-out record start afresh (fine-tuning on a new source).
+    """
+    data = dict(data or DEFAULT_DATA)
     out.mkdir(parents=True, exist_ok=True)
     retain_freed_memory()  # steady step times: no page faults on re-allocated activations
     if tc.threads:
@@ -175,9 +185,12 @@ def train(
         init = load_checkpoint(init_from)
         if init.cfg == mc:
             net.load_state_dict(init.state_dict())
-            step, best = int(init.info.get("step", 0)), float(init.info.get("heldout_ll", -math.inf))
-            elapsed = float(init.info.get("train_seconds", 0.0))
-            print(f"initialised from {init_from} at step {step}")
+            if warm_start:
+                print(f"warm start from the weights of {init_from}; schedule from step 0")
+            else:
+                step, best = int(init.info.get("step", 0)), float(init.info.get("heldout_ll", -math.inf))
+                elapsed = float(init.info.get("train_seconds", 0.0))
+                print(f"initialised from {init_from} at step {step}")
         elif isinstance(net, CMANPAND) and type(init) is CMANP and init.cfg == mc.base():
             # A new joint head on a trained CMANP: its schedule and held-out record start afresh.
             net.load_state_dict(init.state_dict(), strict=False)
@@ -186,7 +199,7 @@ def train(
         else:
             raise ValueError(f"{init_from} has config {init.cfg}, not {mc}")
     (out / "config.json").write_text(
-        json.dumps({"architecture": architecture, "model": mc.to_dict(), "train": asdict(tc)}, indent=2)
+        json.dumps({"architecture": architecture, "model": mc.to_dict(), "data": data, "train": asdict(tc)}, indent=2)
     )
 
     def save_state() -> None:
@@ -205,8 +218,8 @@ def train(
         )
         tmp.replace(state_path)
 
-    sampler = GPSampler("rbf", dim_x=mc.dim_x, x_range=mc.x_range)
-    heldout = heldout_batches(tc.eval_batches, tc.batch_size)
+    sampler = build_sampler(data, mc.dim_x, mc.x_range)
+    heldout = heldout_batches(sampler, tc.eval_batches, tc.batch_size)
     trained = sum(p.numel() for p in trainable)
     print(f"model: {count_parameters(net):,} parameters ({trained:,} trained); training to step {tc.steps}")
     net.train()
@@ -232,7 +245,7 @@ def train(
                 bar.set_postfix(loss=f"{ema:.3f}", tasks_s=f"{tasks / (time.time() - t0):.0f}")
             if step % tc.eval_every == 0 or step == tc.steps:
                 ll = heldout_ll(net, heldout, tc.device)
-                tqdm.write(f"step {step}: held-out RBF LL {ll:.4f} (best {max(best, ll):.4f})")
+                tqdm.write(f"step {step}: held-out LL {ll:.4f} (best {max(best, ll):.4f})")
                 if ll > best:
                     best = ll
                     save_checkpoint(
@@ -241,6 +254,7 @@ def train(
                         info={
                             "step": step,
                             "heldout_ll": ll,
+                            "data": data,
                             "train": asdict(tc),
                             "train_seconds": elapsed + time.time() - last_save,
                             "torch": torch.__version__,
@@ -281,6 +295,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt if it exists")
     p.add_argument("--init-from", type=Path, help="start from an exported .safetensors checkpoint and its step")
     p.add_argument("--architecture", choices=sorted(ARCHITECTURES), help="default: the config file's, else cmanp")
+    p.add_argument("--warm-start", action="store_true", help="with --init-from: take its weights, start the schedule at 0")
     _add_dataclass_flags(p, CMANPANDConfig)
     _add_dataclass_flags(p, TrainConfig)
     args = p.parse_args(argv)
@@ -302,6 +317,8 @@ def main(argv: list[str] | None = None) -> None:
         args.resume,
         args.init_from,
         architecture,
+        file.get("data"),
+        args.warm_start,
     )
 
 

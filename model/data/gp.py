@@ -44,6 +44,14 @@ class GPBatch:
             noise_std=self.noise_std,
         )
 
+    def covariance(self, x1: Tensor, x2: Tensor) -> Tensor:
+        """The noise-free kernel k(x1, x2) of every task, float64 [B, n, m]."""
+        return kernel_matrix(self.kernel, x1.double(), x2.double(), self.length, self.scale, self.period)
+
+    def noise_variance(self) -> Tensor:
+        """Each task's observation-noise variance [B]."""
+        return torch.full(self.length.shape, self.noise_std**2, dtype=torch.float64)
+
 
 def kernel_matrix(kernel: Kernel, x1: Tensor, x2: Tensor, length: Tensor, scale: Tensor, period: Tensor) -> Tensor:
     """k(x1, x2) for a batch: x1 [B, n, dx], x2 [B, m, dx], hyperparameters [B] -> [B, n, m]."""

@@ -1,0 +1,197 @@
+"""A broad GP prior for meta-training a model that is calibrated on real data.
+
+A Neural Process learns the posterior predictive of the prior it is trained on. Trained on smooth
+RBF functions with noise 0.02, it is over-confident on anything rougher or noisier. This prior
+draws, per task, a kernel *structure* and its hyperparameters, so the trained network approximates
+the posterior with the hyperparameters integrated out (prior-fitted networks, Müller et al. 2022).
+
+Per task (all ranges log-uniform unless stated; the ranges and why are in ``BroadPrior``):
+  * a stationary base kernel: RBF, Matern 1/2, 3/2, 5/2 or rational quadratic, with a length-scale;
+  * optionally a periodic part, added to the base (trend + season) or multiplying it (a quasi-periodic
+    cycle whose shape drifts, like the lynx or sunspot cycles);
+  * optionally a second stationary part at its own length-scale (fast wiggles on a slow curve);
+  * optionally a linear trend with a random offset (a dot-product kernel plus a constant);
+  * the signal's total amplitude split between the parts by Dirichlet weights;
+  * observation noise from far below to above the signal; a share of tasks has Student-t noise.
+
+Sampling is exact: a float64 Cholesky of the task's covariance. ``BroadBatch`` keeps every task's
+parameters, so the exact GP with the true kernel (``model.gp_oracle``) scores the same tasks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+STATIONARY = ("rbf", "matern12", "matern32", "matern52", "rq")
+JITTER = 1e-6  # relative to the task's signal variance; far below the smallest noise variance
+
+
+def _stationary(kind: int, d: Tensor, length: Tensor, alpha: Tensor) -> Tensor:
+    """Unit-variance stationary kernel of type STATIONARY[kind] at distances d [b, n, m]."""
+    r = d / length.view(-1, 1, 1)
+    name = STATIONARY[kind]
+    if name == "rbf":
+        return torch.exp(-0.5 * r.square())
+    if name == "matern12":
+        return torch.exp(-r)
+    if name == "matern32":
+        s = math.sqrt(3.0) * r
+        return (1.0 + s) * torch.exp(-s)
+    if name == "matern52":
+        s = math.sqrt(5.0) * r
+        return (1.0 + s + s.square() / 3.0) * torch.exp(-s)
+    a = alpha.view(-1, 1, 1)  # rational quadratic: a scale mixture of RBFs (multi-scale roughness)
+    return (1.0 + r.square() / (2.0 * a)).pow(-a)
+
+
+@dataclass
+class BroadBatch:
+    """One batch of tasks with their kernel parameters; points are float32, parameters float64 [B]."""
+
+    xc: Tensor  # [B, N, dx]
+    yc: Tensor  # [B, N, 1]
+    xt: Tensor  # [B, M, dx]
+    yt: Tensor  # [B, M, 1]
+    params: dict[str, Tensor] = field(repr=False)
+    student_t: Tensor = field(repr=False)  # [B] bool: the task's noise is Student-t, not Gaussian
+
+    def to(self, device: torch.device | str) -> BroadBatch:
+        moved = {k: getattr(self, k).to(device) for k in ("xc", "yc", "xt", "yt")}
+        return BroadBatch(**moved, params=self.params, student_t=self.student_t)
+
+    def covariance(self, x1: Tensor, x2: Tensor) -> Tensor:
+        """The noise-free kernel k(x1, x2) of every task, float64 [B, n, m]."""
+        return covariance(self.params, x1.double(), x2.double())
+
+    def noise_variance(self) -> Tensor:
+        """Each task's observation-noise variance [B] (for Student-t: its scale squared)."""
+        return self.params["noise"].square()
+
+
+def covariance(p: dict[str, Tensor], x1: Tensor, x2: Tensor) -> Tensor:
+    """k(x1, x2) = w_b k_base + w_p k_per (or w_b k_base k_per) + w_2 k_second + w_l (x1.x2 / 4 + c), [B, n, m].
+
+    Task by task, computing only the parts a task has: at N = 1,000 the kernel matrices dominate
+    the cost of sampling, and most tasks have two parts or fewer.
+    """
+    d = torch.cdist(x1, x2)
+    out = torch.empty_like(d)
+    for i in range(d.shape[0]):
+        w = p["weights"][i].tolist()  # variances of base, periodic, second, linear
+        di = d[i : i + 1]
+        k = _stationary(int(p["kind"][i]), di, p["length"][i : i + 1], p["alpha"][i : i + 1])
+        if w[1] > 0 or bool(p["per_multiplies"][i]):
+            per = torch.exp(-2.0 * torch.sin(math.pi / float(p["period"][i]) * di).square() / float(p["per_length"][i]) ** 2)
+            # A multiplying periodic part modulates the base; an added one is a season on top of it.
+            k = k * per if bool(p["per_multiplies"][i]) else k.mul_(w[0]).add_(per, alpha=w[1]).div_(w[0])
+        k = k.mul_(w[0])
+        if w[2] > 0:
+            k.add_(_stationary(int(p["kind2"][i]), di, p["length2"][i : i + 1], p["alpha"][i : i + 1]), alpha=w[2])
+        if w[3] > 0:
+            k.add_((x1[i : i + 1] @ x2[i : i + 1].mT) / 4.0 + float(p["lin_offset"][i]), alpha=w[3])
+        out[i] = k[0]
+    return out
+
+
+@dataclass(frozen=True)
+class BroadPrior:
+    """The prior's ranges, in model units (x in ``x_range``, y after the session's y transform).
+
+    Why these ranges: a user's x span is mapped onto [-2, 2] and y is standardised by an estimate
+    of its mean and standard deviation (hand-set, or ``"auto"`` from the first points). A window of
+    120 readings then has a spacing of 0.034, so length-scales run from that spacing (white-ish,
+    rough series) to twice the span (a near-linear drift); periods from 3 to 60 samples; the signal's
+    standard deviation from 0.1 to 2 (a scale estimated from a few points is often off by 2x either
+    way); the noise from 0.005 (near-exact readings) to 1.5 (noise above the signal).
+    """
+
+    x_range: tuple[float, float] = (-2.0, 2.0)
+    dim_x: int = 1
+    length_range: tuple[float, float] = (0.03, 8.0)
+    amplitude_range: tuple[float, float] = (0.1, 2.0)
+    noise_range: tuple[float, float] = (0.005, 1.5)
+    period_range: tuple[float, float] = (0.1, 2.0)
+    per_length_range: tuple[float, float] = (0.3, 3.0)  # the periodic kernel's own smoothness
+    rq_alpha_range: tuple[float, float] = (0.2, 5.0)
+    lin_offset_range: tuple[float, float] = (0.01, 1.0)
+    p_periodic: float = 0.35
+    p_per_multiplies: float = 0.4
+    p_second: float = 0.25
+    p_trend: float = 0.3
+    p_student_t: float = 0.15
+    t_dofs: tuple[int, ...] = (3, 4, 6, 10)
+    # Sizes of a training batch beyond the long-context curriculum: N ~ U{3..max_context}.
+    max_context: int = 100
+    max_target: int = 50
+
+    def _log_uniform(self, lo_hi: tuple[float, float], n: int, g: torch.Generator) -> Tensor:
+        lo, hi = math.log(lo_hi[0]), math.log(lo_hi[1])
+        return torch.exp(lo + (hi - lo) * torch.rand(n, generator=g, dtype=torch.float64))
+
+    def sample_params(self, B: int, g: torch.Generator) -> dict[str, Tensor]:
+        """Kernel structures and hyperparameters for B tasks (float64 or bool/int tensors of shape [B])."""
+
+        def coin(p: float) -> Tensor:
+            return torch.rand(B, generator=g, dtype=torch.float64) < p
+
+        has = torch.stack(
+            [torch.ones(B, dtype=torch.bool), coin(self.p_periodic), coin(self.p_second), coin(self.p_trend)], 1
+        )
+        # Dirichlet(1, ..., 1) over the parts present: the share of the signal variance each holds.
+        raw = -torch.log(torch.rand(B, 4, generator=g, dtype=torch.float64)) * has
+        share = raw / raw.sum(1, keepdim=True)
+        per_multiplies = has[:, 1] & coin(self.p_per_multiplies)
+        # A multiplying periodic part has no variance of its own: it hands its share to the base.
+        share[:, 0] += torch.where(per_multiplies, share[:, 1], torch.zeros(B, dtype=torch.float64))
+        share[:, 1] = torch.where(per_multiplies, torch.zeros(B, dtype=torch.float64), share[:, 1])
+        amplitude = self._log_uniform(self.amplitude_range, B, g)
+        n_dof = len(self.t_dofs)
+        return {
+            "kind": torch.randint(len(STATIONARY), (B,), generator=g),
+            "kind2": torch.randint(len(STATIONARY), (B,), generator=g),
+            "length": self._log_uniform(self.length_range, B, g),
+            "length2": self._log_uniform(self.length_range, B, g),
+            "alpha": self._log_uniform(self.rq_alpha_range, B, g),
+            "period": self._log_uniform(self.period_range, B, g),
+            "per_length": self._log_uniform(self.per_length_range, B, g),
+            "per_multiplies": per_multiplies,
+            "lin_offset": self._log_uniform(self.lin_offset_range, B, g),
+            "weights": share * amplitude.square().unsqueeze(1),
+            "noise": self._log_uniform(self.noise_range, B, g),
+            "student_t": coin(self.p_student_t),
+            "dof": torch.tensor(self.t_dofs, dtype=torch.float64)[torch.randint(n_dof, (B,), generator=g)],
+        }
+
+    def sample(self, batch_size: int, num_context: int, num_target: int, generator: torch.Generator) -> BroadBatch:
+        B, n, g = batch_size, num_context + num_target, generator
+        lo, hi = self.x_range
+        x = lo + (hi - lo) * torch.rand(B, n, self.dim_x, generator=g, dtype=torch.float64)
+        p = self.sample_params(B, g)
+        cov = covariance(p, x, x)
+        signal_var = p["weights"].sum(1).view(B, 1, 1)
+        eye = torch.eye(n, dtype=torch.float64)
+        chol, info = torch.linalg.cholesky_ex(cov + JITTER * signal_var * eye)
+        if bool((info > 0).any()):  # a near-singular long-length-scale task: more jitter, still far below the noise
+            chol = torch.linalg.cholesky(cov + 1e-4 * signal_var * eye)
+        f = chol @ torch.randn(B, n, 1, generator=g, dtype=torch.float64)
+        eps = torch.randn(B, n, 1, generator=g, dtype=torch.float64)
+        # Student-t noise with integer dof: a normal over the root of a chi-square with dof terms.
+        max_dof = int(max(self.t_dofs))
+        chi = torch.randn(B, n, max_dof, generator=g, dtype=torch.float64).square()
+        chi2 = (chi * (torch.arange(max_dof) < p["dof"].view(-1, 1, 1))).sum(-1, keepdim=True)
+        t = eps / torch.sqrt(chi2 / p["dof"].view(-1, 1, 1))
+        eps = torch.where(p["student_t"].view(-1, 1, 1), t, eps)
+        y = f + p["noise"].view(-1, 1, 1) * eps
+        x, y = x.float(), y.float()
+        c = num_context
+        return BroadBatch(x[:, :c], y[:, :c], x[:, c:], y[:, c:], params=p, student_t=p["student_t"])
+
+    def sample_protocol(self, batch_size: int, generator: torch.Generator) -> BroadBatch:
+        """The main training sizes: N ~ U{3..max_context}, M ~ U{3..max_target}, shared across the batch."""
+        nc = int(torch.randint(3, self.max_context + 1, (1,), generator=generator))
+        nt = int(torch.randint(3, self.max_target + 1, (1,), generator=generator))
+        return self.sample(batch_size, nc, nt, generator)
