@@ -90,6 +90,20 @@ class CMANPState:
         c, o = merge_accumulators(self.log_norm, self.value_sum, other.log_norm, other.value_sum)
         return CMANPState(c, o, self.num_points + other.num_points, self.fingerprint, self.version + other.version)
 
+    @staticmethod
+    def concat(states: list[CMANPState]) -> CMANPState:
+        """One batch of the states' sessions, in order (a single state is returned as it is)."""
+        if len(states) == 1:
+            return states[0]
+        if len({s.fingerprint for s in states}) != 1:
+            raise ValueError("cannot batch states of different models")
+        return CMANPState(
+            torch.cat([s.log_norm for s in states]),
+            torch.cat([s.value_sum for s in states]),
+            torch.cat([s.num_points for s in states]),
+            states[0].fingerprint,
+        )
+
     def tile(self, copies: int) -> CMANPState:
         """``copies`` independent copies of the batch, copy-major ([copies * B]); self is untouched."""
         return CMANPState(

@@ -1,48 +1,21 @@
-"""Prequential calibration: every context point is scored by the session's state before it.
+"""Calibration of a session's predictions, from held-out scores of its own points.
 
-A streaming session gets an honest, free test of its predictive distributions: each point
-arrives before the model has seen it. Scoring it against the state as it was before the point
-was folded in is prequential evaluation, held out by construction.
+Every context point is scored twice, each time by a state that does not contain it:
+- **interpolation** (the headline): the points of a fold batch are split into ``FOLDS``
+  interleaved shares (by arrival order); each share is scored by the state holding everything
+  before the batch and the *other* shares. In a stream that arrives in time order, later points
+  then surround each scored point, as they surround the inputs users ask about, so the verdict
+  describes the intervals users get whatever the arrival order.
+- **forecast** (prequential): each point by the state of the points before it (blocks cut at
+  fold batches and powers of two, ``prequential_blocks``): one-step-ahead intervals.
+The exact merge makes this cheap: each share's state is built once and merged with the rest.
 
-Which state scores which point. Number a session's points 0, 1, 2, ... in the order the session
-acknowledged them (the log order). Point i is scored against the state of the first b(i) points,
-where b(i) <= i is the largest of
-- the first point of the fold batch that holds i (folds commit the log in batches of about
-  ``FOLD_THRESHOLD_POINTS``, and the states in between are never built), and
-- the largest power of two <= i (0 for point 0).
-So each fold batch is scored against the state before that batch, cut further at the powers of
-two. Without the cuts, the first batch (256 points by default) would be judged by the empty
-state, the model's prior, which cannot know the session's scale. The doubling blocks (as in
-block-wise prequential coding) cost one more model call per doubling, log2(N) calls in a
-session's whole life; past the first fold, scoring costs one predict of the batch per fold.
-
-Where the numbers live. The fold computes the scores from the same snapshot it folds, and the
-commit script adds them to the session's record in the same atomic step that checks the fold
-epoch: a dropped or retried fold counts nothing, a committed one counts once. ``GET
-/v1/sessions/{id}`` adds the scores of the still unfolded log, computed the same way against the
-committed state without writing anything. That is exactly what the next fold will commit, so
-the report covers every point posted and does not change when the fold happens.
-
-The aggregates (constant size), in the model's units (after the session's transforms), pooled
-over output dimensions (each output of a point is one scored value; the log density of a point
-is the sum over its outputs). With z = (y - mean) / std:
-- scored points and values; the sum of log predictive densities;
-- the sum of z and of z^2 (a calibrated model gives mean 0 and variance 1);
-- coverage counts of the central 50%, 90% and 95% intervals: |z| <= Phi^-1((1 + p) / 2);
-- a 10-bin histogram of PIT = Phi(z) (flat for a calibrated model);
-- out-of-range points (``service.training_range``), counted whether or not scoring is on.
-
-The verdict (``status``):
-- ``insufficient_data`` below ``MIN_POINTS`` (50) scored points;
-- ``miscalibrated`` when the 99.9% Wilson score interval of the coverage of the central 50% or
-  95% interval lies entirely outside the coverage a Gaussian forecast would have if its standard
-  deviations were off by less than a factor ``STD_FACTOR`` (1.5) either way: 50% intervals
-  covering 34.7%-68.8% of points, 95% intervals covering 80.9%-99.7%;
-- ``ok`` otherwise.
-The test asks whether the miscalibration is large, not merely detectable: with enough points any
-imperfect model differs from nominal coverage. For a perfectly calibrated forecaster (PITs iid
-uniform) each check would cross a bound of the exact nominal band with probability below 0.1%,
-and the tolerance band makes false alarms rarer still.
+The sums of both are constant-size (``Aggregates``) and are committed with the fold that scored
+them, exactly once. The verdict is ``miscalibrated`` when either set fails a test (coverage of
+the 50% or 95% intervals beyond a 1.5x std tolerance; for the interpolation set also the clipped
+variance of z above what std off by ``VARIANCE_TOLERANCE`` allows), ``insufficient_data`` below
+``MIN_POINTS``. The tests,
+their power and false-alarm rates are in docs/SERVICE.md ("Calibration").
 """
 
 from __future__ import annotations
@@ -56,7 +29,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from service.schemas import CalibrationReport
+from service.schemas import CalibrationReport, ScoreReport
 
 LEVELS = (0.5, 0.9, 0.95)  # central predictive intervals whose coverage is counted
 PIT_BINS = 10
@@ -64,10 +37,18 @@ MIN_POINTS = 50
 CONFIDENCE = 0.999  # of the Wilson interval in the verdict
 STD_FACTOR = 1.5
 TESTED_LEVELS = (0.5, 0.95)
+FOLDS = 4  # interleaved shares of a fold batch in interpolation scoring
+# The variance test: mean of min(z^2, Z_CLIP^2) against its value for a Gaussian forecast whose
+# std is VARIANCE_TOLERANCE times too small, one-sided at VARIANCE_Z (0.1%). Clipping keeps a few
+# heavy-tailed outliers from deciding it; one-sided because over-confidence is the harm to catch
+# (intervals that are too wide are caught by the coverage test).
+Z_CLIP = 3.0
+VARIANCE_TOLERANCE = 1.15
 
 _NORMAL = NormalDist()
 _HALF_WIDTHS = tuple(_NORMAL.inv_cdf((1 + level) / 2) for level in LEVELS)  # 0.674, 1.645, 1.960
 _WILSON_Z = _NORMAL.inv_cdf((1 + CONFIDENCE) / 2)  # 3.29
+VARIANCE_Z = _NORMAL.inv_cdf(CONFIDENCE)  # 3.09, one-sided
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 Status = Literal["ok", "insufficient_data", "miscalibrated"]
@@ -86,6 +67,22 @@ def prequential_blocks(start: int, count: int) -> list[tuple[int, int]]:
         power *= 2
     cuts.append(count)
     return list(zip(cuts[:-1], cuts[1:], strict=True))
+
+
+def clipped_square_moments(std_ratio: float, clip: float = Z_CLIP) -> tuple[float, float]:
+    """Mean and variance of min(z^2, clip^2) for z ~ N(0, std_ratio^2) (closed form)."""
+    a = clip / std_ratio
+    inside = 2 * _NORMAL.cdf(a) - 1
+    density = _NORMAL.pdf(a)
+    m1 = inside - 2 * a * density + a * a * (1 - inside)  # E[min(g^2, a^2)], g ~ N(0, 1)
+    m2 = 3 * inside - 2 * density * (a**3 + 3 * a) + a**4 * (1 - inside)
+    return std_ratio**2 * m1, std_ratio**4 * (m2 - m1 * m1)
+
+
+def variance_threshold(values: int) -> float:
+    """The largest mean clipped z^2 over ``values`` scores that the variance test accepts."""
+    mean, variance = clipped_square_moments(VARIANCE_TOLERANCE)
+    return mean + VARIANCE_Z * math.sqrt(variance / values)
 
 
 def tolerated_coverage(level: float) -> tuple[float, float]:
@@ -112,6 +109,7 @@ class Aggregates:
     log_density: float = 0.0
     z_sum: float = 0.0
     z_square_sum: float = 0.0
+    z_clipped_square_sum: float = 0.0  # of min(z^2, Z_CLIP^2)
     covered: tuple[int, ...] = (0,) * len(LEVELS)
     pit: tuple[int, ...] = (0,) * PIT_BINS
     out_of_range: int = 0
@@ -129,6 +127,7 @@ class Aggregates:
             log_density=float(log_density.sum()),
             z_sum=float(z.sum()),
             z_square_sum=float(z.square().sum()),
+            z_clipped_square_sum=float(z.square().clamp_max(Z_CLIP**2).sum()),
             covered=tuple(int((z.abs() <= h).sum()) for h in _HALF_WIDTHS),
             pit=tuple(torch.bincount(pit_bins.flatten(), minlength=PIT_BINS).tolist()),
         )
@@ -165,11 +164,18 @@ class Aggregates:
     def coverage(self) -> tuple[float, ...] | None:
         return tuple(c / self.values for c in self.covered) if self.values else None
 
-    def verdict(self) -> tuple[Status, list[str]]:
-        """The status and, when miscalibrated, why (see the module docstring for the test)."""
+    def verdict(self, variance_test: bool = True) -> tuple[Status, list[str]]:
+        """The status and, when miscalibrated, why (see the module docstring for the tests)."""
         if self.points < MIN_POINTS:
             return "insufficient_data", []
         reasons = []
+        clipped = self.z_clipped_square_sum / self.values
+        if variance_test and clipped > variance_threshold(self.values):
+            reasons.append(
+                f"the standardised residuals are too large: mean min(z^2, {Z_CLIP:g}^2) is {clipped:.2f} over "
+                f"{self.values} values, above {variance_threshold(self.values):.2f}, the most that standard deviations "
+                f"{VARIANCE_TOLERANCE}x too small would give at 99.9% confidence: the intervals are too narrow"
+            )
         for level in TESTED_LEVELS:
             covered = self.covered[LEVELS.index(level)]
             low, high = wilson_interval(covered, self.values)
@@ -182,12 +188,11 @@ class Aggregates:
                 )
         return ("miscalibrated" if reasons else "ok"), reasons
 
-    def report(self, enabled: bool) -> CalibrationReport:
-        status, reasons = self.verdict()
+    def report(self, variance_test: bool = True) -> ScoreReport:
+        status, reasons = self.verdict(variance_test)
         coverage = self.coverage()
         z_mean = self.z_sum / self.values if self.values else None
-        return CalibrationReport(
-            enabled=enabled,
+        return ScoreReport(
             status=status,
             reasons=reasons,
             scored_points=self.points,
@@ -196,4 +201,46 @@ class Aggregates:
             standardised_residual_variance=self.z_square_sum / self.values - z_mean**2 if self.values else None,
             coverage={f"{level:g}": c for level, c in zip(LEVELS, coverage, strict=True)} if coverage else {},
             pit_histogram=list(self.pit),
+        )
+
+
+SUMS_PREFIX = "cv_"  # the interpolation scores' sums; the forecast ones keep the original names
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Both score sets of a session (or of a fold batch); adding two gives the scores over both."""
+
+    interpolation: Aggregates = Aggregates()
+    forecast: Aggregates = Aggregates()  # also holds the out-of-range count
+
+    @property
+    def out_of_range(self) -> int:
+        return self.forecast.out_of_range
+
+    def __add__(self, other: Scores) -> Scores:
+        return Scores(self.interpolation + other.interpolation, self.forecast + other.forecast)
+
+    def to_sums(self) -> dict[str, float]:
+        prefixed = {SUMS_PREFIX + k: v for k, v in self.interpolation.to_sums().items()}
+        return self.forecast.to_sums() | prefixed
+
+    @classmethod
+    def from_sums(cls, sums: Mapping[str, float]) -> Scores:
+        prefixed = {k.removeprefix(SUMS_PREFIX): v for k, v in sums.items() if k.startswith(SUMS_PREFIX)}
+        return cls(Aggregates.from_sums(prefixed), Aggregates.from_sums(sums))
+
+    def report(self, enabled: bool) -> CalibrationReport:
+        """The session's report: the interpolation scores' figures, the forecast ones beside them,
+        and a status that is miscalibrated when either set is."""
+        # The forecast set skips the variance test: its first points are scored by states of one or
+        # two points (or the prior), whose spread is legitimately off; it keeps the coverage tests.
+        head, forecast = self.interpolation.report(), self.forecast.report(variance_test=False)
+        statuses = {head.status, forecast.status}
+        status: Status = (
+            "miscalibrated" if "miscalibrated" in statuses else "ok" if statuses == {"ok"} else "insufficient_data"
+        )
+        reasons = [f"interpolation: {r}" for r in head.reasons] + [f"forecast: {r}" for r in forecast.reasons]
+        return CalibrationReport(
+            enabled=enabled, **(head.model_dump() | {"status": status, "reasons": reasons}), forecast=forecast
         )

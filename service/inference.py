@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from model import CMANPState
-from service.calibration import Aggregates, prequential_blocks
+from service.calibration import FOLDS, Aggregates, Scores, prequential_blocks
 from service.errors import CorruptStateError
 from service.registry import ServedModel
 from service.store import Fold, Session, Snapshot
@@ -128,32 +128,61 @@ class FoldedStates:
                 self._entries.popitem(last=False)
 
 
-def _fold_and_score(model: ServedModel, snapshot: Snapshot, scoring: bool) -> tuple[CMANPState, Aggregates]:
-    """The snapshot's state with its log folded in, and the log's out-of-range count and (if scoring)
-    prequential scores: each block of points is scored by the state before it, then folded in."""
+def _interpolation_scores(model: ServedModel, before: CMANPState, x: torch.Tensor, y: torch.Tensor) -> Aggregates:
+    """Scores of a fold batch x, y [1, n, .]: share j (points i = j mod FOLDS) by ``before`` merged
+    with the other shares' states, all shares in one batched predict (see ``service.calibration``)."""
+    net, n = model.net, x.shape[1]
+    shares = [torch.arange(j, n, FOLDS) for j in range(min(FOLDS, n))]
+    if len(shares) == 1:
+        mean, variance = net.predict(before, x)
+        return Aggregates.of_scores(y[0], mean[0], variance[0])
+    alone = [net.update(net.empty_state(), x[:, idx], y[:, idx]) for idx in shares]
+    without = []
+    for j in range(len(shares)):
+        state = before
+        for k, share_state in enumerate(alone):
+            if k != j:
+                state = state.merge(share_state)
+        without.append(state)
+    width = len(shares[0])  # the first share is the largest; shorter ones are padded (queries are independent)
+    xq = torch.zeros(len(shares), width, model.dim_x)
+    for j, idx in enumerate(shares):
+        xq[j, : len(idx)] = x[0, idx]
+    mean, variance = net.predict(CMANPState.concat(without), xq)
+    return sum(
+        (Aggregates.of_scores(y[0, idx], mean[j, : len(idx)], variance[j, : len(idx)]) for j, idx in enumerate(shares)),
+        Aggregates(),
+    )
+
+
+def _fold_and_score(model: ServedModel, snapshot: Snapshot, scoring: bool) -> tuple[CMANPState, Scores]:
+    """The snapshot's state with its log folded in, the log's out-of-range count and (if scoring) its
+    held-out scores: forecast (each block by the state before it) and interpolation (each share of
+    the batch by the state without it)."""
     net = model.net
     state = stored_state(model, snapshot)
     if not snapshot.log:
-        return state, Aggregates()
+        return state, Scores()
     x, y = _log_points(model, snapshot.log)
-    aggregates = Aggregates(out_of_range=model.training_range.count_outside(x[0].numpy(), y[0].numpy()))
+    forecast = Aggregates(out_of_range=model.training_range.count_outside(x[0].numpy(), y[0].numpy()))
     if not scoring:
-        return net.update(state, x, y), aggregates
+        return net.update(state, x, y), Scores(forecast=forecast)
+    interpolation = _interpolation_scores(model, state, x, y)
     for start, stop in prequential_blocks(int(state.num_points[0]), x.shape[1]):
         block_x, block_y = x[:, start:stop], y[:, start:stop]
         mean, variance = net.predict(state, block_x)
-        aggregates += Aggregates.of_scores(block_y[0], mean[0], variance[0])
+        forecast += Aggregates.of_scores(block_y[0], mean[0], variance[0])
         state = net.update(state, block_x, block_y)
-    return state, aggregates
+    return state, Scores(interpolation, forecast)
 
 
 def _fold(model: ServedModel, snapshot: Snapshot, scoring: bool) -> Fold:
     with torch.inference_mode():
-        state, aggregates = _fold_and_score(model, snapshot, scoring)
-        return Fold(state.to_bytes(), aggregates.to_sums())
+        state, scores = _fold_and_score(model, snapshot, scoring)
+        return Fold(state.to_bytes(), scores.to_sums())
 
 
-def _score(model: ServedModel, snapshot: Snapshot, scoring: bool) -> Aggregates:
+def _score(model: ServedModel, snapshot: Snapshot, scoring: bool) -> Scores:
     with torch.inference_mode():
         return _fold_and_score(model, snapshot, scoring)[1]
 
@@ -221,17 +250,7 @@ def _predict_batch(
         for row, q in enumerate(queries):
             xq[row, : len(q)] = torch.from_numpy(q)
         states = [state for state, _ in rows.values()]
-        stacked = (
-            states[0]
-            if len(states) == 1
-            else CMANPState(
-                torch.cat([s.log_norm for s in states]),
-                torch.cat([s.value_sum for s in states]),
-                torch.cat([s.num_points for s in states]),
-                model.fingerprint,
-            )
-        )
-        mean, variance = model.net.predict(stacked, xq)
+        mean, variance = model.net.predict(CMANPState.concat(states), xq)
         mean, variance = mean.double().numpy(), variance.double().numpy()
     for row, (_, indices) in enumerate(rows.values()):
         start = 0
@@ -302,7 +321,7 @@ class Inference:
         """The session's state with its log folded in (exact update), and the log's calibration sums."""
         return await self._run(_fold, model, snapshot, self.scoring)
 
-    async def score_log(self, model: ServedModel, snapshot: Snapshot) -> Aggregates:
+    async def score_log(self, model: ServedModel, snapshot: Snapshot) -> Scores:
         """The calibration sums the next fold of this snapshot would commit; writes nothing."""
         return await self._run(_score, model, snapshot, self.scoring)
 

@@ -72,18 +72,26 @@ class CreateSession(Body):
     ttl_seconds: int | None = Field(None, ge=1, description="idle expiry; default: CMANP_SESSION_TTL_SECONDS")
 
 
-class CalibrationReport(BaseModel):
-    """Prequential calibration of the session's points (see ``service.calibration``), in model units."""
+class ScoreReport(BaseModel):
+    """Figures of one set of held-out scores (see ``service.calibration``), in model units."""
 
-    enabled: bool = Field(description="whether this server scores points (CMANP_CALIBRATION)")
     status: Literal["ok", "insufficient_data", "miscalibrated"]
     reasons: list[str] = Field(description="why the status is miscalibrated; empty otherwise")
-    scored_points: int = Field(description="points scored by the state before them")
+    scored_points: int = Field(description="points scored by a state that did not contain them")
     mean_log_density: float | None = Field(description="mean log predictive density per point")
     standardised_residual_mean: float | None = Field(description="of z = (y - mean) / std; calibrated: 0")
     standardised_residual_variance: float | None = Field(description="of z; calibrated: 1")
     coverage: dict[str, float] = Field(description="fraction of values inside the central 50%, 90%, 95% intervals")
     pit_histogram: list[int] = Field(description="counts of PIT = Phi(z) in 10 equal bins of [0, 1]; calibrated: flat")
+
+
+class CalibrationReport(ScoreReport):
+    """The session's calibration: the interpolation scores (each point by a state holding the other
+    points around it), with the one-step-ahead forecast scores beside them; ``status`` is
+    ``miscalibrated`` when either is."""
+
+    enabled: bool = Field(description="whether this server scores points (CMANP_CALIBRATION)")
+    forecast: ScoreReport = Field(description="each point scored by the state of the points before it")
 
 
 class SessionInfo(BaseModel):

@@ -19,7 +19,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Header, Response
 
-from service.calibration import Aggregates
+from service.calibration import Scores
 from service.dependencies import ServicesDep, TenantDep
 from service.errors import TooLargeError, UnprocessableError
 from service.inference import log_entry
@@ -66,7 +66,7 @@ def _affine_out(t: AffineMap) -> AffineOut:
     return AffineOut(shift=t.shift.tolist(), scale=t.scale.tolist())
 
 
-def _info(session: Session, calibration: Aggregates, scoring: bool) -> SessionInfo:
+def _info(session: Session, calibration: Scores, scoring: bool) -> SessionInfo:
     # Every read refreshes the TTL, so the session now expires one TTL from now.
     return SessionInfo(
         session_id=session.session_id,
@@ -120,7 +120,7 @@ async def create_session(
         raise
     services.metrics.sessions_created.inc()
     response.headers["Location"] = f"{router.prefix}/{session.session_id}"
-    return _info(session, Aggregates(), services.inference.scoring)
+    return _info(session, Scores(), services.inference.scoring)
 
 
 @router.get("/{session_id}")
@@ -128,7 +128,7 @@ async def get_session(session_id: str, services: ServicesDep, tenant: TenantDep)
     """The session's metadata, its calibration and its out-of-range fraction."""
     snapshot = await services.store.snapshot(session_id, tenant)
     session = snapshot.session
-    calibration = Aggregates.from_sums(session.sums)
+    calibration = Scores.from_sums(session.sums)
     # A session whose model is gone keeps readable metadata; its unfolded log can no longer be scored.
     model = services.registry.serving(session.model, session.fingerprint)
     if model is not None and snapshot.log:
@@ -161,7 +161,7 @@ async def add_context(
     compute_fold = functools.partial(services.inference.fold, model)
 
     def record_fold(fold: Fold) -> None:
-        services.metrics.record_fold(model.name, Aggregates.from_sums(fold.sums))
+        services.metrics.record_fold(model.name, Scores.from_sums(fold.sums).forecast)
 
     entry = log_entry(x, y)
     appended = await services.store.append(session, entry, len(x), idempotency_key, compute_fold, record_fold)
