@@ -1,12 +1,14 @@
-"""The real-data development set and its protocol."""
+"""The real-data development set, its protocol and the fitted-GP baseline."""
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import numpy as np
 import pytest
 
+from bench.baselines.fitted_gp import KERNELS, by_evidence, fit, fit_both
 from model.data.real_series import SERIES, WINDOW, load_series, real_windows, split_window, window_starts
 
 
@@ -67,3 +69,73 @@ def test_windows_are_deterministic(windows):
             np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
     lynx = next(w for w in windows if w.name == "lynx")
     assert lynx.x_context[:3].tolist() == [1821.0, 1823.0, 1827.0]  # pinned: a changed rule shows up here
+
+
+def _numpy_posterior(fitted, x_train, y_train, x_test):
+    """The noisy-target posterior and log marginal likelihood from the fitted hyperparameters, in plain numpy."""
+    h = fitted.hyperparameters()
+    a, b = fitted.scaled(x_train)[:, 0], fitted.scaled(x_test)[:, 0]
+
+    def k(u, v):
+        r = np.abs(u[:, None] - v[None, :]) / h["length_scale"]
+        if fitted.kernel == "rbf":
+            return h["amplitude"] * np.exp(-0.5 * r**2)
+        s = math.sqrt(5.0) * r
+        return h["amplitude"] * (1 + s + s**2 / 3) * np.exp(-s)
+
+    mu, sd = y_train.mean(), y_train.std()
+    z = (y_train - mu) / sd
+    cov = k(a, a) + (h["noise"] + fitted.model.alpha) * np.eye(len(a))
+    chol = np.linalg.cholesky(cov)
+    weights = np.linalg.solve(cov, z)
+    cross = k(b, a)
+    mean = mu + sd * cross @ weights
+    var = sd**2 * (h["amplitude"] + h["noise"] - np.einsum("ij,ji->i", cross, np.linalg.solve(cov, cross.T)))
+    lml = -0.5 * z @ weights - np.log(np.diag(chol)).sum() - 0.5 * len(a) * math.log(2 * math.pi)
+    return mean, var, lml
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_fitted_gp_predicts_the_numpy_posterior_of_its_hyperparameters(kernel):
+    rng = np.random.default_rng(5)
+    x = np.sort(rng.uniform(10.0, 30.0, 40))
+    y = 50.0 + 8.0 * np.sin(x / 2.0) + rng.normal(0.0, 2.0, 40)
+    x_test = np.linspace(9.0, 31.0, 25)
+    fitted = fit(kernel, x, y, 10.0, 30.0)
+    mean, var = fitted.predict(x_test)
+    want_mean, want_var, want_lml = _numpy_posterior(fitted, x, y, x_test)
+    np.testing.assert_allclose(mean, want_mean, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(var, want_var, rtol=1e-6, atol=1e-9)
+    assert fitted.log_marginal_likelihood == pytest.approx(want_lml, abs=1e-6)
+    assert var.min() > 0.9 * fitted.hyperparameters()["noise"] * y.std() ** 2  # the noise is in the variance
+
+
+def test_evidence_picks_the_higher_marginal_likelihood():
+    rng = np.random.default_rng(6)
+    x = np.sort(rng.uniform(0.0, 1.0, 30))
+    fits = fit_both(x, np.abs(x - 0.5) + rng.normal(0.0, 0.02, 30), 0.0, 1.0)  # a kink: Matérn's evidence wins
+    assert by_evidence(fits).log_marginal_likelihood == max(f.log_marginal_likelihood for f in fits.values())
+    assert by_evidence(fits).kernel == "matern52"
+
+
+def test_a_noise_free_fit_is_reported_on_its_bound():
+    x = np.linspace(0.0, 1.0, 30)
+    fitted = fit("rbf", x, np.sin(3 * x), 0.0, 1.0)
+    assert "noise" in fitted.at_bounds()
+    rng = np.random.default_rng(7)
+    assert fit("rbf", x, np.sin(3 * x) + rng.normal(0, 0.1, 30), 0.0, 1.0).at_bounds() == []
+
+
+def test_fitted_gp_covers_95_percent_of_gp_draws():
+    rng = np.random.default_rng(8)
+    covered = total = 0
+    for _ in range(15):
+        x = np.sort(rng.uniform(0.0, 100.0, 120))
+        cov = 4.0 * np.exp(-0.5 * ((x[:, None] - x[None, :]) / 12.0) ** 2) + 1.0 * np.eye(120)  # noise: 1/5 of y
+        y = 3.0 + np.linalg.cholesky(cov + 1e-9 * np.eye(120)) @ rng.standard_normal(120)
+        context = rng.permutation(120)[:60]
+        target = np.setdiff1d(np.arange(120), context)
+        fitted = fit("rbf", x[context], y[context], x.min(), x.max())
+        mean, var = fitted.predict(x[target])
+        covered, total = covered + int((np.abs(y[target] - mean) <= 1.96 * np.sqrt(var)).sum()), total + len(target)
+    assert 0.92 <= covered / total <= 0.98, covered / total
