@@ -1,4 +1,4 @@
-"""The real-data development set, its protocol and the fitted-GP baseline."""
+"""The real-data development set, its protocol, the fitted-GP baseline and the scores of ``bench.real_data``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from bench.baselines.fitted_gp import KERNELS, by_evidence, fit, fit_both
+from bench.real_data import gaussian_scores, pooled, y_transform_for
 from model.data.real_series import SERIES, WINDOW, load_series, real_windows, split_window, window_starts
 
 
@@ -136,6 +137,28 @@ def test_fitted_gp_covers_95_percent_of_gp_draws():
         context = rng.permutation(120)[:60]
         target = np.setdiff1d(np.arange(120), context)
         fitted = fit("rbf", x[context], y[context], x.min(), x.max())
-        mean, var = fitted.predict(x[target])
-        covered, total = covered + int((np.abs(y[target] - mean) <= 1.96 * np.sqrt(var)).sum()), total + len(target)
+        scores = gaussian_scores(y[target], *fitted.predict(x[target]))
+        covered, total = covered + scores["covered_95"], total + scores["n"]
     assert 0.92 <= covered / total <= 0.98, covered / total
+
+
+def test_gaussian_scores_by_hand():
+    s = gaussian_scores(np.array([0.0, 2.0, 1.0]), np.zeros(3), np.array([1.0, 1.0, 4.0]))
+    half_log_2pi = 0.5 * math.log(2 * math.pi)
+    want_ll = (-half_log_2pi - (half_log_2pi + 2.0) - (half_log_2pi + 0.5 * math.log(4.0) + 0.125)) / 3
+    assert s["ll"] == pytest.approx(want_ll, abs=1e-12)
+    assert s["rmse"] == pytest.approx(math.sqrt(5.0 / 3.0), abs=1e-12)
+    assert s["coverage_95"] == pytest.approx(2 / 3)  # 2 lies outside 0 +- 1.96; 1 is inside 0 +- 3.92
+    both = pooled([s, gaussian_scores(np.array([3.0]), np.zeros(1), np.ones(1))])
+    assert both["n"] == 4 and both["coverage_95"] == pytest.approx(0.5)
+    assert both["rmse"] == pytest.approx(math.sqrt(14.0 / 4.0), abs=1e-12)
+
+
+def test_y_transform_modes(windows):
+    w = windows[0]
+    t = y_transform_for(w, "context")
+    assert t == {"shift": pytest.approx(w.y_context.mean()), "scale": pytest.approx(w.y_context.std())}
+    assert t["scale"] != pytest.approx(w.y_target.std())  # from the context only
+    assert y_transform_for(w, "auto") == "auto"
+    with pytest.raises(ValueError):
+        y_transform_for(w, "targets")
