@@ -66,6 +66,7 @@ def commands(out: Path, quick: bool) -> dict[str, list[str]]:
             ),
             *json_out("calibration_cost"),
         ],
+        "real_data": [*py, "bench.real_data", *ckpt, *quick_flag, *json_out("real_data")],
     }
 
 

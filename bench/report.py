@@ -382,6 +382,59 @@ def calibration_section(cost: dict | None) -> list[str]:
     return lines
 
 
+def _statuses(statuses: list[str]) -> str:
+    """``["ok", "miscalibrated", "ok"]`` -> ``"ok ×2, miscalibrated"``."""
+    counts = {s: statuses.count(s) for s in dict.fromkeys(statuses)}
+    return ", ".join(s if n == 1 else f"{s} ×{n}" for s, n in counts.items())
+
+
+def real_data_section(real: dict | None) -> list[str]:
+    lines = ["## 6. Real series: calibration beside a fitted GP (issue 17)", ""]
+    if real is None:
+        return [*lines, "Not run.", ""]
+    quick = " Quick mode: the first window of three series only." if real["quick"] else ""
+    lines += [
+        f"Model `{real['model']}` (`{real['checkpoint']}`) through the service, y_transform `{real['y_transform']}`; "
+        "the development set of `model/data/real_series.py` (windows of 120 points, a random half as context "
+        "posted one point per request in time order, the other half as targets), `bench/real_data.py`. "
+        "GP: scikit-learn, ML-II on the context, RBF or Matérn-5/2 (+ white noise) chosen by the marginal "
+        "likelihood; *best on targets* picks the kernel after seeing the targets. Scores on the targets in "
+        "user units: log likelihood (LL) per point, RMSE, 95% interval coverage; *gap*: model − GP in LL "
+        "(unit-free). *Prequential*: the session's own 95% coverage of its context points, and its "
+        f"calibration status.{quick}",
+        "",
+    ]
+    rows = []
+    for r in real["series"]:
+        m, g, b = r["model"], r["gp"], r["gp_best_on_targets"]
+        rows.append(
+            [r["series"], r["windows"], r["targets"], f"{m['ll']:.3f}", f"{g['ll']:.3f}", f"{r['ll_gap']:+.3f}",
+             f"{b['ll']:.3f}", f"{m['rmse']:.4g}", f"{g['rmse']:.4g}", f"{m['coverage_95']:.2f}",
+             f"{g['coverage_95']:.2f}", f"{r['prequential_coverage_95']:.2f}", _statuses(r["statuses"])]
+        )  # fmt: skip
+    a = real["average"]
+    rows.append(
+        [f"**average of {len(real['series'])} series**", "", "", f"{a['model_ll']:.3f}", f"{a['gp_ll']:.3f}",
+         f"**{a['ll_gap']:+.3f}**", f"{a['gp_best_on_targets_ll']:.3f}", f"×{a['rmse_ratio']:.2f} (model / GP)", "",
+         f"{a['model_coverage_95']:.2f}", f"{a['gp_coverage_95']:.2f}", f"{a['prequential_coverage_95']:.2f}",
+         f"{a['miscalibrated_series']} series miscalibrated"]
+    )  # fmt: skip
+    lines += _table(
+        ["series", "windows", "targets", "LL model", "LL GP", "gap", "LL GP best on targets", "RMSE model",
+         "RMSE GP", "95% cov. model", "95% cov. GP", "prequential 95% cov.", "status"],
+        rows,
+    )  # fmt: skip
+    bounds = "; ".join(real["at_bounds"]) if real["at_bounds"] else "none"
+    lines += [
+        f"The average LL columns mix units (each series' own); the gap and the coverages do not. GP "
+        f"hyperparameters on a bound of their range: {bounds}. Gap to the best-on-targets GP: "
+        f"{a['ll_gap_best_on_targets']:+.3f}. Time: GP fits {real['gp_seconds']:.0f} s, service "
+        f"{real['service_seconds']:.0f} s (start, posts, predicts).",
+        "",
+    ]
+    return lines
+
+
 def write_report(out: Path, report_dir: Path) -> Path:
     """Write RESULTS.md and the plots into report_dir from the JSON in out; returns the report's path."""
     costs, memory, peers = _load(out, "model_costs"), _load(out, "constant_memory"), _load(out, "peers")
@@ -406,7 +459,9 @@ def write_report(out: Path, report_dir: Path) -> Path:
     ]
     lines += [f"- {k}: {v}" for k, v in machine.items()]
     lines += ["", "## Commands", "", "Run from the repository root, each in its own process:", ""]
-    order = ["model_costs", "constant_memory", "peers", "train_throughput", "service_load", "calibration_cost"]
+    order = [
+        "model_costs", "constant_memory", "peers", "train_throughput", "service_load", "calibration_cost", "real_data"
+    ]  # fmt: skip
     runs = sorted(runs, key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
     lines += [f"- `{r['command']}` ({r['seconds']:.0f} s)" for r in runs]
     lines += [f"- total: {sum(r['seconds'] for r in runs):.0f} s", ""]
@@ -415,6 +470,7 @@ def write_report(out: Path, report_dir: Path) -> Path:
     lines += service_section(load, load is not None)  # type: ignore[arg-type]
     lines += speedups_section(out)
     lines += calibration_section(_load(out, "calibration_cost"))  # type: ignore[arg-type]
+    lines += real_data_section(_load(out, "real_data"))  # type: ignore[arg-type]
     path = report_dir / "RESULTS.md"
     path.write_text("\n".join(lines))
     return path

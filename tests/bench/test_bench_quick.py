@@ -6,6 +6,7 @@ Timings are never asserted: this keeps the harness from rotting, the numbers liv
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -60,11 +61,20 @@ def test_quick_bench_writes_every_result():
     calibration = load("calibration_cost")
     assert {"on", "off"} == set(calibration["median_posts_per_s"]) and calibration["throughput_ratio_on_over_off"] > 0
 
+    real = load("real_data")
+    assert len(real["windows"]) == len(real["series"]) == 3
+    for row in real["series"]:
+        assert row["statuses"] and 0 <= row["model"]["coverage_95"] <= 1 and math.isfinite(row["ll_gap"])
+
     runs = load("runs")
-    names = ["model_costs", "constant_memory", "peers", "train_throughput", "service_load", "calibration_cost"]
+    names = [
+        "model_costs", "constant_memory", "peers", "train_throughput", "service_load", "calibration_cost", "real_data"
+    ]  # fmt: skip
     assert [r["name"] for r in runs] == names
     report = (OUT / "RESULTS.md").read_text()
-    headings = ("## Machine", "## Commands", "## 1. Model", "## 2. Against peers", "## 3. Service under load", "## 5.")
+    headings = (
+        "## Machine", "## Commands", "## 1. Model", "## 2. Against peers", "## 3. Service under load", "## 5.", "## 6."
+    )  # fmt: skip
     for heading in headings:
         assert heading in report
     assert (OUT / "peers.png").stat().st_size > 0
