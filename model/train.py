@@ -295,7 +295,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt if it exists")
     p.add_argument("--init-from", type=Path, help="start from an exported .safetensors checkpoint and its step")
     p.add_argument("--architecture", choices=sorted(ARCHITECTURES), help="default: the config file's, else cmanp")
-    p.add_argument("--warm-start", action="store_true", help="with --init-from: take its weights, start the schedule at 0")
+    p.add_argument(
+        "--warm-start", action="store_true", help="with --init-from: take its weights, start the schedule at 0"
+    )
     _add_dataclass_flags(p, CMANPANDConfig)
     _add_dataclass_flags(p, TrainConfig)
     args = p.parse_args(argv)

@@ -43,7 +43,9 @@ def _gp(dim_x: int, x_range: tuple[float, float], **options: Any) -> TaskSampler
 def _broad(dim_x: int, x_range: tuple[float, float], **options: Any) -> TaskSampler:
     from model.data.broad import BroadPrior
 
-    return BroadPrior(dim_x=dim_x, x_range=x_range, **{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
+    return BroadPrior(
+        dim_x=dim_x, x_range=x_range, **{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    )
 
 
 SOURCES: dict[str, Callable[..., TaskSampler]] = {"gp": _gp, "broad": _broad}

@@ -85,7 +85,9 @@ def covariance(p: dict[str, Tensor], x1: Tensor, x2: Tensor) -> Tensor:
         di = d[i : i + 1]
         k = _stationary(int(p["kind"][i]), di, p["length"][i : i + 1], p["alpha"][i : i + 1])
         if w[1] > 0 or bool(p["per_multiplies"][i]):
-            per = torch.exp(-2.0 * torch.sin(math.pi / float(p["period"][i]) * di).square() / float(p["per_length"][i]) ** 2)
+            per = torch.exp(
+                -2.0 * torch.sin(math.pi / float(p["period"][i]) * di).square() / float(p["per_length"][i]) ** 2
+            )
             # A multiplying periodic part modulates the base; an added one is a season on top of it.
             k = k * per if bool(p["per_multiplies"][i]) else k.mul_(w[0]).add_(per, alpha=w[1]).div_(w[0])
         k = k.mul_(w[0])
@@ -132,8 +134,9 @@ class BroadPrior:
         lo, hi = math.log(lo_hi[0]), math.log(lo_hi[1])
         return torch.exp(lo + (hi - lo) * torch.rand(n, generator=g, dtype=torch.float64))
 
-    def sample_params(self, B: int, g: torch.Generator) -> dict[str, Tensor]:
-        """Kernel structures and hyperparameters for B tasks (float64 or bool/int tensors of shape [B])."""
+    def sample_params(self, batch_size: int, g: torch.Generator) -> dict[str, Tensor]:
+        """Kernel structures and hyperparameters for ``batch_size`` tasks (float64 or bool/int tensors of shape [B])."""
+        B = batch_size
 
         def coin(p: float) -> Tensor:
             return torch.rand(B, generator=g, dtype=torch.float64) < p
