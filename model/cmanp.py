@@ -4,7 +4,7 @@ One readable file: the config, the small modules, and the model. Shapes use
 B = batch, N = context points, M = queries, K = CMAB blocks, H = heads,
 L = latents per block, D = d_model, Dh = D / H.
 
-Why it is built this way (see ../shared/docs/cmanp-notes.md):
+Why it is built this way (see docs/MODEL.md):
 
 * Each CMAB's first cross-attention uses fixed queries (its learned latents), so
   it can be summarised by two log-sum-exp accumulators per block, head and

@@ -1,6 +1,6 @@
 """CMANP-AND: joint (not-diagonal) Gaussian predictions over blocks of targets, autoregressively.
 
-A CMANP plus a joint head (cmanp-notes.md, section 5). For a block of up to ``block_size`` (b_Q)
+A CMANP plus a joint head (docs/MODEL.md). For a block of up to ``block_size`` (b_Q)
 targets, the decoder's per-target encodings give:
 
 * a mean per target, from an MLP;

@@ -54,6 +54,7 @@ class SessionInfo:
     y_transform: dict[str, list[float]]
     out_of_range_fraction: float
     calibration: dict[str, Any]  # status, coverage, PIT histogram, ... (see the API docs)
+    y_scaling: str = "given"  # or "auto-provisional" / "auto-fixed" ("y_transform": "auto")
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class ModelInfo:
     metrics: dict[str, Any] | None
     default: bool
     joint_block_size: int | None = None  # set for models with a joint head (covariances, samples)
+    y_transform_default: str | None = None  # "auto": sessions without a y_transform scale themselves
 
 
 def _from_json(cls: type[T], data: dict[str, Any]) -> T:
@@ -123,7 +125,7 @@ class _Call:
 def _create_call(
     model: str | None,
     x_transform: dict[str, Any] | None,
-    y_transform: dict[str, Any] | None,
+    y_transform: dict[str, Any] | str | None,
     ttl_seconds: int | None,
 ) -> _Call:
     body = {"model": model, "x_transform": x_transform, "y_transform": y_transform, "ttl_seconds": ttl_seconds}
@@ -242,7 +244,7 @@ class CMANPClient:
         self,
         model: str | None = None,
         x_transform: dict[str, Any] | None = None,
-        y_transform: dict[str, Any] | None = None,
+        y_transform: dict[str, Any] | str | None = None,
         ttl_seconds: int | None = None,
     ) -> SessionInfo:
         return _session(self._send(_create_call(model, x_transform, y_transform, ttl_seconds)))
@@ -322,7 +324,7 @@ class AsyncCMANPClient:
         self,
         model: str | None = None,
         x_transform: dict[str, Any] | None = None,
-        y_transform: dict[str, Any] | None = None,
+        y_transform: dict[str, Any] | str | None = None,
         ttl_seconds: int | None = None,
     ) -> SessionInfo:
         return _session(await self._send(_create_call(model, x_transform, y_transform, ttl_seconds)))

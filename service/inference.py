@@ -38,7 +38,8 @@ from model import CMANPState
 from service.calibration import FOLDS, Aggregates, Scores, prequential_blocks
 from service.errors import CorruptStateError
 from service.registry import ServedModel
-from service.store import Fold, Session, Snapshot
+from service.store import Fold, Session, Snapshot, fixed_y_fields
+from service.transforms import MAX_MODEL_VALUE, AffineMap, auto_y_map
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ T = TypeVar("T")
 
 
 def log_entry(x: np.ndarray, y: np.ndarray) -> bytes:
-    """A context post as stored in the session log: float32 rows [x | y] in model units."""
+    """A context post as stored in the session log: float32 rows [x | y], x in model units, y in
+    model units (or in user units, for an auto-scaled session: see ``service.transforms``)."""
     return np.concatenate([x, y], axis=1).astype("<f4").tobytes()
 
 
@@ -65,10 +67,30 @@ def stored_state(model: ServedModel, snapshot: Snapshot) -> CMANPState:
 
 
 def _log_points(model: ServedModel, entries: list[bytes]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The points of log entries: x [1, n, dim_x] and y [1, n, dim_y], model units (n may be 0)."""
+    """The points of log entries as stored: x [1, n, dim_x] and y [1, n, dim_y] (n may be 0)."""
     rows = np.frombuffer(b"".join(entries), dtype="<f4").reshape(1, -1, model.dim_x + model.dim_y)
     points = torch.from_numpy(rows.copy())
     return points[..., : model.dim_x], points[..., model.dim_x :]
+
+
+def y_map_of(model: ServedModel, snapshot: Snapshot) -> AffineMap:
+    """The y map the snapshot is served with: the stored one, or, while an auto-scaled session has
+    not folded yet, the auto map of every point in its log (which then holds all of its points)."""
+    if not snapshot.session.y_provisional:
+        return snapshot.session.y_transform
+    return auto_y_map(_log_points(model, snapshot.log)[1][0].numpy())
+
+
+def _model_points(
+    model: ServedModel, session: Session, y_map: AffineMap, entries: list[bytes]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log entries in model units. An auto-scaled session's y is scaled here, and clipped to the
+    model's accepted range: a post validated against an older copy of its map cannot poison a fold."""
+    x, y = _log_points(model, entries)
+    if session.y_auto and y.shape[1]:
+        scaled = np.clip(y_map.to_model(y[0].double().numpy()), -MAX_MODEL_VALUE, MAX_MODEL_VALUE)
+        y = torch.from_numpy(scaled.astype(np.float32)).unsqueeze(0)
+    return x, y
 
 
 @dataclass(frozen=True)
@@ -102,8 +124,16 @@ class FoldedStates:
         self._entries: OrderedDict[tuple[str, str], _Folded] = OrderedDict()
         self._lock = threading.Lock()  # worker threads share the cache
 
-    def state(self, model: ServedModel, snapshot: Snapshot) -> CMANPState:
-        """The snapshot's state with its log folded in; call under ``torch.inference_mode``."""
+    def state(self, model: ServedModel, snapshot: Snapshot) -> tuple[CMANPState, AffineMap]:
+        """The snapshot's state with its log folded in, and the y map it is in; call under
+        ``torch.inference_mode``. A provisional auto map changes with every post, so such states
+        are folded afresh and not kept."""
+        session, y_map = snapshot.session, y_map_of(model, snapshot)
+        if session.y_provisional:
+            state = stored_state(model, snapshot)
+            if snapshot.log:
+                state = model.net.update(state, *_model_points(model, session, y_map, snapshot.log))
+            return state, y_map
         key = (model.fingerprint, snapshot.session.session_id)
         with self._lock:
             cached = self._entries.get(key)
@@ -112,10 +142,10 @@ class FoldedStates:
         else:
             state, done = stored_state(model, snapshot), 0
         if done < len(snapshot.log):
-            state = model.net.update(state, *_log_points(model, snapshot.log[done:]))
+            state = model.net.update(state, *_model_points(model, session, y_map, snapshot.log[done:]))
         if self.capacity and (cached is None or state is not cached.state):
             self._remember(key, _Folded(snapshot.state, snapshot.log, snapshot.session.num_points, state))
-        return state
+        return state, y_map
 
     def _remember(self, key: tuple[str, str], entry: _Folded) -> None:
         with self._lock:
@@ -155,31 +185,34 @@ def _interpolation_scores(model: ServedModel, before: CMANPState, x: torch.Tenso
     )
 
 
-def _fold_and_score(model: ServedModel, snapshot: Snapshot, scoring: bool) -> tuple[CMANPState, Scores]:
+def _fold_and_score(model: ServedModel, snapshot: Snapshot, scoring: bool) -> tuple[CMANPState, Scores, AffineMap]:
     """The snapshot's state with its log folded in, the log's out-of-range count and (if scoring) its
     held-out scores: forecast (each block by the state before it) and interpolation (each share of
-    the batch by the state without it)."""
+    the batch by the state without it); and the y map of the points."""
     net = model.net
     state = stored_state(model, snapshot)
+    y_map = y_map_of(model, snapshot)
     if not snapshot.log:
-        return state, Scores()
-    x, y = _log_points(model, snapshot.log)
+        return state, Scores(), y_map
+    x, y = _model_points(model, snapshot.session, y_map, snapshot.log)
     forecast = Aggregates(out_of_range=model.training_range.count_outside(x[0].numpy(), y[0].numpy()))
     if not scoring:
-        return net.update(state, x, y), Scores(forecast=forecast)
+        return net.update(state, x, y), Scores(forecast=forecast), y_map
     interpolation = _interpolation_scores(model, state, x, y)
     for start, stop in prequential_blocks(int(state.num_points[0]), x.shape[1]):
         block_x, block_y = x[:, start:stop], y[:, start:stop]
         mean, variance = net.predict(state, block_x)
         forecast += Aggregates.of_scores(block_y[0], mean[0], variance[0])
         state = net.update(state, block_x, block_y)
-    return state, Scores(interpolation, forecast)
+    return state, Scores(interpolation, forecast), y_map
 
 
 def _fold(model: ServedModel, snapshot: Snapshot, scoring: bool) -> Fold:
     with torch.inference_mode():
-        state, scores = _fold_and_score(model, snapshot, scoring)
-        return Fold(state.to_bytes(), scores.to_sums())
+        state, scores, y_map = _fold_and_score(model, snapshot, scoring)
+        # The first fold of an auto-scaled session fixes its map: the state is in its units from now on.
+        fields = fixed_y_fields(y_map) if snapshot.session.y_provisional else {}
+        return Fold(state.to_bytes(), scores.to_sums(), fields)
 
 
 def _score(model: ServedModel, snapshot: Snapshot, scoring: bool) -> Scores:
@@ -194,7 +227,7 @@ class _Predict:
     model: ServedModel
     snapshot: Snapshot
     x: np.ndarray
-    result: asyncio.Future[tuple[np.ndarray, np.ndarray, Session]]
+    result: asyncio.Future[tuple[np.ndarray, np.ndarray, Session, AffineMap]]
 
 
 def _newest_snapshots(batch: list[_Predict]) -> dict[str, Snapshot]:
@@ -215,7 +248,7 @@ def _newest_snapshots(batch: list[_Predict]) -> dict[str, Snapshot]:
 
 def _predict_batch(
     model: ServedModel, batch: list[_Predict], folded: FoldedStates
-) -> list[tuple[np.ndarray, np.ndarray, Session] | Exception]:
+) -> list[tuple[np.ndarray, np.ndarray, Session, AffineMap] | Exception]:
     """Predict for several sessions in one model call; a session whose state fails gets its own error.
 
     Each distinct state is one row of the call, with the queries of every request on it side by
@@ -227,21 +260,22 @@ def _predict_batch(
     repeated predict on an unchanged session decodes only. Each result carries the session (with
     its counters) of the snapshot it was computed from.
     """
-    results: list[tuple[np.ndarray, np.ndarray, Session] | Exception | None] = [None] * len(batch)
+    results: list[tuple[np.ndarray, np.ndarray, Session, AffineMap] | Exception | None] = [None] * len(batch)
     rows: dict[int, tuple[CMANPState, list[int]]] = {}  # id(state) -> (state, indices in batch)
     newest = _newest_snapshots(batch)
     with torch.inference_mode():
-        by_session: dict[str, CMANPState | Exception] = {}
+        by_session: dict[str, tuple[CMANPState, AffineMap] | Exception] = {}
         for session_id, snapshot in newest.items():
             try:
                 by_session[session_id] = folded.state(model, snapshot)
             except Exception as e:  # noqa: BLE001 - handed to the requests on it, which re-raise it
                 by_session[session_id] = e
         for i, item in enumerate(batch):
-            state = by_session[item.snapshot.session.session_id]
-            if isinstance(state, Exception):
-                results[i] = state
+            folded_state = by_session[item.snapshot.session.session_id]
+            if isinstance(folded_state, Exception):
+                results[i] = folded_state
                 continue
+            state = folded_state[0]
             rows.setdefault(id(state), (state, []))[1].append(i)
         if not rows:
             return results  # type: ignore[return-value]
@@ -256,8 +290,9 @@ def _predict_batch(
         start = 0
         for i in indices:
             stop = start + len(batch[i].x)
-            session = newest[batch[i].snapshot.session.session_id].session
-            results[i] = (mean[row, start:stop], variance[row, start:stop], session)
+            session_id = batch[i].snapshot.session.session_id
+            y_map = by_session[session_id][1]  # type: ignore[index] - rows hold states, not errors
+            results[i] = (mean[row, start:stop], variance[row, start:stop], newest[session_id].session, y_map)
             start = stop
     return results  # type: ignore[return-value] - every entry is set
 
@@ -269,6 +304,7 @@ class Predicted:
     mean: np.ndarray  # [m, dim_y]
     variance: np.ndarray  # [m, dim_y]
     session: Session  # its num_points and version: what the prediction includes
+    y_transform: AffineMap  # the y map of the state it was made from (back to user units)
     covariance: np.ndarray | None = None  # [dim_y, m, m], when asked for (joint head only)
     samples: np.ndarray | None = None  # [num_samples, m, dim_y], when asked for (joint head only)
 
@@ -287,7 +323,7 @@ def _predict_joint(
     with torch.inference_mode():
         # Sampling folds values into per-path copies of the state, never into the state itself
         # (which other predicts share), and nothing here is ever written back to the store.
-        state = folded.state(model, snapshot)
+        state, y_map = folded.state(model, snapshot)
         xq = torch.from_numpy(x).unsqueeze(0)
         covariance = samples = None
         if joint:
@@ -300,7 +336,7 @@ def _predict_joint(
         if num_samples is not None:
             generator = torch.Generator().manual_seed(seed if seed is not None else secrets.randbits(63))
             samples = net.sample(state, xq, num_samples, generator=generator)[:, 0].double().numpy()
-        return Predicted(mean[0].double().numpy(), variance, snapshot.session, covariance, samples)
+        return Predicted(mean[0].double().numpy(), variance, snapshot.session, y_map, covariance, samples)
 
 
 class Inference:

@@ -29,6 +29,9 @@ class ServedModel:
     metrics: dict[str, Any] | None
     empty_state: bytes  # the state blob of a new session
     training_range: TrainingRange
+    # The card's "y_transform_default": "auto" for a model trained on standardised data (sessions that
+    # give no y_transform are scaled from their own points); None: the identity, as for the paper model.
+    y_transform_default: str | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -53,8 +56,9 @@ class ServedModel:
         card = path.with_suffix(".json")
         metrics = json.loads(card.read_text()) if card.is_file() else None
         y_range = (metrics or {}).pop("y_range", None)
+        y_default = (metrics or {}).pop("y_transform_default", None)
         training_range = TrainingRange(net.cfg.x_range, tuple(y_range) if y_range else None)
-        return cls(path.stem, net, metrics, net.empty_state(batch_size=1).to_bytes(), training_range)
+        return cls(path.stem, net, metrics, net.empty_state(batch_size=1).to_bytes(), training_range, y_default)
 
 
 class ModelRegistry:

@@ -68,7 +68,11 @@ class AffineOut(BaseModel):
 class CreateSession(Body):
     model: str | None = Field(None, description="a name from GET /v1/models; default: the default model")
     x_transform: Affine | Bounds | None = None
-    y_transform: Affine | None = None
+    y_transform: Affine | Literal["auto"] | None = Field(
+        None,
+        description='"auto": scaled from the session\'s own points (fixed at its first fold); default: the '
+        "model's (GET /v1/models: y_transform_default), else the identity",
+    )
     ttl_seconds: int | None = Field(None, ge=1, description="idle expiry; default: CMANP_SESSION_TTL_SECONDS")
 
 
@@ -108,6 +112,10 @@ class SessionInfo(BaseModel):
     expires_at: str
     x_transform: AffineOut
     y_transform: AffineOut
+    y_scaling: Literal["given", "auto-provisional", "auto-fixed"] = Field(
+        description="how y_transform was set: by the creator, or from the session's points (provisional until "
+        "the first fold, then fixed)"
+    )
     out_of_range_fraction: float = Field(
         description="fraction of the points whose x or y lies outside the model's training range (model units)"
     )
@@ -186,6 +194,9 @@ class ModelInfo(BaseModel):
     config: dict[str, Any]
     metrics: dict[str, Any] | None = Field(description="headline eval numbers from the model card, if any")
     default: bool
+    y_transform_default: str | None = Field(
+        description='"auto": sessions that give no y_transform are scaled from their own points; null: identity'
+    )
     joint_block_size: int | None = Field(
         description="targets per joint block (b_Q) of a model with a joint head (joint, num_samples); else null"
     )

@@ -4,7 +4,8 @@ Keys, all with the hash tag ``{session_id}`` so that a session lives in one Redi
 
     cmanp:{id}:meta   hash    owner, pinned model name + fingerprint, transforms, TTL, counters
     cmanp:{id}:state  string  the model's versioned state blob (constant size)
-    cmanp:{id}:log    list    context posts not yet folded into the state (float32, model units)
+    cmanp:{id}:log    list    context posts not yet folded into the state (float32, model units;
+                              y in user units for a session with "y_transform": "auto")
     cmanp:{id}:idem   string  a ring of the last ``idempotency_keys`` idempotency records, each
                               digest(key) | digest(request) | num_points | version (64 bytes),
                               allocated in full when the session is created
@@ -120,7 +121,8 @@ end
     + "return {'ok', num_points, version, log_points}"
 )
 
-# ARGV: fold epoch of the snapshot, log entries folded, points folded, new state, then pairs of
+# ARGV: fold epoch of the snapshot, log entries folded, points folded, new state, the number of
+# meta fields to set, then pairs of meta field and value to set (the fold's fields), then pairs of
 # meta field and amount to add (the fold's sums).
 _COMMIT_FOLD = (
     """
@@ -129,7 +131,9 @@ redis.call('SET', KEYS[2], ARGV[4])
 redis.call('LTRIM', KEYS[3], tonumber(ARGV[2]), -1)
 redis.call('HINCRBY', KEYS[1], 'log_points', -tonumber(ARGV[3]))
 redis.call('HINCRBY', KEYS[1], 'fold_epoch', 1)
-for i = 5, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local sums = 6 + 2 * tonumber(ARGV[5])
+for i = 6, sums - 1, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = sums, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1]) end
 """
     + _TOUCH
     + "return 1"
@@ -142,6 +146,15 @@ def session_keys(session_id: str) -> list[str]:
 
 def _digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
+
+
+def _affine_meta(t: AffineMap) -> str:
+    return orjson.dumps({"shift": t.shift, "scale": t.scale}, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
+def fixed_y_fields(y_map: AffineMap) -> dict[str, str]:
+    """The meta fields that fix an auto-scaled session's y map (set by its first fold's commit)."""
+    return {"y_transform": _affine_meta(y_map), "y_fixed": "1"}
 
 
 @dataclass(frozen=True)
@@ -160,6 +173,15 @@ class Session:
     version: int = 0  # context posts applied
     state_bytes: int = 0
     sums: dict[str, float] = field(default_factory=dict)  # what the committed folds added up (Fold.sums)
+    # "y_transform": "auto": the log holds y in user units, and y_transform is a placeholder until
+    # the first fold fixes it (service.transforms.auto_y_map).
+    y_auto: bool = False
+    y_fixed: bool = True
+
+    @property
+    def y_provisional(self) -> bool:
+        """True while the y map is recomputed from the session's points on every read."""
+        return self.y_auto and not self.y_fixed
 
     @property
     def dim_x(self) -> int:
@@ -172,9 +194,7 @@ class Session:
     def initial_meta(self) -> dict[str, str]:
         """The meta hash of a new session: its fixed fields, and counters at zero."""
 
-        def affine(t: AffineMap) -> str:
-            return orjson.dumps({"shift": t.shift, "scale": t.scale}, option=orjson.OPT_SERIALIZE_NUMPY).decode()
-
+        affine = _affine_meta
         return {
             "tenant": self.tenant,
             "model": self.model,
@@ -188,6 +208,8 @@ class Session:
             "log_points": "0",
             "fold_epoch": "0",
             "idem_next": "0",
+            "y_auto": "1" if self.y_auto else "0",
+            "y_fixed": "1" if self.y_fixed else "0",
         }
 
     def fixed_fields(self) -> tuple:
@@ -209,12 +231,15 @@ class Session:
             y.scale,
             self.created_at,
             self.ttl_seconds,
+            self.y_auto,
+            self.y_fixed,
         )
 
     @classmethod
     def from_fixed_fields(cls, session_id: str, fields: tuple) -> Session:
-        """A Session from ``fixed_fields()``; its counters are zero."""
-        tenant, model, fingerprint, x_shift, x_scale, y_shift, y_scale, created_at, ttl_seconds = fields
+        """A Session from ``fixed_fields()``; its counters are zero. Its y map may be older than the
+        stored one (an auto map fixed by a fold since), so ``y_fixed`` is only ever a lower bound."""
+        tenant, model, fingerprint, x_shift, x_scale, y_shift, y_scale, created_at, ttl, y_auto, y_fixed = fields
         return cls(
             session_id,
             tenant,
@@ -223,7 +248,9 @@ class Session:
             AffineMap(x_shift, x_scale),
             AffineMap(y_shift, y_scale),
             created_at,
-            ttl_seconds,
+            ttl,
+            y_auto=y_auto,
+            y_fixed=y_fixed,
         )
 
     @classmethod
@@ -244,6 +271,8 @@ class Session:
             version=int(meta["version"]),
             state_bytes=state_bytes,
             sums={k.removeprefix(SUM_PREFIX): float(v) for k, v in meta.items() if k.startswith(SUM_PREFIX)},
+            y_auto=meta.get("y_auto") == "1",  # sessions created before auto scaling have neither field
+            y_fixed=meta.get("y_fixed", "1") == "1",
         )
 
 
@@ -260,10 +289,12 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class Fold:
-    """A snapshot's state with its log folded in, and sums to add to the session's record with it."""
+    """A snapshot's state with its log folded in, sums to add to the session's record with it, and
+    meta fields to set with it (e.g. the auto y map the fold fixed)."""
 
     state: bytes
     sums: dict[str, float] = field(default_factory=dict)
+    fields: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -524,6 +555,9 @@ class SessionStore:
         """Replace the state by the fold's (= snapshot state + snapshot log) and add its sums, unless
         another fold came first."""
         args: list[bytes | str | int] = [snapshot.fold_epoch, len(snapshot.log), snapshot.log_points, fold.state]
+        args.append(len(fold.fields))
+        for name, value in fold.fields.items():
+            args += [name, value]
         for name, amount in fold.sums.items():
             args += [SUM_PREFIX + name, repr(amount)]
         return bool(await self._commit_fold(keys=session_keys(snapshot.session.session_id), args=args))

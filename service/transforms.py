@@ -75,6 +75,36 @@ def resolve_y(spec: Affine | None, dim: int) -> AffineMap:
     return AffineMap(_per_dim(spec.shift, dim, "y_transform.shift"), _per_dim(spec.scale, dim, "y_transform.scale"))
 
 
+# Raw y of an auto-scaled session is stored as float32 before it is scaled: keep it far from
+# float32's overflow, so that sums of squares for the scale stay finite.
+MAX_RAW_VALUE = 1e30
+
+
+def auto_y_map(y: np.ndarray) -> AffineMap:
+    """The auto y map of points y [n, dim] (user units): their mean and standard deviation.
+
+    With fewer than two distinct values there is no spread to measure: the scale is then |mean|
+    (1 for a mean of 0), a guess that keeps the model's prior band as wide as the data's magnitude.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    if len(y) == 0:
+        return AffineMap(np.zeros(y.shape[1]), np.ones(y.shape[1]))
+    shift, spread = y.mean(axis=0), y.std(axis=0)
+    fallback = np.where(np.abs(shift) > 0, np.abs(shift), 1.0)
+    scale = np.where(spread > 1e-12 * np.maximum(1.0, np.abs(shift)), spread, fallback)
+    return AffineMap(shift, scale)
+
+
+def raw_points(points: list[list[float]], dim: int, name: str) -> np.ndarray:
+    """Validated y rows of an auto-scaled session, user units, float32 [n, dim]."""
+    if len(points[0]) != dim:
+        raise UnprocessableError(f"{name} has {len(points[0])} features per point, the session's model expects {dim}")
+    out = np.asarray(points, dtype=np.float64)
+    if not (np.abs(out) <= MAX_RAW_VALUE).all():
+        raise UnprocessableError(f"{name} has values beyond ±{MAX_RAW_VALUE:g}: rescale them before posting")
+    return out.astype(np.float32)
+
+
 def model_points(points: list[list[float]], transform: AffineMap, name: str) -> np.ndarray:
     """Validated request rows (user units) -> float32 [n, dim] in model units; 422 if they do not fit."""
     dim = len(transform.shift)

@@ -1,4 +1,4 @@
-"""GP meta-regression tasks, as in the benchmark protocol (cmanp-notes.md, section 6).
+"""GP meta-regression tasks, as in the benchmark protocol (docs/MODEL.md, section 6).
 
 Each task draws its own kernel hyperparameters; a batch shares its context and target sizes.
 Sampling is exact (float64 Cholesky of the joint covariance of context and targets).

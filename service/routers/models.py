@@ -26,6 +26,7 @@ async def list_models(services: ServicesDep, _: TenantDep) -> ModelList:
             metrics=m.metrics,
             default=m.name == registry.default,
             joint_block_size=m.joint_block_size,
+            y_transform_default=m.y_transform_default,
         )
         for m in registry.models.values()
     ]

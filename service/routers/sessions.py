@@ -22,7 +22,7 @@ from fastapi import APIRouter, Header, Response
 from service.calibration import Scores
 from service.dependencies import ServicesDep, TenantDep
 from service.errors import TooLargeError, UnprocessableError
-from service.inference import log_entry
+from service.inference import log_entry, y_map_of
 from service.registry import ServedModel
 from service.routers import API_PREFIX, PROBLEM_RESPONSES
 from service.schemas import (
@@ -37,7 +37,7 @@ from service.schemas import (
 )
 from service.settings import Settings
 from service.store import Fold, Session
-from service.transforms import AffineMap, model_points, resolve_x, resolve_y
+from service.transforms import AffineMap, model_points, raw_points, resolve_x, resolve_y
 
 SESSION_ID_BYTES = 24  # 192 random bits
 
@@ -66,7 +66,11 @@ def _affine_out(t: AffineMap) -> AffineOut:
     return AffineOut(shift=t.shift.tolist(), scale=t.scale.tolist())
 
 
-def _info(session: Session, calibration: Scores, scoring: bool) -> SessionInfo:
+def _y_scaling(session: Session) -> str:
+    return "given" if not session.y_auto else "auto-provisional" if session.y_provisional else "auto-fixed"
+
+
+def _info(session: Session, calibration: Scores, scoring: bool, y_map: AffineMap | None = None) -> SessionInfo:
     # Every read refreshes the TTL, so the session now expires one TTL from now.
     return SessionInfo(
         session_id=session.session_id,
@@ -81,7 +85,8 @@ def _info(session: Session, calibration: Scores, scoring: bool) -> SessionInfo:
         created_at=_iso(session.created_at),
         expires_at=_iso(time.time() + session.ttl_seconds),
         x_transform=_affine_out(session.x_transform),
-        y_transform=_affine_out(session.y_transform),
+        y_transform=_affine_out(y_map or session.y_transform),
+        y_scaling=_y_scaling(session),
         out_of_range_fraction=calibration.out_of_range / session.num_points if session.num_points else 0.0,
         calibration=calibration.report(enabled=scoring),
     )
@@ -102,15 +107,19 @@ async def create_session(
     ttl = body.ttl_seconds or settings.session_ttl_seconds
     if ttl > settings.max_session_ttl_seconds:
         raise UnprocessableError(f"ttl_seconds={ttl} exceeds the limit of {settings.max_session_ttl_seconds}")
+    y_spec = body.y_transform if body.y_transform is not None else model.y_transform_default
+    auto = y_spec == "auto"
     session = Session(
         session_id=secrets.token_urlsafe(SESSION_ID_BYTES),
         tenant=tenant,
         model=model.name,
         fingerprint=model.fingerprint,
         x_transform=resolve_x(body.x_transform, model.dim_x, model.net.cfg.x_range),
-        y_transform=resolve_y(body.y_transform, model.dim_y),
+        y_transform=resolve_y(None if auto else y_spec, model.dim_y),  # auto: a placeholder until fixed
         created_at=time.time(),
         ttl_seconds=ttl,
+        y_auto=auto,
+        y_fixed=not auto,
     )
     await services.quota.admit(tenant, session.session_id, ttl)
     try:
@@ -133,7 +142,8 @@ async def get_session(session_id: str, services: ServicesDep, tenant: TenantDep)
     model = services.registry.serving(session.model, session.fingerprint)
     if model is not None and snapshot.log:
         calibration += await services.inference.score_log(model, snapshot)
-    return _info(session, calibration, services.inference.scoring)
+    y_map = y_map_of(model, snapshot) if model is not None else None
+    return _info(session, calibration, services.inference.scoring, y_map)
 
 
 @router.delete("/{session_id}", status_code=204)
@@ -157,7 +167,12 @@ async def add_context(
     session = await services.store.fixed(session_id, tenant)  # counters not read here: the append returns them
     model = services.registry.pinned(session.model, session.fingerprint)
     x = model_points(body.x, session.x_transform, "x")
-    y = model_points(body.y, session.y_transform, "y")
+    if session.y_auto:  # the log keeps user units; checked against the map if it is fixed already
+        y = raw_points(body.y, session.dim_y, "y")
+        if session.y_fixed:
+            model_points(body.y, session.y_transform, "y")
+    else:
+        y = model_points(body.y, session.y_transform, "y")
     compute_fold = functools.partial(services.inference.fold, model)
 
     def record_fold(fold: Fold) -> None:
@@ -212,14 +227,20 @@ async def predict(session_id: str, body: Query, services: ServicesDep, tenant: T
     _check_joint(body, model, services.settings)
     x = model_points(body.x, session.x_transform, "x")
     out = await services.inference.predict(model, snapshot, x, body.joint, body.num_samples, body.seed)
-    y_map = session.y_transform
+    y_map = out.y_transform
+    warnings = model.training_range.query_warnings(x)
+    if session.y_provisional:
+        warnings.append(
+            f"y_transform is auto and provisional: the mean and standard deviation of the {out.session.num_points} "
+            f"points so far (fixed at the session's first fold, after {services.settings.fold_threshold_points} points)"
+        )
     with np.errstate(over="ignore"):
         result = {
             "mean": y_map.mean_to_user(out.mean),
             "variance": y_map.variance_to_user(out.variance),
             "num_points": out.session.num_points,  # a concurrent predict's newer snapshot may have served it
             "version": out.session.version,
-            "warnings": model.training_range.query_warnings(x),
+            "warnings": warnings,
         }
         if out.covariance is not None:
             result["covariance"] = y_map.covariance_to_user(out.covariance)

@@ -1,5 +1,5 @@
 """The vectorised model (blocks stacked, norms folded into weights, batched key/value
-projections) computes the CMANP maths of cmanp-notes.md section 4, checked against a plain
+projections) computes the CMANP maths of docs/MODEL.md section 3, checked against a plain
 re-derivation from the parameters: one block at a time, explicit LayerNorms, softmax attention."""
 
 import pytest
