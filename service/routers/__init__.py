@@ -1,4 +1,4 @@
-"""One APIRouter per resource: health (and metrics), models, sessions, and the demo page.
+"""One APIRouter per resource: health (and metrics), models, sessions, the demo page and the API docs.
 
 The version prefix is part of each router's own prefix, so that a route's path (used as the
 metrics label and in Location headers) is its full public path.
