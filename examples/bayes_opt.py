@@ -2,9 +2,10 @@
 
 Start the service (`make run`), then:
 
-    python examples/bayes_opt.py [--url http://127.0.0.1:8000] [--model NAME] [--out bayes_opt.png] [--quick]
+    python examples/bayes_opt.py [--url http://127.0.0.1:8000] [--model NAME] [--out PNG] [--quick]
 
-Without --model it uses a served model with a joint head, if there is one.
+Without --model it uses a served model with a joint head, if there is one (else the service's
+default model). The PNG goes to examples/out/bayes_opt.png (git-ignored) unless --out says otherwise.
 
 The target is the Forrester et al. (2008) function f(x) = (6x - 2)^2 sin(12x - 4) on [0, 1], to be
 minimised (global minimum -6.0207 at x = 0.7572). After a few random evaluations, each step draws
@@ -24,13 +25,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # writes a file; no display needed
 import matplotlib.pyplot as plt
 import numpy as np
-from example_options import service_parser
+from example_options import prepared, service_parser
 
 from service.client import CMANPClient, CMANPError
 
@@ -38,6 +40,7 @@ X_LOW, X_HIGH = 0.0, 1.0
 F_MIN, X_MIN = -6.020740, 0.757249  # Forrester's global minimum
 # f spans about [-6, 16]: this puts its values near the unit scale the model was trained on.
 Y_TRANSFORM = {"shift": 2.0, "scale": 5.0}
+MODEL_HELP = "default: the first served model with a joint head (joint samples), else the service's default model"
 
 
 def forrester(x: np.ndarray) -> np.ndarray:
@@ -45,7 +48,7 @@ def forrester(x: np.ndarray) -> np.ndarray:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = service_parser(__doc__, "bayes_opt.png")
+    parser = service_parser(__doc__, "bayes_opt.png", model_help=MODEL_HELP)
     parser.add_argument("--quick", action="store_true", help="10 steps on a 101-point grid instead of 25 on 401")
     parser.add_argument("--initial", type=int, default=3, help="random evaluations before the first sample")
     parser.add_argument("--seed", type=int, default=1)
@@ -85,7 +88,7 @@ class Sampler:
 
 
 def plot(
-    client: CMANPClient, session_id: str, grid: np.ndarray, xs: list[float], ys: list[float], initial: int, out: str
+    client: CMANPClient, session_id: str, grid: np.ndarray, xs: list[float], ys: list[float], initial: int, out: Path
 ) -> None:
     p = client.predict(session_id, grid)
     mean, sd = p.mean[:, 0], np.sqrt(p.variance[:, 0])
@@ -106,7 +109,7 @@ def plot(
     right.set(xlabel="evaluations", ylabel="regret: best f so far - min f", title="simple regret")
     right.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    fig.savefig(prepared(out), dpi=120)
     plt.close(fig)
 
 

@@ -2,25 +2,27 @@
 
 Start the service (`make run`), then:
 
-    python examples/streaming_regression.py [--url http://127.0.0.1:8000] [--out streaming_regression.png] [--quick]
+    python examples/streaming_regression.py [--url http://127.0.0.1:8000] [--out PNG] [--quick]
 
 A sensor sampled at random times in [0, 60] s is posted one reading at a time. At a few checkpoints
 the script predicts on a grid, prints the average predictive standard deviation, the RMSE of the
 mean against the true signal and the session's state size, and finally plots the mean ± 2σ band at
 each checkpoint. The session maps the time axis [0, 60] onto the model's input range, so readings
-are posted in seconds. --quick streams fewer readings (used by the tests).
+are posted in seconds. --quick streams fewer readings (used by the tests). The PNG goes to
+examples/out/streaming_regression.png (git-ignored) unless --out says otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # writes a file; no display needed
 import matplotlib.pyplot as plt
 import numpy as np
-from example_options import service_parser
+from example_options import prepared, service_parser
 
 from service.client import CMANPClient, Prediction
 
@@ -40,7 +42,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def plot(
-    checkpoints: list[tuple[Prediction, int]], grid: np.ndarray, times: np.ndarray, readings: np.ndarray, out: str
+    checkpoints: list[tuple[Prediction, int]], grid: np.ndarray, times: np.ndarray, readings: np.ndarray, out: Path
 ) -> None:
     fig, axes = plt.subplots(1, len(checkpoints), figsize=(4 * len(checkpoints), 3.2), sharey=True, squeeze=False)
     for ax, (p, state_bytes) in zip(axes[0], checkpoints, strict=True):
@@ -55,7 +57,7 @@ def plot(
     axes[0, 0].set_ylim(-2.5, 2.5)
     axes[0, 0].legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    fig.savefig(prepared(out), dpi=120)
     plt.close(fig)
 
 

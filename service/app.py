@@ -1,6 +1,7 @@
 """The FastAPI app: ``create_app(settings)`` wires Redis, the models, the routers and the error handlers.
 
-The live demo page is served at ``/demo`` (``service.routers.demo``).
+The live demo page is served at ``/demo`` (``service.routers.demo``), the API docs at ``/docs``
+from files the app serves itself (``service.routers.docs``; no ReDoc).
 
 Startup (lifespan): use ``CMANP_REDIS_URL`` (a Redis Cluster with ``CMANP_REDIS_CLUSTER=true``),
 or start the bundled redis-server on ``CMANP_REDIS_DATA_DIR``; load every checkpoint in
@@ -42,7 +43,7 @@ from service.metrics import Metrics
 from service.quota import SessionQuota
 from service.rate_limit import RateLimiter
 from service.registry import ModelRegistry
-from service.routers import demo, health, models, sessions
+from service.routers import demo, docs, health, models, sessions
 from service.schemas import OrjsonResponse
 from service.settings import Settings
 from service.store import SessionStore
@@ -119,6 +120,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1",
         lifespan=lifespan,
         default_response_class=OrjsonResponse,
+        docs_url=None,  # served by service.routers.docs, whose Swagger UI files need no CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     install_error_handlers(app)
@@ -138,4 +141,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(sessions.router)
     app.include_router(demo.router)
+    app.include_router(docs.router)
     return app

@@ -1,8 +1,9 @@
 """Errors as RFC 9457 problem details: ``{type, title, detail, status}``, media type application/problem+json.
 
 Handlers raise a ``ServiceError`` subclass; the status code is a property of the class. Request
-validation errors become 422 (400 for malformed JSON), Redis outages become 503 with
-``Retry-After``, and anything unexpected is logged and becomes a bare 500 that leaks nothing.
+validation errors become 422 (400 for malformed JSON, 415 for a body not sent as JSON), Redis
+outages become 503 with ``Retry-After``, and anything unexpected is logged and becomes a bare 500
+that leaks nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.schemas import OrjsonResponse
+from service.schemas import BRANCH_TAGS, OrjsonResponse
 
 logger = logging.getLogger(__name__)
 
@@ -86,9 +87,14 @@ class UnavailableError(ServiceError):
     headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
+def _location(loc: tuple[int | str, ...]) -> str:
+    """``body.x.1``: the path to the bad value, without the tags of two-shape fields (service.schemas)."""
+    return ".".join(str(part) for part in loc if part not in BRANCH_TAGS)
+
+
 def _format_validation_errors(exc: RequestValidationError) -> str:
     errors = exc.errors()
-    parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:MAX_REPORTED_VALIDATION_ERRORS]]
+    parts = [f"{_location(e['loc'])}: {e['msg']}" for e in errors[:MAX_REPORTED_VALIDATION_ERRORS]]
     more = len(errors) - MAX_REPORTED_VALIDATION_ERRORS
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
@@ -97,10 +103,22 @@ async def _service_error(_: Request, exc: ServiceError) -> ProblemResponse:
     return problem(exc.status, exc.detail, exc.headers)
 
 
-async def _validation_error(_: Request, exc: RequestValidationError) -> ProblemResponse:
-    malformed = [e for e in exc.errors() if e["type"] == "json_invalid"]
+def is_json(content_type: str | None) -> bool:
+    """Whether a Content-Type is one FastAPI parses as JSON: application/json or application/*+json."""
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> ProblemResponse:
+    errors = exc.errors()
+    malformed = [e for e in errors if e["type"] == "json_invalid"]
     if malformed:
         return problem(400, f"malformed JSON body: {malformed[0].get('ctx', {}).get('error', 'cannot parse')}")
+    content_type = request.headers.get("content-type")
+    if any(e["loc"][:1] == ("body",) for e in errors) and not is_json(content_type):
+        # FastAPI reads a body as JSON only when the header says so; otherwise every field looks missing.
+        sent = f"this request's was {content_type!r}" if content_type else "this request had none"
+        return problem(415, f"the body must be JSON, sent with the header 'Content-Type: application/json' ({sent})")
     return problem(422, _format_validation_errors(exc))
 
 

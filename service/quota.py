@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 
 from service.errors import ForbiddenError
 from service.store import KEY_PREFIX, session_keys
+from service.text import plural
 
 ADMIT_ATTEMPTS = 3  # admit, check expired entries, admit again; one more for a concurrent creator
 
@@ -62,7 +63,7 @@ class SessionQuota:
             if not await self._forget_expired(key, [member.decode() for member in reply[1]]):
                 break
         raise ForbiddenError(
-            f"this tenant already has {self.max_sessions} live sessions, the limit "
+            f"this tenant already has {plural(self.max_sessions, 'live session')}, the limit "
             "(CMANP_MAX_SESSIONS_PER_TENANT); delete one or let one expire"
         )
 

@@ -3,6 +3,11 @@
 Request models check what can be checked without knowing the session: finite numbers (no NaN or
 Inf, no strings or booleans), rectangular non-empty point arrays, matching point counts. Checks
 that need the session's model (feature dimensions, point limits) happen in the routers.
+
+Fields that take one of two shapes (a number or a list of them; a list of points or a flat list)
+pick the shape from the value itself (``Discriminator``), so a value that fits neither is
+reported against the shape it was meant to have, with the one constraint it broke, rather than
+once per shape. The shape's tag is dropped from error locations (``BRANCH_TAGS``, service.errors).
 """
 
 from __future__ import annotations
@@ -11,11 +16,45 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, model_validator
+
+from service.text import plural
 
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 PositiveFloat = Annotated[float, Field(strict=True, allow_inf_nan=False, gt=0)]
-Points = Annotated[list[list[FiniteFloat]], Field(description="one row per point, one column per feature")]
+
+# The tags of the two-shape fields below; error locations leave them out (service.errors).
+BRANCH_TAGS = frozenset({"number", "list", "points", "flat", "affine", "bounds"})
+
+
+def _number_or_list(value: Any) -> str:
+    return "list" if isinstance(value, list) else "number"
+
+
+def _points_or_flat(value: Any) -> str:
+    # A flat list is a non-empty list whose first item is no list; anything else is judged as points.
+    return "flat" if isinstance(value, list) and value and not isinstance(value[0], list) else "points"
+
+
+def _number_or_list_of(number: Any) -> Any:
+    """``number | list[number]``, validated as the shape the value has (one error, not one per shape)."""
+    return Annotated[
+        Annotated[number, Tag("number")] | Annotated[list[number], Tag("list")], Discriminator(_number_or_list)
+    ]
+
+
+FiniteFloats = _number_or_list_of(FiniteFloat)  # one for every dimension, or one per dimension
+PositiveFloats = _number_or_list_of(PositiveFloat)
+
+
+Points = Annotated[
+    Annotated[list[list[FiniteFloat]], Tag("points")] | Annotated[list[FiniteFloat], Tag("flat")],
+    Discriminator(_points_or_flat),
+    Field(
+        description="one row per point, one column per feature: [[x1, x2], ...]; a flat list [x, ...] is one "
+        "point per number, for a model with one feature (dim_x or dim_y 1)"
+    ),
+]
 
 
 class OrjsonResponse(JSONResponse):
@@ -33,11 +72,30 @@ def _check_points(points: list[list[float]], name: str) -> None:
         raise ValueError(f"{name} has points with no features")
     ragged = next((i for i, row in enumerate(points) if len(row) != width), None)
     if ragged is not None:
-        raise ValueError(f"{name} is ragged: row 0 has {width} features, row {ragged} has {len(points[ragged])}")
+        raise ValueError(
+            f"{name} is ragged: row 0 has {plural(width, 'feature')}, row {ragged} has {len(points[ragged])}"
+        )
 
 
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class PointsBody(Body):
+    """A body with point fields: flat lists become one point per number, and are remembered as flat,
+    since a flat list only fits a dimension of one feature (checked by the router against the model)."""
+
+    _flat: frozenset[str] = PrivateAttr(frozenset())
+
+    def _as_points(self, *names: str) -> None:
+        flat = {name for name in names if getattr(self, name) and not isinstance(getattr(self, name)[0], list)}
+        for name in flat:
+            setattr(self, name, [[value] for value in getattr(self, name)])
+        self._flat = frozenset(flat)
+
+    def flat(self, name: str) -> bool:
+        """Whether the field ``name`` was sent as a flat list."""
+        return name in self._flat
 
 
 # ---- transforms ---------------------------------------------------------------------------------
@@ -46,15 +104,26 @@ class Body(BaseModel):
 class Affine(Body):
     """model = (user - shift) / scale, per dimension; a number applies to every dimension."""
 
-    shift: FiniteFloat | list[FiniteFloat] = 0.0
-    scale: PositiveFloat | list[PositiveFloat] = 1.0
+    shift: FiniteFloats = 0.0
+    scale: PositiveFloats = Field(1.0, description="> 0")
 
 
 class Bounds(Body):
     """User-unit bounds [low, high] per x dimension, mapped onto the model's training range."""
 
-    low: FiniteFloat | list[FiniteFloat]
-    high: FiniteFloat | list[FiniteFloat]
+    low: FiniteFloats
+    high: FiniteFloats
+
+
+def _affine_or_bounds(value: Any) -> str:
+    return "bounds" if isinstance(value, dict) and ("low" in value or "high" in value) else "affine"
+
+
+XTransform = Annotated[
+    Annotated[Affine, Tag("affine")] | Annotated[Bounds, Tag("bounds")],
+    Discriminator(_affine_or_bounds),
+    Field(description="{shift, scale}, or {low, high} (bounds when either of those is given)"),
+]
 
 
 class AffineOut(BaseModel):
@@ -67,7 +136,7 @@ class AffineOut(BaseModel):
 
 class CreateSession(Body):
     model: str | None = Field(None, description="a name from GET /v1/models; default: the default model")
-    x_transform: Affine | Bounds | None = None
+    x_transform: XTransform | None = None
     y_transform: Affine | Literal["auto"] | None = Field(
         None,
         description='"auto": scaled from the session\'s own points (fixed at its first fold); default: the '
@@ -122,16 +191,17 @@ class SessionInfo(BaseModel):
     calibration: CalibrationReport
 
 
-class Context(Body):
+class Context(PointsBody):
     x: Points
     y: Points
 
     @model_validator(mode="after")
     def _rectangular(self) -> Context:
+        self._as_points("x", "y")
         _check_points(self.x, "x")
         _check_points(self.y, "y")
         if len(self.x) != len(self.y):
-            raise ValueError(f"x has {len(self.x)} points but y has {len(self.y)}")
+            raise ValueError(f"x has {plural(len(self.x), 'point')} but y has {len(self.y)}")
         return self
 
 
@@ -140,7 +210,7 @@ class ContextResult(BaseModel):
     version: int
 
 
-class Query(Body):
+class Query(PointsBody):
     x: Points
     joint: bool = Field(
         False,
@@ -161,6 +231,7 @@ class Query(Body):
 
     @model_validator(mode="after")
     def _rectangular(self) -> Query:
+        self._as_points("x")
         _check_points(self.x, "x")
         if self.seed is not None and self.num_samples is None:
             raise ValueError("seed is only used with num_samples")

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.text import plural
+
 # Slack for points mapped exactly onto a bound by an x_transform: rounding must not flag them.
 RELATIVE_SLACK = 1e-6
 
@@ -42,7 +44,9 @@ class TrainingRange:
         if not outside:
             return []
         low, high = self.x
+        lie = "lies" if outside == 1 else "lie"
         return [
-            f"{outside} of {len(x)} query points lie outside the model's training input range [{low:g}, {high:g}] "
-            "(after the session's x_transform); predictions there are extrapolations the model never saw"
+            f"{outside} of {plural(len(x), 'query point')} {lie} outside the model's training input range "
+            f"[{low:g}, {high:g}] (after the session's x_transform); predictions there are extrapolations the "
+            "model never saw"
         ]

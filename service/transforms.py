@@ -14,6 +14,7 @@ import numpy as np
 
 from service.errors import UnprocessableError
 from service.schemas import Affine, Bounds
+from service.text import plural
 
 # Largest magnitude accepted in the model's units. The models are trained on O(1) values; far
 # beyond that their activations overflow float32 (NaN predictions, or a state that no longer
@@ -52,7 +53,7 @@ def _per_dim(value: float | list[float], dim: int, name: str) -> np.ndarray:
     if isinstance(value, float):
         return np.full(dim, value)
     if len(value) != dim:
-        raise UnprocessableError(f"{name} has {len(value)} values, the model has {dim} dimensions")
+        raise UnprocessableError(f"{name} has {plural(len(value), 'value')}, the model has {plural(dim, 'dimension')}")
     return np.asarray(value, dtype=np.float64)
 
 
@@ -109,7 +110,9 @@ def model_points(points: list[list[float]], transform: AffineMap, name: str) -> 
     """Validated request rows (user units) -> float32 [n, dim] in model units; 422 if they do not fit."""
     dim = len(transform.shift)
     if len(points[0]) != dim:
-        raise UnprocessableError(f"{name} has {len(points[0])} features per point, the session's model expects {dim}")
+        raise UnprocessableError(
+            f"{name} has {plural(len(points[0]), 'feature')} per point, the session's model expects {dim}"
+        )
     with np.errstate(over="ignore"):
         out = transform.to_model(np.asarray(points, dtype=np.float64)).astype(np.float32)
     if not (np.abs(out) <= MAX_MODEL_VALUE).all():  # also false for inf

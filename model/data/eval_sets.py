@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model.data.broad import BroadBatch, BroadPrior
 from model.data.gp import KERNELS, GPBatch, GPSampler, Kernel
 
 GENERATOR_VERSION = 1
@@ -85,3 +86,20 @@ def streaming_set(
         return [sampler.sample(b, num_context, num_targets, g) for b in sizes]
 
     return _cached(cache_dir / f"{name}.npz", kernel, make)
+
+
+BROAD_SEED = 5000  # plus N
+
+
+def broad_streaming_set(
+    num_context: int, num_tasks: int = 64, num_targets: int = 50, batch_size: int = 16
+) -> list[BroadBatch]:
+    """Tasks from the broad prior with exactly ``num_context`` context points, from a fixed seed.
+
+    Generated on the fly (a few seconds): each batch keeps its tasks' kernel parameters, so the
+    exact GP with the true kernel scores the same tasks. Distinct from the training streams, which
+    use other seeds."""
+    g = torch.Generator().manual_seed(BROAD_SEED + num_context)
+    prior = BroadPrior()
+    sizes = [min(batch_size, num_tasks - i) for i in range(0, num_tasks, batch_size)]
+    return [prior.sample(b, num_context, num_targets, g) for b in sizes]

@@ -1,4 +1,4 @@
-"""One APIRouter per resource: health (and metrics), models, sessions, and the demo page.
+"""One APIRouter per resource: health (and metrics), models, sessions, the demo page and the API docs.
 
 The version prefix is part of each router's own prefix, so that a route's path (used as the
 metrics label and in Location headers) is its full public path.
@@ -33,6 +33,7 @@ PROBLEM_RESPONSES: dict[int | str, dict] = {
     404: _problem(404, "no such session (or another tenant's), or no such model"),
     409: _problem(409, "the session's model is no longer served with the same weights"),
     413: _problem(413, "body over CMANP_MAX_BODY_BYTES, or points over CMANP_MAX_POINTS_PER_REQUEST"),
+    415: _problem(415, "the body was not sent as JSON (header 'Content-Type: application/json')"),
     422: _problem(422, "the request does not fit the schema or the session"),
     429: _problem(429, "the tenant's rate limit is exceeded (CMANP_RATE_LIMIT_PER_SECOND)", RETRY_AFTER),
     503: _problem(503, "Redis is unavailable, or the default model is not loaded", RETRY_AFTER),

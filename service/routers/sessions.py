@@ -31,15 +31,18 @@ from service.schemas import (
     ContextResult,
     CreateSession,
     OrjsonResponse,
+    PointsBody,
     Prediction,
     Query,
     SessionInfo,
 )
 from service.settings import Settings
 from service.store import Fold, Session
+from service.text import plural
 from service.transforms import AffineMap, model_points, raw_points, resolve_x, resolve_y
 
 SESSION_ID_BYTES = 24  # 192 random bits
+PRIOR_WARNING = "no context yet: this is the model's prior"
 
 router = APIRouter(
     prefix=f"{API_PREFIX}/sessions",
@@ -94,7 +97,25 @@ def _info(session: Session, calibration: Scores, scoring: bool, y_map: AffineMap
 
 def _check_count(points: int, limit: int) -> None:
     if points > limit:
-        raise TooLargeError(f"{points} points in one request; the limit is {limit} (CMANP_MAX_POINTS_PER_REQUEST)")
+        raise TooLargeError(
+            f"{plural(points, 'point')} in one request; the limit is {limit} (CMANP_MAX_POINTS_PER_REQUEST)"
+        )
+
+
+def _rows(body: PointsBody, name: str, dim: int) -> list[list[float]]:
+    """The body's points ``name`` as rows; a flat list only where the model takes one feature (422)."""
+    if body.flat(name) and dim != 1:
+        example = ", ".join(f"{name}{i}" for i in range(1, dim + 1))
+        raise UnprocessableError(
+            f"{name} is a flat list, which means one feature per point, but the session's model takes "
+            f"{plural(dim, 'feature')} per point: send {name} as a list of points, [[{example}], ...]"
+        )
+    return getattr(body, name)
+
+
+def _points(body: PointsBody, name: str, transform: AffineMap) -> np.ndarray:
+    """The body's points ``name`` in model units."""
+    return model_points(_rows(body, name, len(transform.shift)), transform, name)
 
 
 @router.post("", status_code=201)
@@ -166,13 +187,14 @@ async def add_context(
     _check_count(len(body.x), services.settings.max_points_per_request)
     session = await services.store.fixed(session_id, tenant)  # counters not read here: the append returns them
     model = services.registry.pinned(session.model, session.fingerprint)
-    x = model_points(body.x, session.x_transform, "x")
+    x = _points(body, "x", session.x_transform)
     if session.y_auto:  # the log keeps user units; checked against the map if it is fixed already
-        y = raw_points(body.y, session.dim_y, "y")
+        rows = _rows(body, "y", session.dim_y)
+        y = raw_points(rows, session.dim_y, "y")
         if session.y_fixed:
-            model_points(body.y, session.y_transform, "y")
+            model_points(rows, session.y_transform, "y")
     else:
-        y = model_points(body.y, session.y_transform, "y")
+        y = _points(body, "y", session.y_transform)
     compute_fold = functools.partial(services.inference.fold, model)
 
     def record_fold(fold: Fold) -> None:
@@ -203,7 +225,7 @@ def _check_joint(body: Query, model: ServedModel, settings: Settings) -> None:
     limit = min(block, settings.max_joint_targets or block)
     if body.joint and m > limit:
         raise UnprocessableError(
-            f"joint=true returns a covariance for at most {limit} targets (the model's block size or "
+            f"joint=true returns a covariance for at most {plural(limit, 'target')} (the model's block size or "
             f"CMANP_MAX_JOINT_TARGETS), got {m}; for more targets ask for joint sample paths with num_samples"
         )
     if body.num_samples is not None and body.num_samples * m > settings.max_sample_values:
@@ -225,7 +247,7 @@ async def predict(session_id: str, body: Query, services: ServicesDep, tenant: T
     session = snapshot.session
     model = services.registry.pinned(session.model, session.fingerprint)
     _check_joint(body, model, services.settings)
-    x = model_points(body.x, session.x_transform, "x")
+    x = _points(body, "x", session.x_transform)
     out = await services.inference.predict(model, snapshot, x, body.joint, body.num_samples, body.seed)
     y_map = out.y_transform
     warnings = model.training_range.query_warnings(x)
@@ -242,6 +264,8 @@ async def predict(session_id: str, body: Query, services: ServicesDep, tenant: T
             "version": out.session.version,
             "warnings": warnings,
         }
+        if out.session.num_points == 0:
+            result["warnings"].insert(0, PRIOR_WARNING)
         if out.covariance is not None:
             result["covariance"] = y_map.covariance_to_user(out.covariance)
         if out.samples is not None:

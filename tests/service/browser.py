@@ -1,7 +1,9 @@
 """Debian's headless chromium, driven by selenium, for the demo page: its tests and its README screenshot.
 
 selenium is pointed at the system chromedriver; left alone, selenium-manager would try to
-download a driver and a browser, which fails offline.
+download a driver and a browser, which fails offline. The browser's console is kept for
+``console_messages``; ``chromium(offline=True)`` reaches no host but 127.0.0.1 (every other name
+fails to resolve, and no proxy is used), as on a machine without network.
 """
 
 from __future__ import annotations
@@ -28,18 +30,34 @@ def missing_browser() -> str | None:
     return f"{' and '.join(absent)} not installed: {INSTALL_HINT}" if absent else None
 
 
+OFFLINE_FLAGS = ("--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "--no-proxy-server")
+
+
 @contextmanager
-def chromium(width: int = 1000, height: int = 1000) -> Iterator[WebDriver]:
+def chromium(width: int = 1000, height: int = 1000, offline: bool = False) -> Iterator[WebDriver]:
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which(CHROMIUM) or CHROMIUM
     # --no-sandbox: CI runs as root, where chromium's sandbox refuses to start.
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={width},{height}"):
         options.add_argument(flag)
+    for flag in OFFLINE_FLAGS if offline else ():
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(shutil.which(CHROMEDRIVER)), options=options)
     try:
         yield driver
     finally:
         driver.quit()
+
+
+def console_messages(driver: WebDriver) -> list[str]:
+    """What the page logged to the console since the last call (errors, failed loads, console.log)."""
+    return [entry["message"] for entry in driver.get_log("browser")]
+
+
+def resources(driver: WebDriver) -> list[str]:
+    """The URLs of every file the page has requested (scripts, styles, images, fetches)."""
+    return driver.execute_script("return performance.getEntriesByType('resource').map((e) => e.name)")
 
 
 def plot(driver: WebDriver) -> WebElement:

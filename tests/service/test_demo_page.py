@@ -4,6 +4,7 @@ selenium) against the live server; the browser tests skip when chromium is not i
 The page is checked from outside: the points it posted are read back from Redis and compared with
 where the clicks landed, and the band is found in the canvas pixels where the service's own
 prediction puts it. The live server has API keys, so the page is also driven through its key field.
+What the page may ask for is checked in the browser's console: a refused request logs its status.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from matplotlib import image
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from service.client import CMANPClient
-from tests.service.browser import chromium, click_plot, missing_browser, plot, wait_for_points
+from tests.service.browser import chromium, click_plot, console_messages, missing_browser, plot, wait_for_points
 from tests.service.helpers import API_KEYS, logged_points
 
 # The plot's layout, as service/static/demo/chart.js and main.js draw it: margins around the
@@ -33,17 +35,27 @@ BAND_RGB = np.array([37, 99, 235]) * 0.18 + 255 * 0.82  # rgba(37, 99, 235, 0.18
 CLICKS = [(0.2, 0.35), (0.5, 0.6), (0.8, 0.3)]  # fractions of the canvas, from its top-left
 
 
+PRIOR_WARNING = "no context yet: this is the model's prior"
+
+
 @pytest.fixture
-def page(server: str) -> Iterator[WebDriver]:
-    """The demo page, loaded and given alice's API key (without one it can only show a 401)."""
+def fresh_page(server: str) -> Iterator[WebDriver]:
+    """The demo page as it first loads, no API key typed: the live server refuses it with 401."""
     if reason := missing_browser():
         pytest.skip(reason)
     with chromium() as driver:
         driver.get(f"{server}/demo")
-        key = driver.find_element(By.ID, "api-key")
-        key.send_keys(API_KEYS["alice"], Keys.TAB)  # leaving the field fires "change": a new session
-        wait_for_points(driver, 0)
+        WebDriverWait(driver, 60).until(lambda d: plot(d).get_attribute("data-busy") == "false")
         yield driver
+
+
+@pytest.fixture
+def page(fresh_page: WebDriver) -> WebDriver:
+    """The demo page, loaded and given alice's API key (without one it can only show a 401)."""
+    key = fresh_page.find_element(By.ID, "api-key")
+    key.send_keys(API_KEYS["alice"], Keys.TAB)  # leaving the field fires "change": a new session
+    wait_for_points(fresh_page, 0)
+    return fresh_page
 
 
 def content_box(driver: WebDriver) -> tuple[int, int, int, int]:
@@ -75,6 +87,29 @@ def canvas_pixels(driver: WebDriver) -> np.ndarray:
 
 def is_band(rgb: np.ndarray) -> bool:
     return bool(np.all(np.abs(rgb - BAND_RGB) < 8))
+
+
+def assert_band_where_the_service_puts_it(page: WebDriver, client: CMANPClient, fx: float) -> None:
+    """At the column fx of the canvas, the pixels at mean ± sigma are band-coloured and at mean ± 3 sigma
+    they are not (the band is mean ± 2 sigma). The mean comes from the service, not the page."""
+    border_x, _, width, height = content_box(page)
+    pixels = canvas_pixels(page)
+    column = round(fx * (width + 2 * border_x) - border_x)
+    xq, _ = to_data(column, 0, width, height)
+    prediction = client.predict(plot(page).get_attribute("data-session-id"), [xq])
+    mean, std = prediction.mean[0, 0], float(np.sqrt(prediction.variance[0, 0]))
+    rows = {k: round(to_row(mean + k * std, height)) for k in (-3, -1, 1, 3)}
+    assert rows[-1] - rows[1] >= 4, "the band is too thin at this column to test"
+    for k in (-1, 1):
+        assert is_band(pixels[rows[k], column]), f"no band at mean {k:+d} sigma: {pixels[rows[k], column]}"
+    for k in (-3, 3):
+        if 0 <= rows[k] < height:
+            assert not is_band(pixels[rows[k], column]), f"band at mean {k:+d} sigma"
+
+
+def refused(driver: WebDriver, status: int) -> list[str]:
+    """The console's lines about requests the service refused with this status."""
+    return [m for m in console_messages(driver) if f"status of {status}" in m]
 
 
 def test_the_page_and_only_its_files_are_served(server: str) -> None:
@@ -113,21 +148,10 @@ def test_clicks_become_context_points_and_the_band_is_drawn(
     np.testing.assert_allclose(x[:, 0], [e[0] for e in expected], atol=1.5 * x_pixel)
     np.testing.assert_allclose(y[:, 0], [e[1] for e in expected], atol=1.5 * y_pixel)
 
-    # The band: between two clicks, the pixels at mean ± sigma are band-coloured and at mean ± 3 sigma
-    # they are not (the band is mean ± 2 sigma). The mean comes from the service, not the page.
+    # The band, between two clicks.
     assert canvas.get_attribute("data-band-points") == "151"
-    pixels = canvas_pixels(page)
-    column = round(0.35 * outer_width - border_x)
-    xq, _ = to_data(column, 0, width, height)
-    prediction = client.predict(session_id, [xq])
-    mean, std = prediction.mean[0, 0], float(np.sqrt(prediction.variance[0, 0]))
-    rows = {k: round(to_row(mean + k * std, height)) for k in (-3, -1, 1, 3)}
-    assert rows[-1] - rows[1] >= 4, "the band is too thin at this column to test"
-    for k in (-1, 1):
-        assert is_band(pixels[rows[k], column]), f"no band at mean {k:+d} sigma: {pixels[rows[k], column]}"
-    for k in (-3, 3):
-        if 0 <= rows[k] < height:
-            assert not is_band(pixels[rows[k], column]), f"band at mean {k:+d} sigma"
+    assert_band_where_the_service_puts_it(page, client, 0.35)
+    assert page.find_element(By.ID, "warnings").text == ""
 
     screenshot = tmp_path / "demo.png"
     assert page.save_screenshot(str(screenshot))
@@ -144,3 +168,54 @@ def test_streaming_a_gp_draw_keeps_the_state_size(page: WebDriver, client: CMANP
     note = page.find_element(By.ID, "state-note").text
     assert note == f"the same {info.state_bytes:,} bytes at 0 and at 25 points"
     assert page.find_element(By.ID, "error").text == ""
+
+
+def test_before_a_key_the_plot_and_the_state_say_what_they_wait_for(fresh_page: WebDriver) -> None:
+    # The axes and a line of text in the middle of the plotting area are drawn: dark pixels there.
+    _, _, width, height = content_box(fresh_page)
+    pixels = canvas_pixels(fresh_page)
+    middle_row = (MARGIN_TOP + height - MARGIN_BOTTOM) // 2
+    middle = pixels[middle_row - 8 : middle_row + 8, width // 2 - 100 : width // 2 + 100]
+    assert (middle.max(axis=-1) < 160).sum() > 50, "no message in the middle of the plot"
+    assert (pixels[height - MARGIN_BOTTOM :, MARGIN_LEFT:].max(axis=-1) < 160).any(), "no tick labels"
+    assert "API key" in fresh_page.find_element(By.ID, "error").text
+    state = fresh_page.find_element(By.CSS_SELECTOR, "section.state").text
+    assert "No session yet" in state and "–" not in state, state
+    assert plot(fresh_page).get_attribute("data-num-points") == ""
+
+
+def test_the_first_view_is_the_models_prior(page: WebDriver, client: CMANPClient) -> None:
+    canvas = plot(page)
+    assert canvas.get_attribute("data-band-points") == "151"
+    assert_band_where_the_service_puts_it(page, client, 0.5)
+    assert page.find_element(By.ID, "warnings").text == PRIOR_WARNING
+    info = client.get_session(canvas.get_attribute("data-session-id"))
+    assert info.num_points == 0
+    assert page.find_element(By.ID, "num-points").text == "0"
+    assert page.find_element(By.ID, "points-noun").text == "context points"
+    assert page.find_element(By.ID, "state-note").text == f"add points and watch it stay {info.state_bytes:,} bytes"
+
+    click_plot(page, 0.5, 0.5)
+    wait_for_points(page, 1)
+    assert page.find_element(By.ID, "points-noun").text == "context point"
+    assert page.find_element(By.ID, "state-note").text == f"the same {info.state_bytes:,} bytes at 0 and at 1 point"
+    assert page.find_element(By.ID, "warnings").text == ""
+
+
+def test_the_page_asks_the_model_list_what_a_model_can_draw(page: WebDriver) -> None:
+    canvas = plot(page)
+    lead = page.find_element(By.CSS_SELECTOR, ".lead")
+    # The default model, 'tiny', has no joint head: no sample paths asked for, promised or drawn.
+    assert refused(page, 422) == []
+    assert canvas.get_attribute("data-sample-paths") == "0"
+    assert "sample path" not in lead.text
+    assert "no joint head" in page.find_element(By.ID, "samples-note").text
+
+    first_session = canvas.get_attribute("data-session-id")
+    Select(page.find_element(By.ID, "model")).select_by_value("tiny-and")  # b_Q = 8: a joint head
+    WebDriverWait(page, 60).until(lambda d: plot(d).get_attribute("data-session-id") not in ("", first_session))
+    wait_for_points(page, 0)
+    assert canvas.get_attribute("data-sample-paths") == "3"
+    assert "3 of the model's joint sample paths" in lead.text
+    assert page.find_element(By.ID, "samples-note").text == "lines: 3 joint sample paths from the model"
+    assert refused(page, 422) == [] and refused(page, 400) == []

@@ -4,13 +4,15 @@ shipped checkpoint: they must finish, write their PNGs, and print results that m
 "Make sense" is checked against independent facts, not the examples' own numbers: the band narrows
 as readings arrive, the error of the mean falls well below the signal's size, the state size never
 changes, every value the optimiser prints is the test function at the printed x, and the best
-value found beats the random start and comes close to the known minimum.
+value found beats the random start and comes close to the known minimum. Without --out an example
+writes into the git-ignored examples/out/ and leaves the checkout as it was; --help says what it does.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -35,12 +37,13 @@ def shipped_server(redis_server: EmbeddedRedis) -> Iterator[str]:
         yield url
 
 
-def run_example(name: str, url: str, out: Path) -> subprocess.CompletedProcess[str]:
-    """Run examples/<name> --quick as a script, with the URL and key from the environment."""
+def run_example(name: str, url: str, *options: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run examples/<name> as a script with the options, the URL and key from the environment."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "CMANP_URL": url, "CMANP_API_KEY": API_KEYS["alice"]}
     result = subprocess.run(
-        [sys.executable, str(REPO / "examples" / name), "--quick", "--out", str(out)],
+        [sys.executable, str(REPO / "examples" / name), *options],
         env=env,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=300,
@@ -49,15 +52,32 @@ def run_example(name: str, url: str, out: Path) -> subprocess.CompletedProcess[s
     return result
 
 
+def git(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=60)
+
+
+def untracked_files() -> str:
+    """Untracked files git would show (not the ignored ones), one per line."""
+    return git("status", "--porcelain", "--untracked-files=all").stdout
+
+
 def assert_png(path: Path) -> None:
     assert path.exists(), f"{path} was not written"
     height, width, _ = image.imread(path).shape
     assert width > height > 200
 
 
-def test_streaming_regression(shipped_server: str, tmp_path: Path) -> None:
-    out = tmp_path / "streaming.png"
-    result = run_example("streaming_regression.py", shipped_server, out)
+def test_streaming_regression_writes_into_an_ignored_folder(shipped_server: str, tmp_path: Path) -> None:
+    out = REPO / "examples" / "out" / "streaming_regression.png"  # the default: no --out
+    out.unlink(missing_ok=True)
+    checkout = shutil.which("git") is not None and git("rev-parse", "--git-dir").returncode == 0
+    before = untracked_files() if checkout else ""
+    result = run_example("streaming_regression.py", shipped_server, "--quick", cwd=tmp_path)
+    assert f"wrote {out}" in result.stdout
+    assert list(tmp_path.iterdir()) == [], "the example wrote into the working directory"
+    if checkout:
+        assert git("check-ignore", "--quiet", str(out)).returncode == 0, f"{out} is not git-ignored"
+        assert untracked_files() == before
     rows = re.findall(r"^\s*(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d,]+) bytes$", result.stdout, re.MULTILINE)
     readings = [int(r[0]) for r in rows]
     mean_sd, rmse = np.array([[float(r[1]), float(r[2])] for r in rows]).T
@@ -70,7 +90,7 @@ def test_streaming_regression(shipped_server: str, tmp_path: Path) -> None:
 
 def test_bayes_opt(shipped_server: str, tmp_path: Path) -> None:
     out = tmp_path / "bayes_opt.png"
-    result = run_example("bayes_opt.py", shipped_server, out)
+    result = run_example("bayes_opt.py", shipped_server, "--quick", "--out", str(out))
     steps = re.findall(r"^\s*\d+ (\w+)\s+x=([\d.]+) f=\s*([+-][\d.]+)", result.stdout, re.MULTILINE)
     kinds = [s[0] for s in steps]
     x, f = np.array([[float(s[1]), float(s[2])] for s in steps]).T
@@ -85,3 +105,26 @@ def test_bayes_opt(shipped_server: str, tmp_path: Path) -> None:
     assert best < best_initial and best - FORRESTER_MIN < 0.5, f"no progress: {best_initial} -> {best}"
     assert "session: 13 points" in result.stdout
     assert_png(out)
+
+
+def model_help(name: str) -> str:
+    """What ``examples/<name> --help`` says of --model, on one line."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "examples" / name), "--help"],
+        env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    match = re.search(r"^\s+--model MODEL\s+(.+?)(?=^\s+--)", result.stdout, re.MULTILINE | re.DOTALL)
+    assert match, result.stdout
+    return " ".join(match.group(1).split())
+
+
+def test_the_help_names_the_model_each_example_uses() -> None:
+    # bayes_opt picks a model with a joint head (test_bayes_opt: "sample paths: joint" on checkpoints/).
+    assert model_help("bayes_opt.py") == (
+        "default: the first served model with a joint head (joint samples), else the service's default model"
+    )
+    assert model_help("streaming_regression.py") == "default: the service's default model"

@@ -117,6 +117,15 @@ export class Chart {
     ctx.fill();
   }
 
+  // A line of text in the middle of the plotting area (what the plot is waiting for).
+  message(text) {
+    const { ctx } = this;
+    ctx.save();
+    Object.assign(ctx, { font: "15px system-ui, sans-serif", fillStyle: "#555", textAlign: "center", textBaseline: "middle" });
+    ctx.fillText(text, (MARGIN.left + this.width - MARGIN.right) / 2, (MARGIN.top + this.height - MARGIN.bottom) / 2);
+    ctx.restore();
+  }
+
   dots(xs, ys, color, radius = 4) {
     const { ctx } = this;
     ctx.fillStyle = color;

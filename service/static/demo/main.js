@@ -1,10 +1,14 @@
 // The /demo page: one session on the service; clicks and streamed GP draws are posted as context
 // points, and each update redraws the predictive mean ± 2σ, the model's joint sample paths (when it
-// can sample) and the session's state size.
+// has a joint head, as GET /v1/models says) and the session's state size.
+//
+// The plot is drawn at once (axes and what it waits for), and the band as soon as the session
+// exists: with no points yet, the model's prior.
 //
 // For tests and the curious, the plot canvas carries what it shows as data attributes:
-// data-session-id, data-num-points, data-state-bytes, data-band-points (grid points of the ±2σ band
-// drawn), data-sample-paths (joint sample paths drawn) and data-busy ("true" while requests run).
+// data-session-id, data-num-points (empty until there is a session), data-state-bytes,
+// data-band-points (grid points of the ±2σ band drawn), data-sample-paths (joint sample paths drawn)
+// and data-busy ("true" while requests run).
 
 import { Api, ApiError } from "./api.js";
 import { Chart } from "./chart.js";
@@ -13,6 +17,7 @@ import { normal, rbfDraw } from "./gp.js";
 const GRID_SIZE = 151; // prediction grid over the model's input range
 const NUM_SAMPLES = 3; // joint sample paths to draw
 const Y_RANGE = [-3, 3];
+const DEFAULT_X_RANGE = [-2, 2]; // the shipped models' input range, until GET /v1/models says
 const STREAM_POINTS = 25;
 const STREAM_DELAY_MS = 60;
 const NOISE_STD = 0.02; // observation noise of the streamed draws, as in training (model/data/gp.py)
@@ -28,10 +33,10 @@ const view = {
   model: null, // the selected entry of models
   sessionId: null,
   seed: 0, // of the joint samples: fixed per session, so the paths keep their character between redraws
-  canSample: true, // false once the model has refused a sampling request
+  waiting: "starting a session…", // what the plot says while it has no prediction to draw
   points: { x: [], y: [] },
   truth: null, // {x, y}: the streamed GP draw
-  prediction: null, // {grid, mean, std, samples}
+  prediction: null, // {grid, mean, std, samples, warnings}
   info: null, // GET /v1/sessions/{id}
   history: [], // [num_points, state_bytes] after every update
 };
@@ -54,9 +59,19 @@ function enqueue(task) {
 }
 
 function showError(error) {
-  const hint = error instanceof ApiError && error.status === 401 ? " (enter the service's API key above)" : "";
-  $("error").textContent = `${error.message}${hint}`;
+  const unauthorised = error instanceof ApiError && error.status === 401;
+  $("error").textContent = `${error.message}${unauthorised ? " (enter the service's API key above)" : ""}`;
+  if (!view.sessionId) {
+    view.waiting = unauthorised ? "enter the service's API key above to start" : "no session: see the error below";
+    render();
+  }
 }
+
+// "1 point", "3 points".
+const plural = (count, noun) => `${count.toLocaleString("en")} ${count === 1 ? noun : `${noun}s`}`;
+
+// Whether the model can draw joint sample paths: models with a joint head list their block size.
+const canSample = (model) => model != null && model.joint_block_size != null;
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const linspace = (low, high, n) => Array.from({ length: n }, (_, i) => low + ((high - low) * i) / (n - 1));
@@ -90,38 +105,35 @@ async function newSession() {
   Object.assign(view, {
     sessionId: info.session_id,
     seed: Math.floor(Math.random() * 2 ** 31),
-    canSample: true,
     points: { x: [], y: [] },
     truth: null,
+    prediction: null,
+    info: null,
     history: [],
   });
   $("error").textContent = "";
-  await refresh();
+  view.waiting = "drawing the model's prior…";
+  render();
+  await refresh(info); // the new session's own answer: no need to ask for it again
 }
 
-// Mean and variance on the grid, with joint sample paths when the model can draw them.
-async function predictGrid(grid) {
-  if (view.canSample) {
-    try {
-      return await api.predict(view.sessionId, grid, { numSamples: NUM_SAMPLES, seed: view.seed });
-    } catch (error) {
-      // A model without a joint head refuses sampling with a 4xx; auth and session errors are other matters.
-      if (!(error instanceof ApiError) || error.status >= 500 || [401, 403, 404].includes(error.status)) throw error;
-      view.canSample = false;
-    }
-  }
-  return api.predict(view.sessionId, grid);
+// Mean and variance on the grid, with joint sample paths when the model has a joint head.
+function predictGrid(grid) {
+  const options = canSample(view.model) ? { numSamples: NUM_SAMPLES, seed: view.seed } : {};
+  return api.predict(view.sessionId, grid, options);
 }
 
-async function refresh() {
+// Redraw from a prediction on the grid and the session's info (asked for unless given).
+async function refresh(info = null) {
   const grid = linspace(...view.model.x_range, GRID_SIZE);
   const prediction = await predictGrid(grid);
-  view.info = await api.session(view.sessionId);
+  view.info = info || (await api.session(view.sessionId));
   view.prediction = {
     grid,
     mean: firstColumn(prediction.mean),
     std: prediction.variance.map((row) => Math.sqrt(row[0])),
     samples: (prediction.samples || []).map(firstColumn), // [S][m][1] -> S paths
+    warnings: prediction.warnings,
   };
   view.history.push([view.info.num_points, view.info.state_bytes]);
   render();
@@ -164,11 +176,13 @@ async function streamDraw() {
 let plot = null; // the chart last drawn, to map clicks back to data
 
 function render() {
-  if (!view.model) return;
-  const chart = new Chart(plotCanvas, { xRange: view.model.x_range, yRange: Y_RANGE, xLabel: "x", yLabel: "y" });
+  const model = view.model;
+  const xRange = model ? model.x_range : DEFAULT_X_RANGE;
+  const chart = new Chart(plotCanvas, { xRange, yRange: Y_RANGE, xLabel: "x", yLabel: "y" });
   plot = chart;
   chart.begin();
   const p = view.prediction;
+  if (!p) chart.message(view.waiting);
   if (p) {
     chart.band(
       p.grid,
@@ -182,19 +196,31 @@ function render() {
   if (view.truth) chart.line(view.truth.x, view.truth.y, { color: "#444", width: 1, dash: [5, 4] });
   chart.dots(view.points.x, view.points.y, "#111");
 
-  const info = view.info;
+  const info = view.info && view.sessionId ? view.info : null;
   Object.assign(plotCanvas.dataset, {
     sessionId: view.sessionId || "",
-    numPoints: info ? info.num_points : 0,
-    stateBytes: info ? info.state_bytes : 0,
+    numPoints: info ? info.num_points : "",
+    stateBytes: info ? info.state_bytes : "",
     bandPoints: p ? p.grid.length : 0,
     samplePaths: p ? p.samples.length : 0,
   });
-  $("num-points").textContent = info ? info.num_points.toLocaleString("en") : "–";
-  $("state-bytes").textContent = info ? info.state_bytes.toLocaleString("en") : "–";
-  $("samples-note").textContent = view.canSample
-    ? `lines: ${p ? p.samples.length : 0} joint sample paths from the model`
-    : "no sample paths: the service does not serve joint samples for this model";
+  $("state-waiting").hidden = info !== null;
+  $("state-summary").hidden = info === null;
+  if (info) {
+    $("num-points").textContent = info.num_points.toLocaleString("en");
+    $("points-noun").textContent = info.num_points === 1 ? "context point" : "context points";
+    $("state-bytes").textContent = info.state_bytes.toLocaleString("en");
+  }
+  $("warnings").textContent = p ? p.warnings.join("; ") : "";
+  const sampling = canSample(model);
+  $("lead-shows").textContent = sampling
+    ? `the predictive mean ± 2σ (blue band) and ${NUM_SAMPLES} of the model's joint sample paths`
+    : "the predictive mean ± 2σ (blue band)";
+  $("samples-note").textContent = !model
+    ? ""
+    : sampling
+      ? `lines: ${plural(p ? p.samples.length : 0, "joint sample path")} from the model`
+      : "no sample paths: this model has no joint head (GET /v1/models)";
   renderHistory();
 }
 
@@ -214,10 +240,12 @@ function renderHistory() {
   chart.line(points, kib, { color: "#1d4ed8", width: 2 });
   chart.dots(points, kib, "#1d4ed8", 2.5);
   const [first, last] = [history[0], history[history.length - 1]];
-  $("state-note").textContent =
-    first[1] === last[1]
-      ? `the same ${last[1].toLocaleString("en")} bytes at ${first[0]} and at ${last[0]} points`
-      : `changed from ${first[1]} bytes at ${first[0]} points to ${last[1]} at ${last[0]}`;
+  const bytes = (n) => n.toLocaleString("en");
+  let note;
+  if (first[0] === last[0]) note = `add points and watch it stay ${bytes(last[1])} bytes`;
+  else if (first[1] === last[1]) note = `the same ${bytes(last[1])} bytes at ${first[0]} and at ${plural(last[0], "point")}`;
+  else note = `changed from ${bytes(first[1])} bytes at ${plural(first[0], "point")} to ${bytes(last[1])} at ${plural(last[0], "point")}`;
+  $("state-note").textContent = note;
 }
 
 // ---- wiring ------------------------------------------------------------------------------------
@@ -239,4 +267,5 @@ $("stream").addEventListener("click", streamDraw);
 $("model").addEventListener("change", () => enqueue(newSession));
 $("api-key").addEventListener("change", () => enqueue(start));
 window.addEventListener("resize", render);
+render(); // the axes and what the plot waits for, before any answer
 enqueue(start);
