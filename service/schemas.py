@@ -126,6 +126,20 @@ XTransform = Annotated[
 ]
 
 
+def _affine_or_auto(value: Any) -> str:
+    return "auto" if isinstance(value, str) else "affine"
+
+
+YTransform = Annotated[
+    Annotated[Affine, Tag("affine")] | Annotated[Literal["auto"], Tag("auto")],
+    Discriminator(_affine_or_auto),
+    Field(
+        description='{shift, scale}, or "auto": scaled from the session\'s own points (fixed at its first fold); '
+        "default: the model's (GET /v1/models: y_transform_default), else the identity"
+    ),
+]
+
+
 class AffineOut(BaseModel):
     shift: list[float]
     scale: list[float]
@@ -137,11 +151,7 @@ class AffineOut(BaseModel):
 class CreateSession(Body):
     model: str | None = Field(None, description="a name from GET /v1/models; default: the default model")
     x_transform: XTransform | None = None
-    y_transform: Affine | Literal["auto"] | None = Field(
-        None,
-        description='"auto": scaled from the session\'s own points (fixed at its first fold); default: the '
-        "model's (GET /v1/models: y_transform_default), else the identity",
-    )
+    y_transform: YTransform | None = None
     ttl_seconds: int | None = Field(None, ge=1, description="idle expiry; default: CMANP_SESSION_TTL_SECONDS")
 
 
