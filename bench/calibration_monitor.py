@@ -8,6 +8,11 @@ batched over tasks, and prequential forecast blocks), and the session's verdict 
 ``service.calibration.Scores``:
   * false alarms: the share of sessions on data from the model's own training prior that are
     called ``miscalibrated`` (each session is one check);
+  * alarms on sessions whose intervals are in fact fine: each session's function is also observed
+    at ``FRESH`` fresh inputs, predicted from the whole context; a session is *fine* when those
+    fresh readings' mean clipped z^2 is at most that of a forecast whose std is
+    ``VARIANCE_TOLERANCE`` too small (what the test claims to tolerate). An in-prior session on
+    which the model itself is over-confident is not a false alarm when it is flagged.
   * power: the same sessions judged by a forecaster whose standard deviations are ``factor``
     times too small (every predictive variance divided by factor^2): the share called
     ``miscalibrated``.
@@ -25,50 +30,87 @@ import torch
 from bench.common import write_json
 from model import load_checkpoint
 from model.data import build_sampler
-from service.calibration import FOLDS, Aggregates, Scores, prequential_blocks
+from service.calibration import (
+    FOLDS,
+    VARIANCE_TOLERANCE,
+    Z_CLIP,
+    Aggregates,
+    Scores,
+    clipped_square_moments,
+    prequential_blocks,
+)
 
 SIZES = (50, 100, 200)
 FACTORS = (1.5, 2.0)
+FRESH = 200
 
 
-def _scores(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, shrink: float) -> list[Scores]:
-    """The Scores of each task of a batch of sessions x, y [B, n, .], with predictive variances / shrink."""
+Scored = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (y, mean, variance) per block, [B, k, 1] each
+
+
+def _predictions(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[Scored, Scored]:
+    """The held-out predictions of a batch of sessions x, y [B, n, .], as the service scores a session
+    of n points below its fold threshold: interpolation shares, then forecast blocks."""
     B, n = x.shape[:2]
     shares = [torch.arange(j, n, FOLDS) for j in range(FOLDS)]
     alone = [net.condition(x[:, idx], y[:, idx]) for idx in shares]
-    interpolation = [Aggregates() for _ in range(B)]
+    interpolation: Scored = []
     for j, idx in enumerate(shares):
         state = net.empty_state(B)
         for k, other in enumerate(alone):
             if k != j:
                 state = state.merge(other)
-        mean, var = net.predict(state, x[:, idx])
-        for b in range(B):
-            interpolation[b] += Aggregates.of_scores(y[b, idx], mean[b], var[b] / shrink)
-    forecast = [Aggregates() for _ in range(B)]
+        interpolation.append((y[:, idx], *net.predict(state, x[:, idx])))
+    forecast: Scored = []
     state = net.empty_state(B)
     for start, stop in prequential_blocks(0, n):
-        mean, var = net.predict(state, x[:, start:stop])
-        for b in range(B):
-            forecast[b] += Aggregates.of_scores(y[b, start:stop], mean[b], var[b] / shrink)
+        forecast.append((y[:, start:stop], *net.predict(state, x[:, start:stop])))
         state = net.update(state, x[:, start:stop], y[:, start:stop])
-    return [Scores(i, f) for i, f in zip(interpolation, forecast, strict=True)]
+    return interpolation, forecast
 
 
-def measure(checkpoint: str, data: dict, sessions: int, batch: int, seed: int) -> dict:
+def _scores(predictions: tuple[Scored, Scored], shrink: float) -> list[Scores]:
+    """Each session's Scores, with every predictive variance divided by ``shrink``."""
+
+    def aggregate(blocks: Scored, b: int) -> Aggregates:
+        return sum((Aggregates.of_scores(y[b], m[b], v[b] / shrink) for y, m, v in blocks), Aggregates())
+
+    interpolation, forecast = predictions
+    B = interpolation[0][0].shape[0]
+    return [Scores(aggregate(interpolation, b), aggregate(forecast, b)) for b in range(B)]
+
+
+def measure(
+    checkpoint: str, data: dict, sessions: int, batch: int, seed: int, sizes: tuple[int, ...] = SIZES
+) -> dict:
     net = load_checkpoint(checkpoint)
     sampler = build_sampler(data, net.cfg.dim_x, net.cfg.x_range)
     g = torch.Generator().manual_seed(seed)
     result: dict = {"checkpoint": checkpoint, "data": data, "sessions_per_size": sessions, "sizes": {}}
     with torch.inference_mode():
-        for n in SIZES:
-            counts = {"false_alarms": 0, **{f"flagged_at_{f:g}x": 0 for f in FACTORS}}
+        for n in sizes:
+            counts = {"false_alarms": 0, "fine": 0, "alarms_when_fine": 0, **{f"flagged_at_{f:g}x": 0 for f in FACTORS}}
             reasons: dict[str, int] = {}
+            # Per session, the interpolation statistics the tests read (to set their thresholds from data):
+            # mean clipped z^2, and the 50% and 95% coverage, at the true variance and at 1.5x too small.
+            stats: dict[str, list[list[float]]] = {"calibrated": [], "too_narrow_1.5x": []}
             for _ in range(math.ceil(sessions / batch)):
-                tasks = sampler.sample(batch, n, 0, g)
+                tasks = sampler.sample(batch, n, FRESH, g)
+                predictions = _predictions(net, tasks.xc, tasks.yc)
+                mean, var = net.predict(net.condition(tasks.xc, tasks.yc), tasks.xt)
+                fresh = ((tasks.yt - mean).square() / var).clamp_max(Z_CLIP**2).mean((1, 2))
+                fine = (fresh <= clipped_square_moments(VARIANCE_TOLERANCE)[0]).tolist()
+                counts["fine"] += sum(fine)
                 for shrink, key in [(1.0, "false_alarms")] + [(f * f, f"flagged_at_{f:g}x") for f in FACTORS]:
-                    for scores in _scores(net, tasks.xc, tasks.yc, shrink):
+                    for b, scores in enumerate(_scores(predictions, shrink)):
                         report = scores.report(enabled=True)
+                        if shrink == 1.0 and fine[b] and report.status == "miscalibrated":
+                            counts["alarms_when_fine"] += 1
+                        if shrink in (1.0, 2.25):
+                            a = scores.interpolation
+                            stats["calibrated" if shrink == 1.0 else "too_narrow_1.5x"].append(
+                                [a.z_clipped_square_sum / a.values, a.covered[0] / a.values, a.covered[2] / a.values]
+                            )
                         if report.status == "miscalibrated":
                             counts[key] += 1
                             if shrink == 1.0:
@@ -76,9 +118,12 @@ def measure(checkpoint: str, data: dict, sessions: int, batch: int, seed: int) -
                                     short = r[:60]
                                     reasons[short] = reasons.get(short, 0) + 1
             done = math.ceil(sessions / batch) * batch
-            result["sizes"][str(n)] = {"sessions": done, **counts, "rates": {k: v / done for k, v in counts.items()}}
+            rates = {k: v / done for k, v in counts.items()}
+            rates["alarms_when_fine"] = counts["alarms_when_fine"] / max(1, counts["fine"])
+            result["sizes"][str(n)] = {"sessions": done, **counts, "rates": rates}
             result["sizes"][str(n)]["false_alarm_reasons"] = reasons
             print(n, result["sizes"][str(n)], flush=True)
+            result["sizes"][str(n)]["interpolation_stats"] = stats
     return result
 
 
