@@ -12,7 +12,7 @@ one session with ``x_transform`` ``{"low", "high"}`` = the window's x span (onto
 [-2, 2]) and a ``y_transform`` of
 
 * ``context``: ``{"shift": mean, "scale": std}`` of the context's y, the README's recipe;
-* ``auto``: the string ``"auto"``, for the service to choose (refused with 422 until it exists).
+* ``auto``: the string ``"auto"``: the session scales y from its own points (``service.transforms``).
 
 The context is posted one point per request, in time order, as a user streaming readings would;
 then one predict at the targets, then ``GET /v1/sessions/{id}`` for the prequential calibration
