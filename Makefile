@@ -6,8 +6,9 @@ STAMP := $(VENV)/.installed-stamp
 CHECKPOINT := checkpoints/cmanp-gp-rbf.safetensors
 
 AND_CHECKPOINT := checkpoints/cmanp-and-gp-rbf.safetensors
+GENERAL_CHECKPOINT := checkpoints/cmanp-gp-general.safetensors
 
-.PHONY: install run test lint train train-and eval eval-and bench bench-quick bench-setup bench-memory plot plot-and clean
+.PHONY: install run test lint train train-and train-general eval eval-and eval-general bench bench-quick bench-setup bench-memory plot plot-and plot-general clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +36,24 @@ train: $(STAMP)
 # The joint head (CMANP-AND), trained alone on the shipped CMANP's frozen encoder and decoder.
 train-and: $(STAMP)
 	$(PY) -m model.train --config configs/gp-rbf-and.json --init-from $(CHECKPOINT) --out runs/gp-rbf-and --resume
+
+# The default model: the broad prior, fine-tuned from the paper model's weights (its card has the recipe).
+train-general: $(STAMP)
+	$(PY) -m model.train --config configs/gp-general.json --init-from $(CHECKPOINT) --warm-start \
+		--out runs/gp-general --resume --compile false --precision fp32
+
+GENERAL_CARD_JSON := $(GENERAL_CHECKPOINT:.safetensors=.json)
+eval-general: $(STAMP)
+	$(PY) -m model.evaluate --checkpoint $(GENERAL_CHECKPOINT) --kernel rbf --out runs/eval-general-rbf.json \
+		--card-json $(GENERAL_CARD_JSON)
+	$(PY) -m model.evaluate --checkpoint $(GENERAL_CHECKPOINT) --kernel matern --out runs/eval-general-matern.json \
+		--card-json $(GENERAL_CARD_JSON)
+	$(PY) -m model.evaluate --checkpoint $(GENERAL_CHECKPOINT) --kernel broad --context-sizes 10,50,200,1000 \
+		--num-tasks 256 --out runs/eval-general-broad.json --card-json $(GENERAL_CARD_JSON)
+	$(PY) -m bench.real_data --model cmanp-gp-general --checkpoint $(GENERAL_CHECKPOINT) --y-transform auto
+
+plot-general: $(STAMP)
+	$(PY) -m bench.real_data_plot --checkpoint $(GENERAL_CHECKPOINT) --out checkpoints/cmanp-gp-general.png
 
 CARD_JSON := $(CHECKPOINT:.safetensors=.json)
 eval: $(STAMP)

@@ -139,8 +139,9 @@ def update_card_json(path: Path, result: dict) -> None:
     """Merge one run's headline numbers into a checkpoint's sidecar (what GET /v1/models serves)."""
     card = json.loads(path.read_text()) if path.exists() else {}
     if card.get("fingerprint") not in (None, result["fingerprint"]):
-        # Numbers of other weights are stale; the training output range is a fact about the data.
-        card = {k: v for k, v in card.items() if k == "y_range"}
+        # Numbers of other weights are stale; the training output range and the session default
+        # are facts about the data and the recipe, not about these weights.
+        card = {k: v for k, v in card.items() if k in ("y_range", "y_transform_default")}
     card["fingerprint"] = result["fingerprint"]
     # Joint numbers are keyed "<kernel>_joint_..." beside the marginal "<kernel>_...".
     kernel = result["kernel"] + ("_joint" if result.get("joint") else "")
