@@ -12,7 +12,7 @@ Per task (all ranges log-uniform unless stated; the ranges and why are in ``Broa
   * optionally a second stationary part at its own length-scale (fast wiggles on a slow curve);
   * optionally a linear trend with a random offset (a dot-product kernel plus a constant);
   * the signal's total amplitude split between the parts by Dirichlet weights;
-  * observation noise from far below to above the signal; a share of tasks has Student-t noise.
+  * observation noise from far below to about the signal's size; a share of tasks has Student-t noise.
 
 Sampling is exact: a float64 Cholesky of the task's covariance. ``BroadBatch`` keeps every task's
 parameters, so the exact GP with the true kernel (``model.gp_oracle``) scores the same tasks.
@@ -108,14 +108,16 @@ class BroadPrior:
     120 readings then has a spacing of 0.034, so length-scales run from that spacing (white-ish,
     rough series) to twice the span (a near-linear drift); periods from 3 to 60 samples; the signal's
     standard deviation from 0.1 to 2 (a scale estimated from a few points is often off by 2x either
-    way); the noise from 0.005 (near-exact readings) to 1.5 (noise above the signal).
+    way); the noise's standard deviation from 0.005 to 1.2 times the signal's (near-exact readings
+    to noise as large as the signal: a share of pure-noise tasks teaches a model to call structure
+    noise, and real series standardised by their spread are rarely noise alone).
     """
 
     x_range: tuple[float, float] = (-2.0, 2.0)
     dim_x: int = 1
     length_range: tuple[float, float] = (0.03, 8.0)
     amplitude_range: tuple[float, float] = (0.1, 2.0)
-    noise_range: tuple[float, float] = (0.005, 1.5)
+    noise_ratio_range: tuple[float, float] = (0.005, 1.2)  # noise sd / signal amplitude
     period_range: tuple[float, float] = (0.1, 2.0)
     per_length_range: tuple[float, float] = (0.3, 3.0)  # the periodic kernel's own smoothness
     rq_alpha_range: tuple[float, float] = (0.2, 5.0)
@@ -164,7 +166,7 @@ class BroadPrior:
             "per_multiplies": per_multiplies,
             "lin_offset": self._log_uniform(self.lin_offset_range, B, g),
             "weights": share * amplitude.square().unsqueeze(1),
-            "noise": self._log_uniform(self.noise_range, B, g),
+            "noise": amplitude * self._log_uniform(self.noise_ratio_range, B, g),
             "student_t": coin(self.p_student_t),
             "dof": torch.tensor(self.t_dofs, dtype=torch.float64)[torch.randint(n_dof, (B,), generator=g)],
         }
