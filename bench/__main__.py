@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import CHECKPOINT, OUT_DIR, machine, write_json
+from bench.common import CHECKPOINT, GENERAL_CHECKPOINT, OUT_DIR, machine, write_json
 from bench.report import write_report
 
 QUICK_DIR = OUT_DIR / "quick"
@@ -66,7 +66,27 @@ def commands(out: Path, quick: bool) -> dict[str, list[str]]:
             ),
             *json_out("calibration_cost"),
         ],
-        "real_data": [*py, "bench.real_data", *ckpt, *quick_flag, *json_out("real_data")],
+        "real_data": [
+            *py,
+            "bench.real_data",
+            *["--model", "cmanp-gp-general", "--checkpoint", GENERAL_CHECKPOINT, "--y-transform", "auto"],
+            *quick_flag,
+            *json_out("real_data"),
+        ],
+        "calibration_monitor": [
+            *py,
+            "bench.calibration_monitor",
+            *["--checkpoint", GENERAL_CHECKPOINT, "--data", "broad"],
+            *(["--quick"] if quick else ["--sessions", "1024"]),
+            *json_out("calibration_monitor"),
+        ],
+        "calibration_monitor_rbf": [
+            *py,
+            "bench.calibration_monitor",
+            *["--checkpoint", CHECKPOINT, "--data", "rbf"],
+            *(["--quick"] if quick else ["--sessions", "1024"]),
+            *json_out("calibration_monitor_rbf"),
+        ],
     }
 
 

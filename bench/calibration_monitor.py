@@ -80,9 +80,7 @@ def _scores(predictions: tuple[Scored, Scored], shrink: float) -> list[Scores]:
     return [Scores(aggregate(interpolation, b), aggregate(forecast, b)) for b in range(B)]
 
 
-def measure(
-    checkpoint: str, data: dict, sessions: int, batch: int, seed: int, sizes: tuple[int, ...] = SIZES
-) -> dict:
+def measure(checkpoint: str, data: dict, sessions: int, batch: int, seed: int, sizes: tuple[int, ...] = SIZES) -> dict:
     net = load_checkpoint(checkpoint)
     sampler = build_sampler(data, net.cfg.dim_x, net.cfg.x_range)
     g = torch.Generator().manual_seed(seed)
@@ -135,13 +133,14 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--seed", type=int, default=4242)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--quick", action="store_true", help="128 sessions per size")
+    p.add_argument("--quick", action="store_true", help="64 sessions of 100 points")
     p.add_argument("--out", default="bench/out/calibration_monitor.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     data = {"kind": "gp", "kernel": "rbf"} if args.data == "rbf" else {"kind": "broad"}
     t0 = time.perf_counter()
-    result = measure(args.checkpoint, data, 128 if args.quick else args.sessions, args.batch, args.seed)
+    sessions, sizes = (64, (100,)) if args.quick else (args.sessions, SIZES)
+    result = measure(args.checkpoint, data, sessions, args.batch, args.seed, sizes)
     result["seconds"] = time.perf_counter() - t0
     write_json(Path(args.out), result)
 

@@ -11,7 +11,10 @@ from pathlib import Path
 
 import torch
 
-CHECKPOINT = "checkpoints/cmanp-gp-rbf.safetensors"
+CHECKPOINT = (
+    "checkpoints/cmanp-gp-rbf.safetensors"  # the paper model: cost benchmarks (same architecture as the default)
+)
+GENERAL_CHECKPOINT = "checkpoints/cmanp-gp-general.safetensors"  # the default model: quality benchmarks
 OUT_DIR = Path("bench/out")
 
 

@@ -435,6 +435,34 @@ def real_data_section(real: dict | None) -> list[str]:
     return lines
 
 
+def calibration_monitor_section(general: dict | None, rbf: dict | None) -> list[str]:
+    lines = ["## 7. The calibration monitor's error rates (issue 17)", ""]
+    if general is None and rbf is None:
+        return [*lines, "Not run.", ""]
+    lines += [
+        "Sessions of N points drawn from each model's own training prior, scored as the service scores a "
+        "session below its fold threshold (`bench/calibration_monitor.py`). *Fine*: the model's intervals "
+        "at 200 fresh inputs of the same function are within the tolerated 1.15x; *alarms when fine* is the "
+        "false-alarm rate that matters. *All alarms* also counts sessions on which the model itself is "
+        "over-confident. *Power*: every predictive variance divided by 1.5^2 or 2^2.",
+        "",
+    ]
+    rows = []
+    for result in (r for r in (general, rbf) if r is not None):
+        name = Path(result["checkpoint"]).stem
+        for n, d in result["sizes"].items():
+            rates = d["rates"]
+            rows.append(
+                [name, result["data"]["kind"], n, d["sessions"], f"{rates['fine']:.1%}",
+                 f"{d['alarms_when_fine']} of {d['fine']}", f"{rates['false_alarms']:.1%}",
+                 f"{rates['flagged_at_1.5x']:.1%}", f"{rates['flagged_at_2x']:.1%}"]
+            )  # fmt: skip
+    lines += _table(
+        ["model", "prior", "N", "sessions", "fine", "alarms when fine", "all alarms", "power 1.5x", "power 2x"], rows
+    )
+    return lines
+
+
 def write_report(out: Path, report_dir: Path) -> Path:
     """Write RESULTS.md and the plots into report_dir from the JSON in out; returns the report's path."""
     costs, memory, peers = _load(out, "model_costs"), _load(out, "constant_memory"), _load(out, "peers")
@@ -460,7 +488,8 @@ def write_report(out: Path, report_dir: Path) -> Path:
     lines += [f"- {k}: {v}" for k, v in machine.items()]
     lines += ["", "## Commands", "", "Run from the repository root, each in its own process:", ""]
     order = [
-        "model_costs", "constant_memory", "peers", "train_throughput", "service_load", "calibration_cost", "real_data"
+        "model_costs", "constant_memory", "peers", "train_throughput", "service_load", "calibration_cost", "real_data",
+        "calibration_monitor", "calibration_monitor_rbf",
     ]  # fmt: skip
     runs = sorted(runs, key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
     lines += [f"- `{r['command']}` ({r['seconds']:.0f} s)" for r in runs]
@@ -471,6 +500,7 @@ def write_report(out: Path, report_dir: Path) -> Path:
     lines += speedups_section(out)
     lines += calibration_section(_load(out, "calibration_cost"))  # type: ignore[arg-type]
     lines += real_data_section(_load(out, "real_data"))  # type: ignore[arg-type]
+    lines += calibration_monitor_section(_load(out, "calibration_monitor"), _load(out, "calibration_monitor_rbf"))  # type: ignore[arg-type]
     path = report_dir / "RESULTS.md"
     path.write_text("\n".join(lines))
     return path

@@ -66,14 +66,20 @@ def test_quick_bench_writes_every_result():
     for row in real["series"]:
         assert row["statuses"] and 0 <= row["model"]["coverage_95"] <= 1 and math.isfinite(row["ll_gap"])
 
+    for name in ("calibration_monitor", "calibration_monitor_rbf"):
+        monitor = load(name)["sizes"]["100"]
+        assert monitor["sessions"] == 64 and 0 <= monitor["alarms_when_fine"] <= monitor["fine"] <= 64
+
     runs = load("runs")
     names = [
-        "model_costs", "constant_memory", "peers", "train_throughput", "service_load", "calibration_cost", "real_data"
+        "model_costs", "constant_memory", "peers", "train_throughput", "service_load", "calibration_cost", "real_data",
+        "calibration_monitor", "calibration_monitor_rbf",
     ]  # fmt: skip
     assert [r["name"] for r in runs] == names
     report = (OUT / "RESULTS.md").read_text()
     headings = (
-        "## Machine", "## Commands", "## 1. Model", "## 2. Against peers", "## 3. Service under load", "## 5.", "## 6."
+        "## Machine", "## Commands", "## 1. Model", "## 2. Against peers", "## 3. Service under load", "## 5.", "## 6.",
+        "## 7.",
     )  # fmt: skip
     for heading in headings:
         assert heading in report
