@@ -21,6 +21,7 @@ REFERENCE = Path(__file__).resolve().parent / "fixtures" / "reference.npz"
 # The outputs of every model; the joint model has JOINT_KEYS too.
 SHARED_KEYS = [
     "fingerprint",
+    "state_dict_names",
     "empty_state",
     "prior_mean",
     "prior_var",
@@ -92,3 +93,10 @@ def test_the_empty_state_blob_is_the_one_new_sessions_got(reference, recorded):
     name, net, _ = recorded
     blob = net.empty_state().to_bytes()
     assert hashlib.sha256(blob).digest() == hashlib.sha256(reference[f"{name}/empty_state"].tobytes()).digest()
+
+
+def test_parameters_come_in_the_state_dict_order(recorded):
+    """``net.parameters()`` (what the optimiser's moments are indexed by) runs in state-dict order,
+    which the fixture pins: a training state saved before the split resumes with its moments in place."""
+    _, net, _ = recorded
+    assert [id(p) for p in net.parameters()] == [id(t) for t in net.state_dict(keep_vars=True).values()]
