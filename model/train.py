@@ -28,8 +28,9 @@ from torch import Tensor
 from tqdm import tqdm
 
 from model.allocator import retain_freed_memory
+from model.blocks import count_parameters
 from model.checkpoint import ARCHITECTURES, build_model, load_checkpoint, save_checkpoint
-from model.cmanp import CMANP, CMANPConfig, count_parameters
+from model.cmanp import CMANP, CMANPConfig
 from model.cmanp_and import CMANPAND, CMANPANDConfig
 from model.data import DEFAULT_DATA, TaskBatch, TaskSampler, build_sampler
 
