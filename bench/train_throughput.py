@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 
 from model.allocator import retain_freed_memory
-from model.cmanp import CMANP, CMANPConfig, count_parameters
+from model.blocks import count_parameters
+from model.cmanp import CMANP, CMANPConfig
 from model.data.gp import GPBatch, GPSampler
 from model.train import train_step, training_loss
 

@@ -28,16 +28,17 @@ import torch
 from tqdm import tqdm
 
 from model.checkpoint import load_checkpoint
-from model.cmanp import CMANP
-from model.cmanp_and import CMANPAND
 from model.data import TaskBatch
 from model.data.eval_sets import DEFAULT_CACHE, broad_streaming_set, protocol_set, streaming_set
 from model.data.gp import KERNELS
 from model.gp_oracle import gp_joint_log_likelihood, gp_log_likelihood
+from model.neural_process import NeuralProcess
 
 
 @torch.no_grad()
-def model_log_likelihood(net: CMANP, batch: TaskBatch, chunk_size: int = 1024, joint: bool = False) -> torch.Tensor:
+def model_log_likelihood(
+    net: NeuralProcess, batch: TaskBatch, chunk_size: int = 1024, joint: bool = False
+) -> torch.Tensor:
     """Per-task mean target LL [B] via condition + predict (``joint``: + joint_log_prob, per target)."""
     state = net.condition(batch.xc, batch.yc, chunk_size=chunk_size)
     if joint:
@@ -52,7 +53,7 @@ def summarise(values: torch.Tensor) -> dict[str, float]:
     return {"ll": v.mean().item(), "se": (v.std() / math.sqrt(len(v))).item(), "num_tasks": len(v)}
 
 
-def score(net: CMANP, batches: list[TaskBatch], desc: str, joint: bool = False) -> dict[str, dict[str, float]]:
+def score(net: NeuralProcess, batches: list[TaskBatch], desc: str, joint: bool = False) -> dict[str, dict[str, float]]:
     model_lls, oracle_lls, gaussian = [], [], []
     oracle = gp_joint_log_likelihood if joint else gp_log_likelihood
     for b in tqdm(batches, desc=desc, mininterval=5, leave=False):
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
 
     net = load_checkpoint(args.checkpoint)
-    if args.joint and not isinstance(net, CMANPAND):
+    if args.joint and net.joint_block_size is None:
         p.error(f"--joint needs a CMANP-AND checkpoint; {args.checkpoint} is a {net.architecture}")
     result: dict = {
         "checkpoint": str(args.checkpoint),

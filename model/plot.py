@@ -17,7 +17,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from model.checkpoint import load_checkpoint  # noqa: E402
-from model.cmanp_and import CMANPAND  # noqa: E402
 from model.data.gp import NOISE_STD, GPBatch, kernel_matrix  # noqa: E402
 from model.gp_oracle import gp_predict  # noqa: E402
 
@@ -35,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
 
     net = load_checkpoint(args.checkpoint)
-    if args.samples and not isinstance(net, CMANPAND):
+    if args.samples and not net.can_sample:
         p.error(f"--samples needs a CMANP-AND checkpoint; {args.checkpoint} is a {net.architecture}")
     lo, hi = net.cfg.x_range
     g = torch.Generator().manual_seed(args.seed)

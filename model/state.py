@@ -70,7 +70,7 @@ class CMANPState:
     num_points: Tensor  # [B] int64
     fingerprint: str  # the model that built it
     version: int = 0  # number of update batches folded in
-    # (fingerprint, derived latents), filled by CMANP.latents; never serialised.
+    # (fingerprint, derived latents), see keep_derived; never serialised.
     _derived: tuple[str, Tensor] | None = field(default=None, repr=False)
 
     @property
@@ -81,6 +81,17 @@ class CMANPState:
     def dims(self) -> tuple[int, int, int, int]:
         """(blocks, heads, latents, head_dim)."""
         return (*self.log_norm.shape[1:], self.value_sum.shape[-1])  # type: ignore[return-value]
+
+    def derived(self, fingerprint: str) -> Tensor | None:
+        """The latents that model ``fingerprint`` derived from this state and kept, if any."""
+        if self._derived is not None and self._derived[0] == fingerprint:
+            return self._derived[1]
+        return None
+
+    def keep_derived(self, fingerprint: str, latents: Tensor) -> None:
+        """Cache latents derived by model ``fingerprint``: the state is immutable, so they stay valid,
+        and a repeated predict on an unchanged session only decodes."""
+        self._derived = (fingerprint, latents)
 
     def merge(self, other: CMANPState) -> CMANPState:
         if other.fingerprint != self.fingerprint:

@@ -28,10 +28,12 @@ from torch import Tensor
 from tqdm import tqdm
 
 from model.allocator import retain_freed_memory
+from model.blocks import count_parameters
 from model.checkpoint import ARCHITECTURES, build_model, load_checkpoint, save_checkpoint
-from model.cmanp import CMANP, CMANPConfig, count_parameters
-from model.cmanp_and import CMANPAND, CMANPANDConfig
+from model.cmanp import CMANP, CMANPConfig
+from model.cmanp_and import CMANPANDConfig
 from model.data import DEFAULT_DATA, TaskBatch, TaskSampler, build_sampler
+from model.neural_process import NeuralProcess
 
 
 @dataclass
@@ -81,7 +83,7 @@ def heldout_batches(sampler: TaskSampler, n: int, batch_size: int, seed: int = 1
 
 
 @torch.no_grad()
-def heldout_ll(net: CMANP, batches: list[TaskBatch], device: str) -> float:
+def heldout_ll(net: NeuralProcess, batches: list[TaskBatch], device: str) -> float:
     was_training = net.training
     net.eval()
     lls = [net.log_likelihood(b.xc.to(device), b.yc.to(device), b.xt.to(device), b.yt.to(device)) for b in batches]
@@ -93,7 +95,7 @@ LossFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 PRECISIONS = ("fp32", "bf16")
 
 
-def training_loss(net: CMANP, precision: str = "fp32", compile: bool = False) -> LossFn:
+def training_loss(net: NeuralProcess, precision: str = "fp32", compile: bool = False) -> LossFn:
     """``net.loss`` for training, in the given precision, optionally compiled.
 
     "bf16" autocasts the forward's matmuls to bfloat16 (the CPU's bf16 dot products double the
@@ -105,9 +107,11 @@ def training_loss(net: CMANP, precision: str = "fp32", compile: bool = False) ->
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "bf16" and isinstance(net, CMANPAND):
-        # Its joint head (mean and covariance factors) would run in bf16: not validated.
-        raise ValueError("bf16 training is validated for cmanp only: use precision fp32 for cmanp-and")
+    if precision == "bf16" and net.joint_block_size is not None:
+        # A joint head (mean and covariance factors) would run in bf16: not validated.
+        raise ValueError(
+            f"bf16 training is validated for marginal heads only: use precision fp32 for {net.architecture}"
+        )
 
     def loss(xc: Tensor, yc: Tensor, xt: Tensor, yt: Tensor) -> Tensor:
         with torch.autocast(net.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -117,7 +121,7 @@ def training_loss(net: CMANP, precision: str = "fp32", compile: bool = False) ->
 
 
 def train_step(
-    net: CMANP, opt: torch.optim.Optimizer, batch: TaskBatch, grad_clip: float, loss_fn: LossFn | None = None
+    net: NeuralProcess, opt: torch.optim.Optimizer, batch: TaskBatch, grad_clip: float, loss_fn: LossFn | None = None
 ) -> Tensor:
     """One optimiser step on a batch; returns the (detached) loss. ``loss_fn`` (default
     ``net.loss``) comes from ``training_loss``. Clips the gradients of the optimiser's
@@ -161,8 +165,8 @@ def train(
     torch.manual_seed(tc.seed)
     net = build_model(mc).to(tc.device)
     if tc.freeze_base:
-        if not isinstance(net, CMANPAND):
-            raise ValueError("freeze_base needs --architecture cmanp-and")
+        if net.joint_block_size is None:
+            raise ValueError("freeze_base needs a model with a joint head (--architecture cmanp-and)")
         for p in net.base_parameters():
             p.requires_grad_(False)
     trainable = [p for p in net.parameters() if p.requires_grad]
@@ -191,7 +195,7 @@ def train(
                 step, best = int(init.info.get("step", 0)), float(init.info.get("heldout_ll", -math.inf))
                 elapsed = float(init.info.get("train_seconds", 0.0))
                 print(f"initialised from {init_from} at step {step}")
-        elif isinstance(net, CMANPAND) and type(init) is CMANP and init.cfg == mc.base():
+        elif net.joint_block_size is not None and init.joint_block_size is None and init.cfg == mc.base():
             # A new joint head on a trained CMANP: its schedule and held-out record start afresh.
             net.load_state_dict(init.state_dict(), strict=False)
             net.init_joint_mean_from_base()

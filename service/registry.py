@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model import CMANP, CMANPAND, load_checkpoint
+from model import NeuralProcess, load_checkpoint
 from service.errors import ConflictError, NotFoundError
 from service.training_range import TrainingRange
 
@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ServedModel:
     name: str
-    net: CMANP
+    net: NeuralProcess
     metrics: dict[str, Any] | None
     empty_state: bytes  # the state blob of a new session
     training_range: TrainingRange
@@ -48,7 +48,7 @@ class ServedModel:
     @property
     def joint_block_size(self) -> int | None:
         """b_Q of a model with a joint head (covariances and joint samples); None for a plain CMANP."""
-        return self.net.cfg.block_size if isinstance(self.net, CMANPAND) else None
+        return self.net.joint_block_size
 
     @classmethod
     def load(cls, path: Path) -> ServedModel:

@@ -23,8 +23,8 @@ def small_model(seed: int = 0, cfg: CMANPConfig = SMALL) -> CMANP:
     net = build_model(cfg).eval()
     # Random init leaves the null points at zero; perturb them so tests exercise them too.
     with torch.no_grad():
-        net.data_attn.null_score.normal_()
-        net.data_attn.null_value.normal_()
+        net.encoder.data_attn.null_score.normal_()
+        net.encoder.data_attn.null_value.normal_()
     return net
 
 

@@ -33,7 +33,7 @@ def attention(q, k, v, heads, null_score=None, null_value=None):
 
 def reference(net: CMANP, xc, yc, xt):
     """Predictive mean and std, written out block by block from the state dict."""
-    cfg, p = net.cfg, dict(net.named_parameters())
+    cfg, p = net.cfg, net.state_dict()  # the checkpoint's tensor names
     H, D = cfg.n_heads, cfg.d_model
 
     def nn_linear(x, name):

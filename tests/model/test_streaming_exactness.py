@@ -112,9 +112,9 @@ def test_accumulators_match_plain_attention(net, chunk):
     state = net.empty_state()
     for i in range(0, 57, chunk):
         state = net.update(state, x[:, i : i + chunk], y[:, i : i + chunk])
-    streamed = net.data_attn.read(state.log_norm, state.value_sum)
+    streamed = net.encoder.data_attn.read(state.log_norm, state.value_sum)
 
-    attn = net.data_attn
+    attn = net.encoder.data_attn
     emb = F.layer_norm(net.context_embed(torch.cat([x, y], -1)), (cfg.d_model,))
     kv = attn.kv(emb).view(1, 57, cfg.n_blocks, 2, cfg.n_heads, cfg.head_dim)
     keys = kv[:, :, :, 0].permute(0, 2, 3, 1, 4)  # [1, K, H, N, Dh]
@@ -133,8 +133,8 @@ def test_accumulators_match_plain_attention(net, chunk):
 
 def test_derived_latents_are_cached_per_state_without_grad(small, monkeypatch):
     calls = []
-    derive = small._derive
-    monkeypatch.setattr(small, "_derive", lambda *a: calls.append(1) or derive(*a))
+    derive = small.encoder.derive
+    monkeypatch.setattr(small.encoder, "derive", lambda *a: calls.append(1) or derive(*a))
     x, y = random_points(10, small.cfg, seed=9)
     xq = torch.zeros(1, 4, 1)
     with torch.no_grad():

@@ -1,0 +1,107 @@
+"""Heads: per-target encodings [B, m, D] -> a predictive distribution over the targets' y.
+
+* ``GaussianHead``: an independent Gaussian per target and output dim (mean, std).
+* ``JointHead``: a joint Gaussian over a block of targets, one m x m covariance per output dim.
+
+Both keep their tensor names of the checkpoints they were first trained in (``head.0.weight``,
+``joint_head.mean.0.weight``, ...): the fingerprints hash those names.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.blocks import FeedForward, SelfAttention
+
+
+def head_layers(d_model: int, d_out: int) -> list[nn.Module]:
+    """LayerNorm, Linear, GELU, Linear: the layout of both heads' mean MLPs."""
+    return [nn.LayerNorm(d_model), nn.Linear(d_model, d_model), nn.GELU(), nn.Linear(d_model, d_out)]
+
+
+class GaussianHead(nn.Sequential):
+    """Encodings [B, m, D] -> mean, std [B, m, dy]; std >= min_std keeps the likelihood finite.
+
+    A Sequential of ``head_layers`` whose last layer outputs the mean and the std's raw value.
+    """
+
+    def __init__(self, d_model: int, dim_y: int, min_std: float) -> None:
+        super().__init__(*head_layers(d_model, 2 * dim_y))
+        self.dim_y = dim_y
+        self.min_std = min_std
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        # The head stays float32 under bf16 autocast (training): a bf16 mean has 3 significant
+        # digits, coarser than the noise the likelihood scores it against.
+        with torch.autocast(z.device.type, enabled=False):
+            mean, raw = super().forward(z.float()).chunk(2, dim=-1)
+        std = self.min_std + F.softplus(raw)
+        return mean, std
+
+    def mean_state_dict(self) -> dict[str, Tensor]:
+        """The weights of a ``head_layers(d_model, dim_y)`` MLP that computes this head's mean alone
+        (the last layer's first dim_y outputs), to start another head's mean from this one."""
+        last = f"{len(self) - 1}."
+        return {k: v[: self.dim_y] if k.startswith(last) else v for k, v in self.state_dict().items()}
+
+
+class JointHead(nn.Module):
+    """Encodings of one block [B, m, D] -> mean [B, m, dy], covariance [B, dy, m, m] (float64).
+
+    The mean comes from an MLP; the covariance per output dim from a small transformer over the
+    block's encodings, projected to P features per target: Sigma = A A^T / P + diag(min_cov_var +
+    softplus(d)). The diagonal term keeps Sigma positive-definite by construction.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        heads: int,
+        ff_width: int,
+        dim_y: int,
+        cov_features: int,
+        cov_layers: int,
+        min_cov_var: float,
+    ) -> None:
+        super().__init__()
+        D = d_model
+        self.dim_y, self.cov_features, self.min_cov_var = dim_y, cov_features, min_cov_var
+        self.mean = nn.Sequential(*head_layers(D, dim_y))
+        self.cov_in = nn.Linear(D, D)
+        self.cov_layers = nn.ModuleList(
+            nn.Sequential(SelfAttention(D, heads), FeedForward(D, ff_width)) for _ in range(cov_layers)
+        )
+        self.cov_out = nn.Sequential(nn.LayerNorm(D), nn.Linear(D, dim_y * (cov_features + 1)))
+
+    def init_mean_from(self, head: GaussianHead) -> None:
+        """Start the mean MLP from a GaussianHead's mean (same layout), so that training this head
+        on a trained marginal model begins at the marginal model's mean."""
+        self.mean.load_state_dict(head.mean_state_dict())
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        P = self.cov_features
+        h = self.cov_in(z)
+        for layer in self.cov_layers:
+            h = layer(h)
+        out = self.cov_out(h).unflatten(-1, (self.dim_y, P + 1)).transpose(1, 2)  # [B, dy, m, P+1]
+        factors = out[..., :P].double() / math.sqrt(P)
+        diag = self.min_cov_var + F.softplus(out[..., P].double())
+        cov = factors @ factors.mT + torch.diag_embed(diag)
+        return self.mean(z), cov
+
+
+def gaussian_log_prob(mean: Tensor, cov: Tensor, y: Tensor) -> Tensor:
+    """log N(y; mean, cov) per task, summed over targets and output dims (float64 [B]).
+
+    mean, y [B, m, dy]; cov [B, dy, m, m] (one m x m matrix per output dim).
+    """
+    chol = torch.linalg.cholesky(cov)
+    resid = (y.double() - mean.double()).transpose(1, 2).unsqueeze(-1)  # [B, dy, m, 1]
+    white = torch.linalg.solve_triangular(chol, resid, upper=False)
+    log_det = 2 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # [B, dy]
+    m = y.shape[1]
+    return (-0.5 * (white.square().sum((-2, -1)) + log_det + m * math.log(2 * math.pi))).sum(-1)
