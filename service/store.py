@@ -2,13 +2,15 @@
 
 Keys, all with the hash tag ``{session_id}`` so that a session lives in one Redis Cluster slot:
 
-    cmanp:{id}:meta   hash    owner, pinned model name + fingerprint, transforms, TTL, counters
-    cmanp:{id}:state  string  the model's versioned state blob (constant size)
+    cmanp:{id}:meta   hash    owner, pinned model name + fingerprint, transforms, TTL, counters,
+                              the size of the model's state blob
+    cmanp:{id}:state  string  the model's versioned state blob (constant size), written by the first
+                              fold; absent before it, which means the model's empty state
     cmanp:{id}:log    list    context posts not yet folded into the state (float32, model units;
                               y in user units for a session with "y_transform": "auto")
     cmanp:{id}:idem   string  a ring of the last ``idempotency_keys`` idempotency records, each
                               digest(key) | digest(request) | num_points | version (64 bytes),
-                              allocated in full when the session is created
+                              grown one record per keyed post up to its full size, then reused
 
 Design: an append log folded lazily with the model's exact update. Rewriting the ~100 KB state
 blob on every post serialises writers on one read-modify-write; appending is cheap and never
@@ -35,13 +37,20 @@ folded points, see ``service.calibration``): the same commit adds them to meta f
 ``sum:<name>``, so they too count every folded point exactly once, and a session's record stays
 constant-size.
 
-Memory per session is bounded by a constant: an append is refused while the log would exceed
-``fold_threshold + max_points_per_request`` points (the writer folds, then appends again), and
-only the last ``idempotency_keys`` keys are remembered (each for at most the session's TTL).
-Their ring is written in place (SETRANGE) and never resized, so a session that posts one point
-per request with a key each uses the same idempotency memory as one that never posted. In all:
-state + (fold_threshold + max_points_per_request) * (dim_x + dim_y) * 4 bytes + 64 bytes per
-remembered key + a small meta hash.
+Memory per session is bounded by a constant, and a small session pays only for what it holds.
+A new session is its meta hash alone: the empty state belongs to the model
+(``ServedModel.empty_state``), so the state key is first written by the first fold's commit, and
+a snapshot without one decodes the model's empty state (``Snapshot.state_blob``; a missing blob
+after a fold has committed is a lost one, reported as corrupt). An append is refused while the
+log would exceed ``fold_threshold + max_points_per_request`` points (the writer folds, then
+appends again), and only the last ``idempotency_keys`` keys are remembered (each for at most the
+session's TTL). Their ring grows by one record per keyed post (SETRANGE at its end) until it
+holds ``idempotency_keys`` records, is then copied once into an exactly sized string (SETRANGE
+grows strings greedily, up to 1.5x), and from then on is written in place and never resized, so
+a session that posts one point per request with a key each uses the same idempotency memory as
+one that posted ``idempotency_keys`` times. In all, at most: state + (fold_threshold +
+max_points_per_request) * (dim_x + dim_y) * 4 bytes + 64 bytes per remembered key + a small meta
+hash; before the first fold, without the state.
 
 The Redis client must not retry commands itself: if an append ran but its reply was lost, a
 retry would apply it twice. A failure surfaces as 503 instead, and the client retries with the
@@ -62,6 +71,7 @@ import redis.exceptions
 from redis.asyncio import Redis, RedisCluster
 
 from service.errors import CorruptStateError, NotFoundError, UnavailableError, UnprocessableError
+from service.text import plural
 from service.transforms import AffineMap
 
 logger = logging.getLogger(__name__)
@@ -79,7 +89,7 @@ local ttl = redis.call('HGET', KEYS[1], 'ttl_ms')
 for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ttl) end
 """
 
-# ARGV[1]: 'full' to return state and log too.
+# ARGV[1]: 'full' to return state and log too. The state is false (None) before the first fold.
 _READ = (
     "if redis.call('EXISTS', KEYS[1]) == 0 then return false end"
     + _TOUCH
@@ -94,7 +104,9 @@ return {meta, redis.call('STRLEN', KEYS[2])}
 
 # ARGV: entry, points, key digest ('' = none), request digest, log capacity, ring slots.
 # A ring record is found by a plain substring search for the key digest, accepted only at a
-# record boundary; the slot for the next record is meta's `idem_next`, modulo the ring size.
+# record boundary; the slot for the next record is meta's `idem_next`, modulo the ring size. The
+# ring grows one record at a time (SETRANGE past its end) and is copied into an exactly sized
+# string when its last slot is first written. A replay refreshes the TTL, like any use.
 _APPEND = (
     f"""
 if redis.call('EXISTS', KEYS[1]) == 0 then return {{'missing'}} end
@@ -103,7 +115,12 @@ if ARGV[3] ~= '' then
   local ring = redis.call('GET', KEYS[4]) or ''
   local at = string.find(ring, ARGV[3], 1, true)
   while at and (at - 1) % record_bytes ~= 0 do at = string.find(ring, ARGV[3], at + 1, true) end
-  if at then return {{'replay', string.sub(ring, at + {DIGEST_BYTES}, at + record_bytes - 1)}} end
+  if at then
+"""
+    + _TOUCH
+    + f"""
+    return {{'replay', string.sub(ring, at + {DIGEST_BYTES}, at + record_bytes - 1)}}
+  end
 end
 local points = tonumber(ARGV[2])
 if tonumber(redis.call('HGET', KEYS[1], 'log_points')) + points > tonumber(ARGV[5]) then return {{'full'}} end
@@ -112,14 +129,23 @@ local num_points = redis.call('HINCRBY', KEYS[1], 'num_points', points)
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
 local log_points = redis.call('HINCRBY', KEYS[1], 'log_points', points)
 if ARGV[3] ~= '' then
-  local slot = (redis.call('HINCRBY', KEYS[1], 'idem_next', 1) - 1) % tonumber(ARGV[6])
+  local written = redis.call('HINCRBY', KEYS[1], 'idem_next', 1)
+  local slot = (written - 1) % tonumber(ARGV[6])
   local counters = string.format('%0{COUNTER_DIGITS}d%0{COUNTER_DIGITS}d', num_points, version)
   redis.call('SETRANGE', KEYS[4], slot * record_bytes, ARGV[3] .. ARGV[4] .. counters)
+  if written == tonumber(ARGV[6]) then redis.call('SET', KEYS[4], redis.call('GET', KEYS[4])) end
 end
 """
     + _TOUCH
     + "return {'ok', num_points, version, log_points}"
 )
+
+# ARGV: TTL in ms, then pairs of meta field and value. A new session is its meta hash alone.
+_CREATE = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
 
 # ARGV: fold epoch of the snapshot, log entries folded, points folded, new state, the number of
 # meta fields to set, then pairs of meta field and value to set (the fold's fields), then pairs of
@@ -171,7 +197,7 @@ class Session:
     ttl_seconds: int
     num_points: int = 0
     version: int = 0  # context posts applied
-    state_bytes: int = 0
+    state_bytes: int = 0  # the size of its state blob, stored or not (the model's empty state before a fold)
     sums: dict[str, float] = field(default_factory=dict)  # what the committed folds added up (Fold.sums)
     # "y_transform": "auto": the log holds y in user units, and y_transform is a placeholder until
     # the first fold fixes it (service.transforms.auto_y_map).
@@ -210,6 +236,7 @@ class Session:
             "idem_next": "0",
             "y_auto": "1" if self.y_auto else "0",
             "y_fixed": "1" if self.y_fixed else "0",
+            "state_bytes": str(self.state_bytes),
         }
 
     def fixed_fields(self) -> tuple:
@@ -254,7 +281,10 @@ class Session:
         )
 
     @classmethod
-    def from_meta(cls, session_id: str, meta: dict[str, str], state_bytes: int) -> Session:
+    def from_meta(cls, session_id: str, meta: dict[str, str], stored_bytes: int) -> Session:
+        """The session its meta hash describes; ``stored_bytes``: the length of its stored state blob
+        (0 where there is none yet: then the size recorded at creation)."""
+
         def affine(raw: str) -> AffineMap:
             return AffineMap.from_lists(**orjson.loads(raw))
 
@@ -269,7 +299,7 @@ class Session:
             ttl_seconds=int(meta["ttl_ms"]) // 1000,
             num_points=int(meta["num_points"]),
             version=int(meta["version"]),
-            state_bytes=state_bytes,
+            state_bytes=stored_bytes or int(meta.get("state_bytes", 0)),
             sums={k.removeprefix(SUM_PREFIX): float(v) for k, v in meta.items() if k.startswith(SUM_PREFIX)},
             y_auto=meta.get("y_auto") == "1",  # sessions created before auto scaling have neither field
             y_fixed=meta.get("y_fixed", "1") == "1",
@@ -278,13 +308,23 @@ class Session:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Meta, state and unfolded log of a session, read atomically."""
+    """Meta, state and unfolded log of a session, read atomically. ``state`` is None while no fold
+    has written one: the session's state is then its model's empty state (``state_blob``)."""
 
     session: Session
-    state: bytes
+    state: bytes | None
     log: list[bytes]
     log_points: int
     fold_epoch: int
+
+    def state_blob(self, empty_state: bytes) -> bytes:
+        """The blob to decode: the stored one, or ``empty_state`` (the model's) before the first fold.
+        ValueError if the blob is missing although a fold committed one (deleted or evicted)."""
+        if self.state is not None:
+            return self.state
+        if self.fold_epoch == 0:
+            return empty_state
+        raise ValueError(f"the state blob is missing, although {plural(self.fold_epoch, 'fold')} committed one")
 
 
 @dataclass(frozen=True)
@@ -344,6 +384,7 @@ class SessionStore:
         self.log_capacity = fold_threshold + max_points_per_request
         self.idempotency_keys = idempotency_keys
         self._read = redis.register_script(_READ)
+        self._create = redis.register_script(_CREATE)
         self._append = redis.register_script(_APPEND)
         self._commit_fold = redis.register_script(_COMMIT_FOLD)
 
@@ -353,16 +394,13 @@ class SessionStore:
             return bool(await self.redis.ping(target_nodes=RedisCluster.PRIMARIES))
         return bool(await self.redis.ping())
 
-    async def create(self, session: Session, state: bytes) -> Session:
+    async def create(self, session: Session, empty_state: bytes) -> Session:
+        """Store a new session: its meta hash only. ``empty_state`` is its model's state blob, which
+        is not stored (a snapshot without a blob decodes the model's own): only its size is."""
+        session = replace(session, state_bytes=len(empty_state))
         keys = session_keys(session.session_id)
-        ttl_ms = session.ttl_seconds * 1000
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys[0], mapping=session.initial_meta())
-            pipe.pexpire(keys[0], ttl_ms)
-            pipe.set(keys[1], state, px=ttl_ms)
-            pipe.set(keys[3], bytes(self.idempotency_keys * RECORD_BYTES), px=ttl_ms)
-            await pipe.execute()
-        session = replace(session, state_bytes=len(state))
+        args = [session.ttl_seconds * 1000, *(item for pair in session.initial_meta().items() for item in pair)]
+        await self._create(keys=keys[:1], args=args)
         self._remember(session)
         return session
 
@@ -396,13 +434,13 @@ class SessionStore:
         """The session's metadata (refreshing its TTL); 404 if it does not exist or is another tenant's."""
         reply = await self._read(keys=session_keys(session_id), args=["meta"])
         meta = self._owned_meta(session_id, tenant, reply)
-        return Session.from_meta(session_id, meta, state_bytes=int(reply[1]))
+        return Session.from_meta(session_id, meta, stored_bytes=int(reply[1]))
 
     async def snapshot(self, session_id: str, tenant: str) -> Snapshot:
         reply = await self._read(keys=session_keys(session_id), args=["full"])
         meta = self._owned_meta(session_id, tenant, reply)
         return Snapshot(
-            session=Session.from_meta(session_id, meta, state_bytes=len(reply[1])),
+            session=Session.from_meta(session_id, meta, stored_bytes=len(reply[1] or b"")),
             state=reply[1],
             log=reply[2],
             log_points=int(meta["log_points"]),
