@@ -52,6 +52,19 @@ one that posted ``idempotency_keys`` times. In all, at most: state + (fold_thres
 max_points_per_request) * (dim_x + dim_y) * 4 bytes + 64 bytes per remembered key + a small meta
 hash; before the first fold, without the state.
 
+Durable acknowledgements (``wait_replicas``): Redis replicates asynchronously, so a master that
+dies before its replica got a write loses it on failover, acknowledged or not. With
+``wait_replicas`` > 0, every acknowledged write (create, context post, its replay, delete) is sent
+together with ``WAIT wait_replicas wait_timeout_ms`` on one connection (WAIT waits for the
+writes of its own connection), to the master of the session's slot on a Redis Cluster; a write
+that fewer replicas confirm in time answers 503 with Retry-After. It may have been applied on the
+master: the client's retry with the same Idempotency-Key is then a replay, which waits for the
+replicas again (a replay refreshes the TTL, a write, and WAIT covers every write before it in
+the replication stream, so also the original post), or, if the failover lost the post together
+with its idempotency record (one script, replicated as one transaction), applies it anew: once
+either way. Folds need no WAIT: a commit lost in a failover leaves the state and log it replaced,
+which hold the same points.
+
 The Redis client must not retry commands itself: if an append ran but its reply was lost, a
 retry would apply it twice. A failure surfaces as 503 instead, and the client retries with the
 same Idempotency-Key, which makes the retry exactly-once.
@@ -65,10 +78,12 @@ import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import orjson
 import redis.exceptions
 from redis.asyncio import Redis, RedisCluster
+from redis.commands.core import AsyncScript
 
 from service.errors import CorruptStateError, NotFoundError, UnavailableError, UnprocessableError
 from service.text import plural
@@ -83,6 +98,7 @@ SUM_PREFIX = "sum:"  # meta fields that hold a fold's sums
 COUNTER_DIGITS = 16  # num_points and version, zero-padded decimal: exact up to 2^53 in Lua
 RECORD_BYTES = 2 * DIGEST_BYTES + 2 * COUNTER_DIGITS
 MAX_ATTEMPTS = 20  # folds/appends lost to concurrent folds before giving up (never seen in practice)
+REDIRECT_ATTEMPTS = 3  # durable writes sent to a node that no longer owns the slot (failover, resharding)
 
 _TOUCH = """
 local ttl = redis.call('HGET', KEYS[1], 'ttl_ms')
@@ -106,7 +122,8 @@ return {meta, redis.call('STRLEN', KEYS[2])}
 # A ring record is found by a plain substring search for the key digest, accepted only at a
 # record boundary; the slot for the next record is meta's `idem_next`, modulo the ring size. The
 # ring grows one record at a time (SETRANGE past its end) and is copied into an exactly sized
-# string when its last slot is first written. A replay refreshes the TTL, like any use.
+# string when its last slot is first written. A replay refreshes the TTL, like any use: that
+# write is also what a WAIT after it waits for (see the module docstring).
 _APPEND = (
     f"""
 if redis.call('EXISTS', KEYS[1]) == 0 then return {{'missing'}} end
@@ -369,8 +386,13 @@ class SessionStore:
         max_points_per_request: int,
         idempotency_keys: int,
         cached_sessions: int = 10_000,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1_000,
     ) -> None:
         self.redis = redis
+        # Replicas that must confirm every acknowledged write (WAIT), and how long to wait for them.
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         # Sessions with a fold in flight in this process, each with an event set when it ends or commits.
         self._folding: dict[str, asyncio.Event] = {}
         # Sessions whose log reached the threshold while their fold was in flight here: it reads the log again.
@@ -400,9 +422,101 @@ class SessionStore:
         session = replace(session, state_bytes=len(empty_state))
         keys = session_keys(session.session_id)
         args = [session.ttl_seconds * 1000, *(item for pair in session.initial_meta().items() for item in pair)]
-        await self._create(keys=keys[:1], args=args)
+        try:
+            await self._write(self._create, keys[:1], args)
+        except UnavailableError:
+            # Not confirmed by the replicas: best effort to leave nothing behind on the master either.
+            await self.redis.delete(keys[0])
+            raise
         self._remember(session)
         return session
+
+    async def _write(self, script: AsyncScript | None, keys: list[str], args: list) -> Any:
+        """Run a write that a client is told of (a script on ``keys``, or None: DEL ``keys``); 503 if
+        fewer than ``wait_replicas`` replicas confirmed it in time."""
+        reply, confirmed = await self._write_unconfirmed(script, keys, args)
+        self._check_confirmed(confirmed)
+        return reply
+
+    async def _write_unconfirmed(self, script: AsyncScript | None, keys: list[str], args: list) -> tuple[Any, int]:
+        """The reply of the write (see ``_write``) and how many replicas confirmed it (WAIT on the same
+        connection, on the master of the keys' slot), without checking that number; with
+        ``wait_replicas`` = 0, the plain write and 0."""
+        if not self.wait_replicas:
+            return (await self.redis.delete(*keys) if script is None else await script(keys=keys, args=args)), 0
+        command = ("DEL", *keys) if script is None else ("EVALSHA", script.sha, len(keys), *keys, *args)
+        for _ in range(REDIRECT_ATTEMPTS):
+            reply, confirmed = await self._with_wait(keys[0], command)
+            if isinstance(reply, redis.exceptions.NoScriptError) and script is not None:
+                await self._load_script(script, keys[0])  # nothing ran
+                continue
+            if isinstance(
+                reply, (redis.exceptions.MovedError, redis.exceptions.AskError, redis.exceptions.TryAgainError)
+            ):
+                await self._refresh_slots(keys[0])  # nothing ran: the slot has another master now
+                continue
+            for result in (reply, confirmed):
+                if isinstance(result, Exception):
+                    raise result
+            return reply, confirmed
+        raise UnavailableError("the session's slot is moving between Redis nodes; retry shortly")
+
+    async def _with_wait(self, key: str, command: tuple) -> tuple[Any, Any]:
+        """``command`` then WAIT, pipelined on one connection (WAIT waits for its own connection's
+        writes): on a Redis Cluster, the connection to the master that owns ``key``'s slot. Their
+        replies, errors included (a redirection is not followed: that would run the command elsewhere)."""
+        wait = ("WAIT", self.wait_replicas, self.wait_timeout_ms)
+        try:
+            if isinstance(self.redis, RedisCluster):
+                await self.redis.initialize()  # a fresh view of the cluster, if a failure asked for one
+                node = self.redis.get_node_from_key(key)
+                pipe = self.redis.pipeline()
+                pipe.execute_command(*command, target_nodes=node)
+                pipe.execute_command(*wait, target_nodes=node)
+                reply, confirmed = await pipe.execute(raise_on_error=False, allow_redirections=False)
+            else:
+                plain = self.redis.pipeline(transaction=False)
+                plain.execute_command(*command)
+                plain.execute_command(*wait)
+                reply, confirmed = await plain.execute(raise_on_error=False)
+        except redis.exceptions.RedisClusterException as e:  # e.g. no node known to serve the slot
+            raise UnavailableError(f"the Redis Cluster cannot take this write right now ({e}); retry shortly") from e
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            await self._refresh_slots(key)  # e.g. its master died: look again before the next write
+            raise
+        return reply, confirmed
+
+    async def _refresh_slots(self, key: str) -> None:
+        """Have the cluster client learn where ``key``'s slot lives now (a plain single-key read: the
+        client follows its redirection, or marks the cluster for a fresh look on a connection error;
+        ``exists()`` would not, as the cluster client pipelines it)."""
+        if isinstance(self.redis, RedisCluster):
+            try:
+                await self.redis.execute_command("EXISTS", key)
+            except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException):
+                pass
+
+    async def _load_script(self, script: AsyncScript, key: str) -> None:
+        if isinstance(self.redis, RedisCluster):
+            await self.redis.execute_command(
+                "SCRIPT LOAD", script.script, target_nodes=self.redis.get_node_from_key(key)
+            )
+        else:
+            await self.redis.script_load(script.script)
+
+    def _check_confirmed(self, confirmed: int) -> None:
+        if confirmed < self.wait_replicas:
+            logger.warning(
+                "a write was confirmed by %d of %d replicas within %d ms",
+                confirmed,
+                self.wait_replicas,
+                self.wait_timeout_ms,
+            )
+            raise UnavailableError(
+                f"Redis replicas did not confirm this write in time ({confirmed} of {self.wait_replicas} within "
+                f"{self.wait_timeout_ms} ms), so it may not survive a failover; it may have been applied: retry, "
+                "with the same Idempotency-Key for a context post, which then applies it once"
+            )
 
     async def fixed(self, session_id: str, tenant: str) -> Session:
         """The session's fixed metadata (owner, model, transforms), from a per-process cache when it can.
@@ -458,7 +572,8 @@ class SessionStore:
     async def delete(self, session_id: str, tenant: str) -> None:
         await self.get(session_id, tenant)
         self._fixed.pop(session_id, None)
-        if not await self.redis.delete(*session_keys(session_id)):
+        keys = session_keys(session_id)
+        if not await self._write(None, keys, []):
             raise _not_found(session_id)
 
     async def append(
@@ -481,7 +596,7 @@ class SessionStore:
         request_digest = _digest(entry)
         args = [entry, points, key_digest, request_digest, self.log_capacity, self.idempotency_keys]
         for _ in range(MAX_ATTEMPTS):
-            reply = await self._append(keys=session_keys(session.session_id), args=args)
+            reply, confirmed = await self._write_unconfirmed(self._append, session_keys(session.session_id), args)
             status = reply[0].decode()
             if status == "missing":
                 self._fixed.pop(session.session_id, None)
@@ -490,6 +605,7 @@ class SessionStore:
                 record = reply[1]
                 if record[:DIGEST_BYTES] != request_digest:
                     raise UnprocessableError("this Idempotency-Key was already used with a different request body")
+                self._check_confirmed(confirmed)
                 counters = record[DIGEST_BYTES:]
                 num_points, version = int(counters[:COUNTER_DIGITS]), int(counters[COUNTER_DIGITS:])
                 return Appended(num_points, version, replayed=True)
@@ -499,6 +615,7 @@ class SessionStore:
             _, num_points, version, log_points = reply
             if log_points >= self.fold_threshold:
                 self._fold_in_background(session, compute, on_commit)
+            self._check_confirmed(confirmed)
             return Appended(num_points, version, replayed=False)
         raise UnavailableError(f"session {session.session_id} is too busy to take more points; retry shortly")
 
