@@ -67,6 +67,8 @@ def commands(out: Path, quick: bool) -> dict[str, list[str]]:
             *json_out("calibration_cost"),
         ],
         "real_data": [*py, "bench.real_data", *ckpt, *quick_flag, *json_out("real_data")],
+        "replication_wait": [*py, "bench.replication_wait", *ckpt, *quick_flag, *json_out("replication_wait")],
+        "capacity": [*py, "bench.capacity", *ckpt, *quick_flag, *json_out("capacity")],
     }
 
 

@@ -66,14 +66,26 @@ def test_quick_bench_writes_every_result():
     for row in real["series"]:
         assert row["statuses"] and 0 <= row["model"]["coverage_95"] <= 1 and math.isfinite(row["ll_gap"])
 
+    wait = load("replication_wait")["results"]
+    for path in ("store", "http"):
+        assert set(wait[path]) == {"no WAIT", "WAIT 1 replica"}
+        assert all(0 < r["p50_ms"] <= r["p99_ms"] for r in wait[path].values())
+
+    capacity = load("capacity")
+    assert capacity["sessions"] == 2_000 and set(capacity["by_kind"]) == {"new", "small", "medium", "large"}
+    assert capacity["by_kind"]["new"]["mean_bytes"] < capacity["by_kind"]["large"]["mean_bytes"]
+    assert capacity["by_kind"]["large"]["mean_bytes"] > capacity["state_bytes"]  # folded: a stored blob
+
     runs = load("runs")
     names = [
-        "model_costs", "constant_memory", "peers", "train_throughput", "service_load", "calibration_cost", "real_data"
+        "model_costs", "constant_memory", "peers", "train_throughput", "service_load", "calibration_cost", "real_data",
+        "replication_wait", "capacity",
     ]  # fmt: skip
     assert [r["name"] for r in runs] == names
     report = (OUT / "RESULTS.md").read_text()
     headings = (
-        "## Machine", "## Commands", "## 1. Model", "## 2. Against peers", "## 3. Service under load", "## 5.", "## 6."
+        "## Machine", "## Commands", "## 1. Model", "## 2. Against peers", "## 3. Service under load", "## 5.", "## 6.",
+        "## 7.", "## 8.",
     )  # fmt: skip
     for heading in headings:
         assert heading in report
