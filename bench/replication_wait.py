@@ -1,7 +1,7 @@
 """What durable acknowledgements cost: context-post latency with ``CMANP_REDIS_WAIT_REPLICAS=1``
 against 0, at a fixed rate.
 
-    nice -n 10 python -m bench.replication_wait [--rate 100] [--seconds 8] [--rounds 3] [--quick]
+    nice -n 10 python -m bench.replication_wait [--rate 25] [--seconds 8] [--rounds 4] [--quick]
 
 A bundled redis-server (``appendfsync always``, as ``make run`` starts it) with one replica (a
 second bundled redis-server, ``REPLICAOF``), both on this machine. Two measurements, each
@@ -191,9 +191,9 @@ def run(checkpoint: Path, rate: float, seconds: float, rounds: int) -> dict:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, default=Path("checkpoints/cmanp-gp-rbf.safetensors"))
-    p.add_argument("--rate", type=float, default=100.0, help="posts per second, open loop")
+    p.add_argument("--rate", type=float, default=25.0, help="posts per second, open loop")
     p.add_argument("--seconds", type=float, default=8.0, help="per round and setting")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--quick", action="store_true", help="one short round: checks the harness, not the numbers")
     p.add_argument("--out", type=Path, default=OUT_DIR / "replication_wait.json")
     args = p.parse_args(argv)

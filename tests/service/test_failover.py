@@ -104,4 +104,4 @@ def test_a_failover_keeps_every_acknowledged_point_with_wait(
         assert lagged <= WRITERS, lagged
     else:
         # The scenario must lose what the replica never got, or the 0 lost above would prove nothing.
-        assert lost and lagged >= len(lost), (lost, lagged)
+        assert lost, f"nothing lost without WAIT ({lagged} acknowledged while the replica lagged)"
