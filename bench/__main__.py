@@ -87,6 +87,8 @@ def commands(out: Path, quick: bool) -> dict[str, list[str]]:
             *(["--quick"] if quick else ["--sessions", "1024"]),
             *json_out("calibration_monitor_rbf"),
         ],
+        "replication_wait": [*py, "bench.replication_wait", *ckpt, *quick_flag, *json_out("replication_wait")],
+        "capacity": [*py, "bench.capacity", *ckpt, *quick_flag, *json_out("capacity")],
     }
 
 

@@ -463,6 +463,75 @@ def calibration_monitor_section(general: dict | None, rbf: dict | None) -> list[
     return lines
 
 
+def replication_wait_section(wait: dict | None) -> list[str]:
+    title = "## 8. What durable acknowledgements cost: WAIT for a replica (issue 22)"
+    if wait is None:
+        return [title, "", "Not run.", ""]
+    rate, rounds, seconds = wait["rate_per_s"], wait["rounds"], wait["seconds_per_round"]
+    intro = (
+        "A bundled redis-server (`appendfsync always`) and one replica on the same machine; single-point posts "
+        f"with a key each over 100 sessions, open loop at {rate:.0f} posts/s (latency counted from each post's "
+        f"scheduled time), {rounds} rounds of {seconds:.0f} s per setting, the settings alternating "
+        "(`bench/replication_wait.py`). *store*: `SessionStore.append` alone; *store, one at a time*: the same, "
+        "each append after the previous one answered (the cost of one append, free of queueing); *HTTP*: "
+        "`python -m service`, one process per setting. Load average at the end: "
+        + ", ".join(f"{x:.1f}" for x in wait.get("load_average", ()))
+        + "."
+    )
+    lines, rows = [title, "", intro, ""], []
+    labels = {"store": "store", "store_serial": "store, one at a time", "http": "HTTP"}
+    for path, label in labels.items():
+        by_mode = wait["results"][path]
+        for mode, r in by_mode.items():
+            rows.append(
+                [label, mode, f"{r['posts']:,}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['max_ms']:.1f}"]
+            )
+    lines += _table(["path", "setting", "posts", "p50 ms", "p99 ms", "max ms"], rows)
+    costs = []
+    for path, label in labels.items():
+        off, on = wait["results"][path]["no WAIT"], wait["results"][path]["WAIT 1 replica"]
+        costs.append(f"{label}: {on['p50_ms'] - off['p50_ms']:+.2f} ms p50, {on['p99_ms'] - off['p99_ms']:+.2f} ms p99")
+    lines += ["Cost of WAIT 1: " + "; ".join(costs) + ". A replica on another host adds its round trip.", ""]
+    return lines
+
+
+def capacity_section(capacity: dict | None) -> list[str]:
+    title = "## 9. Redis memory of many sessions, a mix of small and large (issue 22)"
+    if capacity is None:
+        return [title, "", "Not run.", ""]
+    intro = (
+        f"{capacity['sessions']:,} sessions of the shipped model ({capacity['state_bytes']:,}-byte state) written "
+        f"with the service's Lua scripts into a bundled redis-server in {capacity['write_seconds']:.0f} s "
+        "(`bench/capacity.py`; a key per post, a fold every 256 points). `MEMORY USAGE` summed over each "
+        "session's keys:"
+    )
+    lines, rows = [title, "", intro, ""], []
+    for kind, r in capacity["by_kind"].items():
+        low, high = r["points"]
+        points = f"{low:,}" if low == high else f"{low:,}-{high:,}"
+        rows.append(
+            [kind, f"{r['share']:.0%}", points, r["points_per_post"], f"{r['mean_points']:,.0f}",
+             f"{r['mean_bytes']:,.0f}", f"{r['max_bytes']:,}"]
+        )  # fmt: skip
+    lines += _table(["sessions", "share", "points", "per post", "mean points", "mean bytes", "max bytes"], rows)
+    lines += [
+        f"Per session over the mix: {capacity['memory_usage_per_session_bytes']:,.0f} bytes of `MEMORY USAGE`, "
+        f"{capacity['used_memory_per_session_bytes']:,.0f} bytes of `used_memory` growth (keyspace overhead "
+        "included). Projected, one copy of the data (`used_memory` per session x sessions):",
+        "",
+    ]
+    lines += _table(
+        ["sessions", "data", "with one replica each, +30% headroom"],
+        [[f"{int(k):,}", _gib(v["used_memory_bytes"]), _gib(v["used_memory_bytes"] * 2 * 1.3)]
+         for k, v in capacity["projection"].items()],
+    )  # fmt: skip
+    return lines
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:,.1f} GiB"
+
+
 def write_report(out: Path, report_dir: Path) -> Path:
     """Write RESULTS.md and the plots into report_dir from the JSON in out; returns the report's path."""
     costs, memory, peers = _load(out, "model_costs"), _load(out, "constant_memory"), _load(out, "peers")
@@ -490,6 +559,7 @@ def write_report(out: Path, report_dir: Path) -> Path:
     order = [
         "model_costs", "constant_memory", "peers", "train_throughput", "service_load", "calibration_cost", "real_data",
         "calibration_monitor", "calibration_monitor_rbf",
+        "replication_wait", "capacity",
     ]  # fmt: skip
     runs = sorted(runs, key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
     lines += [f"- `{r['command']}` ({r['seconds']:.0f} s)" for r in runs]
@@ -501,6 +571,8 @@ def write_report(out: Path, report_dir: Path) -> Path:
     lines += calibration_section(_load(out, "calibration_cost"))  # type: ignore[arg-type]
     lines += real_data_section(_load(out, "real_data"))  # type: ignore[arg-type]
     lines += calibration_monitor_section(_load(out, "calibration_monitor"), _load(out, "calibration_monitor_rbf"))  # type: ignore[arg-type]
+    lines += replication_wait_section(_load(out, "replication_wait"))  # type: ignore[arg-type]
+    lines += capacity_section(_load(out, "capacity"))  # type: ignore[arg-type]
     path = report_dir / "RESULTS.md"
     path.write_text("\n".join(lines))
     return path

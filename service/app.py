@@ -89,6 +89,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 max_points_per_request=settings.max_points_per_request,
                 idempotency_keys=settings.idempotency_keys_per_session,
                 cached_sessions=settings.cached_sessions,
+                wait_replicas=settings.redis_wait_replicas,
+                wait_timeout_ms=settings.redis_wait_timeout_ms,
             )
             # At shutdown, before Redis closes: let folds that posts started finish (their points
             # are in the log either way; a fold cut short is only redone by the next post).

@@ -53,11 +53,12 @@ def log_entry(x: np.ndarray, y: np.ndarray) -> bytes:
 
 
 def stored_state(model: ServedModel, snapshot: Snapshot) -> CMANPState:
-    """The snapshot's state blob, decoded; CorruptStateError if it fails its checks (checksum, shapes,
-    fingerprint), which the model reports as ValueError. The session cannot be served then, but the
-    blob is left as it is, for an operator to look at."""
+    """The snapshot's state blob, decoded (the model's empty state before the session's first fold);
+    CorruptStateError if it fails its checks (checksum, shapes, fingerprint), which the model reports
+    as ValueError, or is missing after a fold. The session cannot be served then, but the blob is
+    left as it is, for an operator to look at."""
     try:
-        return model.net.state_from_bytes(snapshot.state)
+        return model.net.state_from_bytes(snapshot.state_blob(model.empty_state))
     except ValueError as e:
         logger.error("session %s: stored state unreadable: %s", snapshot.session.session_id, e)
         raise CorruptStateError(
@@ -97,7 +98,7 @@ def _model_points(
 class _Folded:
     """A state blob with the first log entries of its session folded in."""
 
-    blob: bytes
+    blob: bytes | None  # None: no stored blob yet (the model's empty state)
     log: list[bytes]
     num_points: int  # the session's points at the time: a later snapshot never has fewer
     state: CMANPState  # the model caches its derived latents on it once it is predicted from

@@ -101,6 +101,12 @@ class Settings(BaseSettings):
         64, ge=0, description="folded states of this many recently predicted sessions kept in process (hot sessions)"
     )
     redis_timeout_seconds: float = Field(5.0, gt=0, description="socket timeout of Redis calls")
+    redis_wait_replicas: int = Field(
+        0, ge=0, description="replicas that must confirm each acknowledged write (Redis WAIT); 0 = do not wait"
+    )
+    redis_wait_timeout_ms: int = Field(
+        1_000, ge=1, description="how long a write waits for REDIS_WAIT_REPLICAS; past it: 503 + Retry-After"
+    )
     calibration: bool = Field(True, description="score each context point against the state before it")
 
     @field_validator("api_keys", mode="before")
@@ -117,6 +123,14 @@ class Settings(BaseSettings):
     def _cluster_needs_url(self) -> Settings:
         if self.redis_cluster and self.redis_url is None:
             raise ValueError("REDIS_CLUSTER needs REDIS_URL (a node of the cluster); the bundled Redis is no cluster")
+        return self
+
+    @model_validator(mode="after")
+    def _wait_within_the_socket_timeout(self) -> Settings:
+        if self.redis_wait_replicas and self.redis_wait_timeout_ms >= self.redis_timeout_seconds * 1000:
+            raise ValueError(
+                "REDIS_WAIT_TIMEOUT_MS must be shorter than REDIS_TIMEOUT_SECONDS, or the socket gives up first"
+            )
         return self
 
     @field_validator("log_level", mode="before")

@@ -2,13 +2,15 @@
 
 Keys, all with the hash tag ``{session_id}`` so that a session lives in one Redis Cluster slot:
 
-    cmanp:{id}:meta   hash    owner, pinned model name + fingerprint, transforms, TTL, counters
-    cmanp:{id}:state  string  the model's versioned state blob (constant size)
+    cmanp:{id}:meta   hash    owner, pinned model name + fingerprint, transforms, TTL, counters,
+                              the size of the model's state blob
+    cmanp:{id}:state  string  the model's versioned state blob (constant size), written by the first
+                              fold; absent before it, which means the model's empty state
     cmanp:{id}:log    list    context posts not yet folded into the state (float32, model units;
                               y in user units for a session with "y_transform": "auto")
     cmanp:{id}:idem   string  a ring of the last ``idempotency_keys`` idempotency records, each
                               digest(key) | digest(request) | num_points | version (64 bytes),
-                              allocated in full when the session is created
+                              grown one record per keyed post up to its full size, then reused
 
 Design: an append log folded lazily with the model's exact update. Rewriting the ~100 KB state
 blob on every post serialises writers on one read-modify-write; appending is cheap and never
@@ -35,13 +37,33 @@ folded points, see ``service.calibration``): the same commit adds them to meta f
 ``sum:<name>``, so they too count every folded point exactly once, and a session's record stays
 constant-size.
 
-Memory per session is bounded by a constant: an append is refused while the log would exceed
-``fold_threshold + max_points_per_request`` points (the writer folds, then appends again), and
-only the last ``idempotency_keys`` keys are remembered (each for at most the session's TTL).
-Their ring is written in place (SETRANGE) and never resized, so a session that posts one point
-per request with a key each uses the same idempotency memory as one that never posted. In all:
-state + (fold_threshold + max_points_per_request) * (dim_x + dim_y) * 4 bytes + 64 bytes per
-remembered key + a small meta hash.
+Memory per session is bounded by a constant, and a small session pays only for what it holds.
+A new session is its meta hash alone: the empty state belongs to the model
+(``ServedModel.empty_state``), so the state key is first written by the first fold's commit, and
+a snapshot without one decodes the model's empty state (``Snapshot.state_blob``; a missing blob
+after a fold has committed is a lost one, reported as corrupt). An append is refused while the
+log would exceed ``fold_threshold + max_points_per_request`` points (the writer folds, then
+appends again), and only the last ``idempotency_keys`` keys are remembered (each for at most the
+session's TTL). Their ring grows by one record per keyed post (SETRANGE at its end) until it
+holds ``idempotency_keys`` records, is then copied once into an exactly sized string (SETRANGE
+grows strings greedily, up to 1.5x), and from then on is written in place and never resized, so
+a session that posts one point per request with a key each uses the same idempotency memory as
+one that posted ``idempotency_keys`` times. In all, at most: state + (fold_threshold +
+max_points_per_request) * (dim_x + dim_y) * 4 bytes + 64 bytes per remembered key + a small meta
+hash; before the first fold, without the state.
+
+Durable acknowledgements (``wait_replicas``): Redis replicates asynchronously, so a master that
+dies before its replica got a write loses it on failover, acknowledged or not. With
+``wait_replicas`` > 0, every acknowledged write (create, context post, its replay, delete) is sent
+together with ``WAIT wait_replicas wait_timeout_ms`` on one connection (WAIT waits for the
+writes of its own connection), to the master of the session's slot on a Redis Cluster; a write
+that fewer replicas confirm in time answers 503 with Retry-After. It may have been applied on the
+master: the client's retry with the same Idempotency-Key is then a replay, which waits for the
+replicas again (a replay refreshes the TTL, a write, and WAIT covers every write before it in
+the replication stream, so also the original post), or, if the failover lost the post together
+with its idempotency record (one script, replicated as one transaction), applies it anew: once
+either way. Folds need no WAIT: a commit lost in a failover leaves the state and log it replaced,
+which hold the same points.
 
 The Redis client must not retry commands itself: if an append ran but its reply was lost, a
 retry would apply it twice. A failure surfaces as 503 instead, and the client retries with the
@@ -56,12 +78,15 @@ import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import orjson
 import redis.exceptions
 from redis.asyncio import Redis, RedisCluster
+from redis.commands.core import AsyncScript
 
 from service.errors import CorruptStateError, NotFoundError, UnavailableError, UnprocessableError
+from service.text import plural
 from service.transforms import AffineMap
 
 logger = logging.getLogger(__name__)
@@ -73,13 +98,14 @@ SUM_PREFIX = "sum:"  # meta fields that hold a fold's sums
 COUNTER_DIGITS = 16  # num_points and version, zero-padded decimal: exact up to 2^53 in Lua
 RECORD_BYTES = 2 * DIGEST_BYTES + 2 * COUNTER_DIGITS
 MAX_ATTEMPTS = 20  # folds/appends lost to concurrent folds before giving up (never seen in practice)
+REDIRECT_ATTEMPTS = 3  # durable writes sent to a node that no longer owns the slot (failover, resharding)
 
 _TOUCH = """
 local ttl = redis.call('HGET', KEYS[1], 'ttl_ms')
 for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ttl) end
 """
 
-# ARGV[1]: 'full' to return state and log too.
+# ARGV[1]: 'full' to return state and log too. The state is false (None) before the first fold.
 _READ = (
     "if redis.call('EXISTS', KEYS[1]) == 0 then return false end"
     + _TOUCH
@@ -94,7 +120,10 @@ return {meta, redis.call('STRLEN', KEYS[2])}
 
 # ARGV: entry, points, key digest ('' = none), request digest, log capacity, ring slots.
 # A ring record is found by a plain substring search for the key digest, accepted only at a
-# record boundary; the slot for the next record is meta's `idem_next`, modulo the ring size.
+# record boundary; the slot for the next record is meta's `idem_next`, modulo the ring size. The
+# ring grows one record at a time (SETRANGE past its end) and is copied into an exactly sized
+# string when its last slot is first written. A replay refreshes the TTL, like any use: that
+# write is also what a WAIT after it waits for (see the module docstring).
 _APPEND = (
     f"""
 if redis.call('EXISTS', KEYS[1]) == 0 then return {{'missing'}} end
@@ -103,7 +132,12 @@ if ARGV[3] ~= '' then
   local ring = redis.call('GET', KEYS[4]) or ''
   local at = string.find(ring, ARGV[3], 1, true)
   while at and (at - 1) % record_bytes ~= 0 do at = string.find(ring, ARGV[3], at + 1, true) end
-  if at then return {{'replay', string.sub(ring, at + {DIGEST_BYTES}, at + record_bytes - 1)}} end
+  if at then
+"""
+    + _TOUCH
+    + f"""
+    return {{'replay', string.sub(ring, at + {DIGEST_BYTES}, at + record_bytes - 1)}}
+  end
 end
 local points = tonumber(ARGV[2])
 if tonumber(redis.call('HGET', KEYS[1], 'log_points')) + points > tonumber(ARGV[5]) then return {{'full'}} end
@@ -112,14 +146,23 @@ local num_points = redis.call('HINCRBY', KEYS[1], 'num_points', points)
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
 local log_points = redis.call('HINCRBY', KEYS[1], 'log_points', points)
 if ARGV[3] ~= '' then
-  local slot = (redis.call('HINCRBY', KEYS[1], 'idem_next', 1) - 1) % tonumber(ARGV[6])
+  local written = redis.call('HINCRBY', KEYS[1], 'idem_next', 1)
+  local slot = (written - 1) % tonumber(ARGV[6])
   local counters = string.format('%0{COUNTER_DIGITS}d%0{COUNTER_DIGITS}d', num_points, version)
   redis.call('SETRANGE', KEYS[4], slot * record_bytes, ARGV[3] .. ARGV[4] .. counters)
+  if written == tonumber(ARGV[6]) then redis.call('SET', KEYS[4], redis.call('GET', KEYS[4])) end
 end
 """
     + _TOUCH
     + "return {'ok', num_points, version, log_points}"
 )
+
+# ARGV: TTL in ms, then pairs of meta field and value. A new session is its meta hash alone.
+_CREATE = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
 
 # ARGV: fold epoch of the snapshot, log entries folded, points folded, new state, the number of
 # meta fields to set, then pairs of meta field and value to set (the fold's fields), then pairs of
@@ -171,7 +214,7 @@ class Session:
     ttl_seconds: int
     num_points: int = 0
     version: int = 0  # context posts applied
-    state_bytes: int = 0
+    state_bytes: int = 0  # the size of its state blob, stored or not (the model's empty state before a fold)
     sums: dict[str, float] = field(default_factory=dict)  # what the committed folds added up (Fold.sums)
     # "y_transform": "auto": the log holds y in user units, and y_transform is a placeholder until
     # the first fold fixes it (service.transforms.auto_y_map).
@@ -210,6 +253,7 @@ class Session:
             "idem_next": "0",
             "y_auto": "1" if self.y_auto else "0",
             "y_fixed": "1" if self.y_fixed else "0",
+            "state_bytes": str(self.state_bytes),
         }
 
     def fixed_fields(self) -> tuple:
@@ -254,7 +298,10 @@ class Session:
         )
 
     @classmethod
-    def from_meta(cls, session_id: str, meta: dict[str, str], state_bytes: int) -> Session:
+    def from_meta(cls, session_id: str, meta: dict[str, str], stored_bytes: int) -> Session:
+        """The session its meta hash describes; ``stored_bytes``: the length of its stored state blob
+        (0 where there is none yet: then the size recorded at creation)."""
+
         def affine(raw: str) -> AffineMap:
             return AffineMap.from_lists(**orjson.loads(raw))
 
@@ -269,7 +316,7 @@ class Session:
             ttl_seconds=int(meta["ttl_ms"]) // 1000,
             num_points=int(meta["num_points"]),
             version=int(meta["version"]),
-            state_bytes=state_bytes,
+            state_bytes=stored_bytes or int(meta.get("state_bytes", 0)),
             sums={k.removeprefix(SUM_PREFIX): float(v) for k, v in meta.items() if k.startswith(SUM_PREFIX)},
             y_auto=meta.get("y_auto") == "1",  # sessions created before auto scaling have neither field
             y_fixed=meta.get("y_fixed", "1") == "1",
@@ -278,13 +325,23 @@ class Session:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Meta, state and unfolded log of a session, read atomically."""
+    """Meta, state and unfolded log of a session, read atomically. ``state`` is None while no fold
+    has written one: the session's state is then its model's empty state (``state_blob``)."""
 
     session: Session
-    state: bytes
+    state: bytes | None
     log: list[bytes]
     log_points: int
     fold_epoch: int
+
+    def state_blob(self, empty_state: bytes) -> bytes:
+        """The blob to decode: the stored one, or ``empty_state`` (the model's) before the first fold.
+        ValueError if the blob is missing although a fold committed one (deleted or evicted)."""
+        if self.state is not None:
+            return self.state
+        if self.fold_epoch == 0:
+            return empty_state
+        raise ValueError(f"the state blob is missing, although {plural(self.fold_epoch, 'fold')} committed one")
 
 
 @dataclass(frozen=True)
@@ -329,8 +386,13 @@ class SessionStore:
         max_points_per_request: int,
         idempotency_keys: int,
         cached_sessions: int = 10_000,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1_000,
     ) -> None:
         self.redis = redis
+        # Replicas that must confirm every acknowledged write (WAIT), and how long to wait for them.
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         # Sessions with a fold in flight in this process, each with an event set when it ends or commits.
         self._folding: dict[str, asyncio.Event] = {}
         # Sessions whose log reached the threshold while their fold was in flight here: it reads the log again.
@@ -344,6 +406,7 @@ class SessionStore:
         self.log_capacity = fold_threshold + max_points_per_request
         self.idempotency_keys = idempotency_keys
         self._read = redis.register_script(_READ)
+        self._create = redis.register_script(_CREATE)
         self._append = redis.register_script(_APPEND)
         self._commit_fold = redis.register_script(_COMMIT_FOLD)
 
@@ -353,18 +416,107 @@ class SessionStore:
             return bool(await self.redis.ping(target_nodes=RedisCluster.PRIMARIES))
         return bool(await self.redis.ping())
 
-    async def create(self, session: Session, state: bytes) -> Session:
+    async def create(self, session: Session, empty_state: bytes) -> Session:
+        """Store a new session: its meta hash only. ``empty_state`` is its model's state blob, which
+        is not stored (a snapshot without a blob decodes the model's own): only its size is."""
+        session = replace(session, state_bytes=len(empty_state))
         keys = session_keys(session.session_id)
-        ttl_ms = session.ttl_seconds * 1000
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys[0], mapping=session.initial_meta())
-            pipe.pexpire(keys[0], ttl_ms)
-            pipe.set(keys[1], state, px=ttl_ms)
-            pipe.set(keys[3], bytes(self.idempotency_keys * RECORD_BYTES), px=ttl_ms)
-            await pipe.execute()
-        session = replace(session, state_bytes=len(state))
+        args = [session.ttl_seconds * 1000, *(item for pair in session.initial_meta().items() for item in pair)]
+        try:
+            await self._write(self._create, keys[:1], args)
+        except UnavailableError:
+            # Not confirmed by the replicas: best effort to leave nothing behind on the master either.
+            await self.redis.delete(keys[0])
+            raise
         self._remember(session)
         return session
+
+    async def _write(self, script: AsyncScript | None, keys: list[str], args: list) -> Any:
+        """Run a write that a client is told of (a script on ``keys``, or None: DEL ``keys``); 503 if
+        fewer than ``wait_replicas`` replicas confirmed it in time."""
+        reply, confirmed = await self._write_unconfirmed(script, keys, args)
+        self._check_confirmed(confirmed)
+        return reply
+
+    async def _write_unconfirmed(self, script: AsyncScript | None, keys: list[str], args: list) -> tuple[Any, int]:
+        """The reply of the write (see ``_write``) and how many replicas confirmed it (WAIT on the same
+        connection, on the master of the keys' slot), without checking that number; with
+        ``wait_replicas`` = 0, the plain write and 0."""
+        if not self.wait_replicas:
+            return (await self.redis.delete(*keys) if script is None else await script(keys=keys, args=args)), 0
+        command = ("DEL", *keys) if script is None else ("EVALSHA", script.sha, len(keys), *keys, *args)
+        for _ in range(REDIRECT_ATTEMPTS):
+            reply, confirmed = await self._with_wait(keys[0], command)
+            if isinstance(reply, redis.exceptions.NoScriptError) and script is not None:
+                await self._load_script(script, keys[0])  # nothing ran
+                continue
+            if isinstance(
+                reply, (redis.exceptions.MovedError, redis.exceptions.AskError, redis.exceptions.TryAgainError)
+            ):
+                await self._refresh_slots(keys[0])  # nothing ran: the slot has another master now
+                continue
+            for result in (reply, confirmed):
+                if isinstance(result, Exception):
+                    raise result
+            return reply, confirmed
+        raise UnavailableError("the session's slot is moving between Redis nodes; retry shortly")
+
+    async def _with_wait(self, key: str, command: tuple) -> tuple[Any, Any]:
+        """``command`` then WAIT, pipelined on one connection (WAIT waits for its own connection's
+        writes): on a Redis Cluster, the connection to the master that owns ``key``'s slot. Their
+        replies, errors included (a redirection is not followed: that would run the command elsewhere)."""
+        wait = ("WAIT", self.wait_replicas, self.wait_timeout_ms)
+        try:
+            if isinstance(self.redis, RedisCluster):
+                await self.redis.initialize()  # a fresh view of the cluster, if a failure asked for one
+                node = self.redis.get_node_from_key(key)
+                pipe = self.redis.pipeline()
+                pipe.execute_command(*command, target_nodes=node)
+                pipe.execute_command(*wait, target_nodes=node)
+                reply, confirmed = await pipe.execute(raise_on_error=False, allow_redirections=False)
+            else:
+                plain = self.redis.pipeline(transaction=False)
+                plain.execute_command(*command)
+                plain.execute_command(*wait)
+                reply, confirmed = await plain.execute(raise_on_error=False)
+        except redis.exceptions.RedisClusterException as e:  # e.g. no node known to serve the slot
+            raise UnavailableError(f"the Redis Cluster cannot take this write right now ({e}); retry shortly") from e
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            await self._refresh_slots(key)  # e.g. its master died: look again before the next write
+            raise
+        return reply, confirmed
+
+    async def _refresh_slots(self, key: str) -> None:
+        """Have the cluster client learn where ``key``'s slot lives now (a plain single-key read: the
+        client follows its redirection, or marks the cluster for a fresh look on a connection error;
+        ``exists()`` would not, as the cluster client pipelines it)."""
+        if isinstance(self.redis, RedisCluster):
+            try:
+                await self.redis.execute_command("EXISTS", key)
+            except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException):
+                pass
+
+    async def _load_script(self, script: AsyncScript, key: str) -> None:
+        if isinstance(self.redis, RedisCluster):
+            await self.redis.execute_command(
+                "SCRIPT LOAD", script.script, target_nodes=self.redis.get_node_from_key(key)
+            )
+        else:
+            await self.redis.script_load(script.script)
+
+    def _check_confirmed(self, confirmed: int) -> None:
+        if confirmed < self.wait_replicas:
+            logger.warning(
+                "a write was confirmed by %d of %d replicas within %d ms",
+                confirmed,
+                self.wait_replicas,
+                self.wait_timeout_ms,
+            )
+            raise UnavailableError(
+                f"Redis replicas did not confirm this write in time ({confirmed} of {self.wait_replicas} within "
+                f"{self.wait_timeout_ms} ms), so it may not survive a failover; it may have been applied: retry, "
+                "with the same Idempotency-Key for a context post, which then applies it once"
+            )
 
     async def fixed(self, session_id: str, tenant: str) -> Session:
         """The session's fixed metadata (owner, model, transforms), from a per-process cache when it can.
@@ -396,13 +548,13 @@ class SessionStore:
         """The session's metadata (refreshing its TTL); 404 if it does not exist or is another tenant's."""
         reply = await self._read(keys=session_keys(session_id), args=["meta"])
         meta = self._owned_meta(session_id, tenant, reply)
-        return Session.from_meta(session_id, meta, state_bytes=int(reply[1]))
+        return Session.from_meta(session_id, meta, stored_bytes=int(reply[1]))
 
     async def snapshot(self, session_id: str, tenant: str) -> Snapshot:
         reply = await self._read(keys=session_keys(session_id), args=["full"])
         meta = self._owned_meta(session_id, tenant, reply)
         return Snapshot(
-            session=Session.from_meta(session_id, meta, state_bytes=len(reply[1])),
+            session=Session.from_meta(session_id, meta, stored_bytes=len(reply[1] or b"")),
             state=reply[1],
             log=reply[2],
             log_points=int(meta["log_points"]),
@@ -420,7 +572,8 @@ class SessionStore:
     async def delete(self, session_id: str, tenant: str) -> None:
         await self.get(session_id, tenant)
         self._fixed.pop(session_id, None)
-        if not await self.redis.delete(*session_keys(session_id)):
+        keys = session_keys(session_id)
+        if not await self._write(None, keys, []):
             raise _not_found(session_id)
 
     async def append(
@@ -443,7 +596,7 @@ class SessionStore:
         request_digest = _digest(entry)
         args = [entry, points, key_digest, request_digest, self.log_capacity, self.idempotency_keys]
         for _ in range(MAX_ATTEMPTS):
-            reply = await self._append(keys=session_keys(session.session_id), args=args)
+            reply, confirmed = await self._write_unconfirmed(self._append, session_keys(session.session_id), args)
             status = reply[0].decode()
             if status == "missing":
                 self._fixed.pop(session.session_id, None)
@@ -452,6 +605,7 @@ class SessionStore:
                 record = reply[1]
                 if record[:DIGEST_BYTES] != request_digest:
                     raise UnprocessableError("this Idempotency-Key was already used with a different request body")
+                self._check_confirmed(confirmed)
                 counters = record[DIGEST_BYTES:]
                 num_points, version = int(counters[:COUNTER_DIGITS]), int(counters[COUNTER_DIGITS:])
                 return Appended(num_points, version, replayed=True)
@@ -461,6 +615,7 @@ class SessionStore:
             _, num_points, version, log_points = reply
             if log_points >= self.fold_threshold:
                 self._fold_in_background(session, compute, on_commit)
+            self._check_confirmed(confirmed)
             return Appended(num_points, version, replayed=False)
         raise UnavailableError(f"session {session.session_id} is too busy to take more points; retry shortly")
 

@@ -69,17 +69,28 @@ def test_quick_bench_writes_every_result():
     for name in ("calibration_monitor", "calibration_monitor_rbf"):
         monitor = load(name)["sizes"]["100"]
         assert monitor["sessions"] == 64 and 0 <= monitor["alarms_when_fine"] <= monitor["fine"] <= 64
+    wait = load("replication_wait")["results"]
+    for path in ("store", "http"):
+        assert set(wait[path]) == {"no WAIT", "WAIT 1 replica"}
+        assert all(0 < r["p50_ms"] <= r["p99_ms"] for r in wait[path].values())
+
+    capacity = load("capacity")
+    assert capacity["sessions"] == 2_000 and set(capacity["by_kind"]) == {"new", "small", "medium", "large"}
+    assert capacity["by_kind"]["new"]["mean_bytes"] < capacity["by_kind"]["large"]["mean_bytes"]
+    assert capacity["by_kind"]["large"]["mean_bytes"] > capacity["state_bytes"]  # folded: a stored blob
 
     runs = load("runs")
     names = [
         "model_costs", "constant_memory", "peers", "train_throughput", "service_load", "calibration_cost", "real_data",
         "calibration_monitor", "calibration_monitor_rbf",
+        "replication_wait", "capacity",
     ]  # fmt: skip
     assert [r["name"] for r in runs] == names
     report = (OUT / "RESULTS.md").read_text()
     headings = (
         "## Machine", "## Commands", "## 1. Model", "## 2. Against peers", "## 3. Service under load", "## 5.", "## 6.",
         "## 7.",
+        "## 8.", "## 9.",
     )  # fmt: skip
     for heading in headings:
         assert heading in report

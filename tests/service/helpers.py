@@ -137,12 +137,14 @@ def wait_for_folds(client: redis.Redis, session_id: str, fold_threshold: int, ti
 
 
 def stored_state(client: redis.Redis, session_id: str, net: CMANP) -> CMANPState:
-    """The session's exact state as Redis holds it: the state blob with the unfolded log applied,
-    both read in one transaction (a fold may commit at any time)."""
+    """The session's exact state as Redis holds it: the state blob (the empty state where no fold has
+    written one yet) with the unfolded log applied, read in one transaction (a fold may commit at any time)."""
     prefix = f"{KEY_PREFIX}:{{{session_id}}}"
     with client.pipeline(transaction=True) as pipe:
-        blob, log = pipe.get(f"{prefix}:state").lrange(f"{prefix}:log", 0, -1).execute()
-    state = net.state_from_bytes(blob)
+        pipe.get(f"{prefix}:state").lrange(f"{prefix}:log", 0, -1).hget(f"{prefix}:meta", "fold_epoch")
+        blob, log, folds = pipe.execute()
+    assert blob is not None or int(folds) == 0, "the state blob is missing after a fold"
+    state = net.state_from_bytes(blob) if blob is not None else net.empty_state()
     x, y = _log_rows(log, net.cfg.dim_x, net.cfg.dim_y)
     if len(x):
         with torch.no_grad():

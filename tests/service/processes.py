@@ -87,14 +87,22 @@ class ApiProcess:
 
 
 class LocalRedisCluster:
-    """A Redis Cluster of ``masters`` bundled redis-servers on 127.0.0.1, no replicas, created with
-    ``redis-cli --cluster create``; ``url`` is one node (the cluster client finds the others).
-    ``start()``, then ``stop()``.
+    """A Redis Cluster of ``masters`` bundled redis-servers on 127.0.0.1, each with ``replicas``
+    replicas, created with ``redis-cli --cluster create``; ``url`` is one node (the cluster client
+    finds the others). ``start()``, then ``stop()``. ``node_timeout_ms`` is how long a node may
+    be unreachable before the others count it failed (a failed master's replica then takes over).
     """
 
-    def __init__(self, data_dir: Path, masters: int = 3) -> None:
-        node_options = {"cluster-enabled": "yes", "cluster-config-file": "nodes.conf", "cluster-node-timeout": "5000"}
-        self.nodes = [EmbeddedRedis(data_dir / f"node-{i}", options=node_options) for i in range(masters)]
+    def __init__(self, data_dir: Path, masters: int = 3, replicas: int = 0, node_timeout_ms: int = 5000) -> None:
+        node_options = {
+            "cluster-enabled": "yes",
+            "cluster-config-file": "nodes.conf",
+            "cluster-node-timeout": str(node_timeout_ms),
+        }
+        self.replicas = replicas
+        self.nodes = [
+            EmbeddedRedis(data_dir / f"node-{i}", options=node_options) for i in range(masters * (1 + replicas))
+        ]
 
     @property
     def url(self) -> str:
@@ -105,19 +113,56 @@ class LocalRedisCluster:
             node.start()
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
         subprocess.run(
-            [str(redis_cli_binary()), "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            [
+                str(redis_cli_binary()),
+                "--cluster",
+                "create",
+                *addresses,
+                "--cluster-replicas",
+                str(self.replicas),
+                "--cluster-yes",
+            ],
             check=True,
             capture_output=True,
             timeout=timeout,
         )
-        # `create` returns once the slots are assigned; every node must also agree the cluster is up.
-        deadline = time.monotonic() + timeout
+        # `create` returns once the slots are assigned; every node must also agree the cluster is
+        # up, and every replica must have its master's data (else its first writes have no copy).
         for node in self.nodes:
+            self._wait_ready(node, time.monotonic() + timeout)
+
+    def rejoin(self, node: EmbeddedRedis, timeout: float = 30.0) -> None:
+        """Restart a stopped or killed node (same port, data and nodes.conf) and wait until it serves
+        again: a master that was failed over comes back as its successor's replica."""
+        node.start()
+        self._wait_ready(node, time.monotonic() + timeout)
+
+    def _wait_ready(self, node: EmbeddedRedis, deadline: float) -> None:
+        with redis.Redis(port=node.port) as client:
+            while not self._node_ready(client):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"node {node.port} did not see the cluster up in time")
+                time.sleep(0.05)
+
+    @staticmethod
+    def _node_ready(client: redis.Redis) -> bool:
+        if client.cluster("info")["cluster_state"] != "ok":
+            return False
+        replication = client.info("replication")
+        return replication["role"] == "master" or replication.get("master_link_status") == "up"
+
+    def serving(self, key: str) -> tuple[EmbeddedRedis, list[EmbeddedRedis]]:
+        """The master that serves ``key``'s slot and its replicas, as some live node sees them now."""
+        by_port = {node.port: node for node in self.nodes}
+        for node in self.nodes:
+            if node.process is None or node.process.poll() is not None:
+                continue
             with redis.Redis(port=node.port) as client:
-                while client.cluster("info")["cluster_state"] != "ok":
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"node {node.port} did not see the cluster up within {timeout} s")
-                    time.sleep(0.05)
+                slot = client.execute_command("CLUSTER KEYSLOT", key)
+                for start, end, master, *replicas in client.execute_command("CLUSTER SLOTS"):
+                    if start <= slot <= end:
+                        return by_port[master[1]], [by_port[replica[1]] for replica in replicas]
+        raise LookupError(f"no live node knows who serves {key}")
 
     def stop(self) -> None:
         for node in self.nodes:

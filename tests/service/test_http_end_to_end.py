@@ -19,10 +19,12 @@ from service.store import KEY_PARTS
 from tests.service.helpers import (
     API_KEYS,
     BOTH_BACKENDS,
+    DEFAULT_FOLD_THRESHOLD,
     TINY_CARD,
     expected_prediction,
     sample_points,
     session_keys_in_redis,
+    wait_for_folds,
 )
 
 pytestmark = BOTH_BACKENDS
@@ -151,7 +153,10 @@ def test_async_client(server: str, tiny_net) -> None:
 
 def test_every_key_expires_and_use_refreshes_the_ttl(client: CMANPClient, redis_client) -> None:
     session_id = client.create_session(ttl_seconds=600).session_id
-    client.add_context(session_id, [0.1, 0.2], [0.3, 0.4])  # creates the log and idempotency keys too
+    x, y = sample_points(DEFAULT_FOLD_THRESHOLD, seed=4)
+    client.add_context(session_id, x, y)  # a fold: it writes the state, which a new session lacks
+    wait_for_folds(redis_client, session_id, DEFAULT_FOLD_THRESHOLD)
+    client.add_context(session_id, [0.1, 0.2], [0.3, 0.4])  # the log and idempotency keys too
     keys = session_keys_in_redis(redis_client, session_id)
     assert len(keys) == len(KEY_PARTS)
     for key in keys:

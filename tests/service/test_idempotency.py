@@ -62,12 +62,18 @@ def test_key_reused_with_another_body_is_refused(server: str, client: CMANPClien
 
 def test_remembered_keys_are_bounded(server: str, client: CMANPClient, redis_client) -> None:
     session_id = client.create_session().session_id
+    ring = f"{KEY_PREFIX}:{{{session_id}}}:idem"
+    assert not redis_client.exists(ring)  # nothing remembered, nothing stored
     with httpx.Client(base_url=server, headers=AUTH) as http:
         for i in range(140):  # the default bound is 128 keys per session
             body = {"x": [[0.01 * i]], "y": [[0.0]]}
             assert http.post(f"/v1/sessions/{session_id}/context", json=body, headers={"Idempotency-Key": f"k{i}"})
-    # The records live in a ring allocated once, at creation: 140 keys later it has not grown.
-    assert redis_client.strlen(f"{KEY_PREFIX}:{{{session_id}}}:idem") == 128 * RECORD_BYTES
+            if i + 1 in (1, 10, 128):  # the ring grows by one record per key remembered ...
+                assert redis_client.strlen(ring) == (i + 1) * RECORD_BYTES
+    # ... up to the bound: 140 keys later it has not grown since the 128th, and it was then copied
+    # into an exactly sized string (SETRANGE had grown it greedily, to 12 KB for these 8 KB).
+    assert redis_client.strlen(ring) == 128 * RECORD_BYTES
+    assert redis_client.memory_usage(ring, samples=0) < 128 * RECORD_BYTES * 1.05
     # The newest keys are still remembered; the oldest were forgotten, so a repeat of one applies again.
     assert client.add_context(session_id, [0.01 * 139], [0.0], idempotency_key="k139").replayed
     assert not client.add_context(session_id, [0.0], [0.0], idempotency_key="k0").replayed

@@ -18,7 +18,14 @@ import redis
 
 from service.client import CMANPClient, CMANPError, RetryPolicy
 from service.store import KEY_PARTS, session_keys
-from tests.service.helpers import API_KEYS, live_server, make_settings
+from tests.service.helpers import (
+    API_KEYS,
+    DEFAULT_FOLD_THRESHOLD,
+    live_server,
+    make_settings,
+    sample_points,
+    wait_for_folds,
+)
 from tests.service.processes import LocalRedisCluster
 
 ON_THE_CLUSTER = pytest.mark.parametrize("backend", ["cluster"], indirect=True)  # server/client on the cluster
@@ -35,9 +42,12 @@ def sessions_per_node(cluster: LocalRedisCluster, session_ids: list[str]) -> lis
 
 
 @ON_THE_CLUSTER
-def test_a_sessions_keys_share_one_slot(client: CMANPClient, redis_cluster: LocalRedisCluster) -> None:
+def test_a_sessions_keys_share_one_slot(client: CMANPClient, redis_client, redis_cluster: LocalRedisCluster) -> None:
     session_id = client.create_session().session_id
-    client.add_context(session_id, [0.1, 0.2], [0.3, 0.4], idempotency_key="k")  # writes the log too
+    x, y = sample_points(DEFAULT_FOLD_THRESHOLD, seed=3)
+    client.add_context(session_id, x, y)  # a fold, which writes the state
+    wait_for_folds(redis_client, session_id, DEFAULT_FOLD_THRESHOLD)
+    client.add_context(session_id, [0.1, 0.2], [0.3, 0.4], idempotency_key="k")  # the log and the ring too
     with redis.Redis(port=redis_cluster.nodes[0].port) as node:
         slots = {node.execute_command("CLUSTER KEYSLOT", key) for key in session_keys(session_id)}
     # Without the {session_id} hash tag the four keys would hash to different slots (and the

@@ -54,3 +54,9 @@ def test_malformed_api_keys_are_refused(spec: str) -> None:
 def test_a_cluster_needs_its_url() -> None:
     with pytest.raises(ValidationError, match="REDIS_URL"):
         Settings(redis_cluster=True)
+
+
+def test_a_wait_for_replicas_must_end_before_the_socket_timeout() -> None:
+    assert Settings(redis_wait_replicas=1, redis_wait_timeout_ms=500, redis_timeout_seconds=5).redis_wait_replicas == 1
+    with pytest.raises(ValidationError, match="REDIS_WAIT_TIMEOUT_MS"):
+        Settings(redis_wait_replicas=1, redis_wait_timeout_ms=5_000, redis_timeout_seconds=5)
