@@ -158,6 +158,26 @@ def test_residuals_with_variance_near_2_6_over_100_points_are_flagged(shipped_se
 FOLD_EVERY = 40  # small, so that the test crosses several folds and also reads a pending log
 
 
+def score_into(z: np.ndarray, log_density: np.ndarray, at: np.ndarray, y: np.ndarray, prediction: tuple) -> None:
+    """Write the scores of the points ``at`` (values y [at]) under a model prediction into z and log_density."""
+    mean, variance = (t[0, :, 0].double().numpy() for t in prediction)
+    z[at] = (y[at, 0] - mean) / np.sqrt(variance)
+    log_density[at] = -0.5 * np.log(2 * math.pi * variance) - (y[at, 0] - mean) ** 2 / (2 * variance)
+
+
+def report_of(z: np.ndarray, log_density: np.ndarray) -> dict[str, object]:
+    """The report's figures from scores, computed with numpy and the standard library."""
+    pit = np.array([NORMAL.cdf(v) for v in z])
+    return {
+        "scored_points": len(z),
+        "mean_log_density": log_density.mean(),
+        "standardised_residual_mean": z.mean(),
+        "standardised_residual_variance": z.var(),
+        "coverage": {f"{p:g}": float(np.mean(np.abs(z) <= NORMAL.inv_cdf((1 + p) / 2))) for p in LEVELS},
+        "pit_histogram": np.histogram(pit, bins=10, range=(0, 1))[0].tolist(),
+    }
+
+
 def expected_aggregates(
     net: CMANP, x: np.ndarray, y: np.ndarray, fold_starts: list[int], leak: bool = False
 ) -> dict[str, object]:
@@ -177,18 +197,8 @@ def expected_aggregates(
             else:
                 state = net.empty_state()
             prediction = net.predict(state, torch.tensor(x[None, scored]).float())
-        mean, variance = (t[0, :, 0].double().numpy() for t in prediction)
-        z[scored] = (y[scored, 0] - mean) / np.sqrt(variance)
-        log_density[scored] = -0.5 * np.log(2 * math.pi * variance) - (y[scored, 0] - mean) ** 2 / (2 * variance)
-    pit = np.array([NORMAL.cdf(v) for v in z])
-    return {
-        "scored_points": n,
-        "mean_log_density": log_density.mean(),
-        "standardised_residual_mean": z.mean(),
-        "standardised_residual_variance": z.var(),
-        "coverage": {f"{p:g}": float(np.mean(np.abs(z) <= NORMAL.inv_cdf((1 + p) / 2))) for p in LEVELS},
-        "pit_histogram": np.histogram(pit, bins=10, range=(0, 1))[0].tolist(),
-    }
+        score_into(z, log_density, scored, y, prediction)
+    return report_of(z, log_density)
 
 
 def expected_interpolation(net: CMANP, x: np.ndarray, y: np.ndarray, fold_starts: list[int]) -> dict[str, object]:
@@ -205,18 +215,8 @@ def expected_interpolation(net: CMANP, x: np.ndarray, y: np.ndarray, fold_starts
                 xs, ys = (torch.tensor(a[None, rest]).float() for a in (x, y))
                 state = net.condition(xs, ys) if len(rest) else net.empty_state()
                 prediction = net.predict(state, torch.tensor(x[None, share]).float())
-            mean, variance = (t[0, :, 0].double().numpy() for t in prediction)
-            z[share] = (y[share, 0] - mean) / np.sqrt(variance)
-            log_density[share] = -0.5 * np.log(2 * math.pi * variance) - (y[share, 0] - mean) ** 2 / (2 * variance)
-    pit = np.array([NORMAL.cdf(v) for v in z])
-    return {
-        "scored_points": n,
-        "mean_log_density": log_density.mean(),
-        "standardised_residual_mean": z.mean(),
-        "standardised_residual_variance": z.var(),
-        "coverage": {f"{p:g}": float(np.mean(np.abs(z) <= NORMAL.inv_cdf((1 + p) / 2))) for p in LEVELS},
-        "pit_histogram": np.histogram(pit, bins=10, range=(0, 1))[0].tolist(),
-    }
+            score_into(z, log_density, share, y, prediction)
+    return report_of(z, log_density)
 
 
 def assert_matches(got: dict, want: dict) -> None:
