@@ -10,8 +10,9 @@ batched over tasks, and prequential forecast blocks), and the session's verdict 
     called ``miscalibrated`` (each session is one check);
   * alarms on sessions whose intervals are in fact fine: each session's function is also observed
     at ``FRESH`` fresh inputs, predicted from the whole context; a session is *fine* when those
-    fresh readings' mean clipped z^2 is at most that of a forecast whose std is
-    ``VARIANCE_TOLERANCE`` too small (what the test claims to tolerate). An in-prior session on
+    fresh readings' mean clipped z^2 lies between that of a forecast whose std is ``STD_FACTOR``
+    (1.5) too large and one whose std is ``VARIANCE_TOLERANCE`` (1.15) too small: what the tests
+    claim to tolerate. An in-prior session on
     which the model itself is over-confident is not a false alarm when it is flagged.
   * power: the same sessions judged by a forecaster whose standard deviations are ``factor``
     times too small (every predictive variance divided by factor^2): the share called
@@ -32,6 +33,7 @@ from model import load_checkpoint
 from model.data import build_sampler
 from service.calibration import (
     FOLDS,
+    STD_FACTOR,
     VARIANCE_TOLERANCE,
     Z_CLIP,
     Aggregates,
@@ -97,7 +99,8 @@ def measure(checkpoint: str, data: dict, sessions: int, batch: int, seed: int, s
                 predictions = _predictions(net, tasks.xc, tasks.yc)
                 mean, var = net.predict(net.condition(tasks.xc, tasks.yc), tasks.xt)
                 fresh = ((tasks.yt - mean).square() / var).clamp_max(Z_CLIP**2).mean((1, 2))
-                fine = (fresh <= clipped_square_moments(VARIANCE_TOLERANCE)[0]).tolist()
+                low, high = clipped_square_moments(1 / STD_FACTOR)[0], clipped_square_moments(VARIANCE_TOLERANCE)[0]
+                fine = ((fresh >= low) & (fresh <= high)).tolist()
                 counts["fine"] += sum(fine)
                 for shrink, key in [(1.0, "false_alarms")] + [(f * f, f"flagged_at_{f:g}x") for f in FACTORS]:
                     for b, scores in enumerate(_scores(predictions, shrink)):

@@ -60,7 +60,7 @@ class Settings(BaseSettings):
         "always", description="when the bundled redis-server fsyncs its append-only file (docs/OPERATIONS.md)"
     )
     checkpoint_dir: Path = Field(Path("checkpoints"), description="every *.safetensors here is served")
-    default_model: str = Field("cmanp-gp-rbf", description="model of sessions created without one")
+    default_model: str = Field("cmanp-gp-general", description="model of sessions created without one")
     session_ttl_seconds: int = Field(86_400, ge=1, description="idle time after which a session expires")
     max_session_ttl_seconds: int = Field(30 * 86_400, ge=1, description="largest ttl_seconds a client may ask for")
     max_points_per_request: int = Field(1_000, ge=1, description="context points or queries per request")

@@ -9,6 +9,8 @@ from model import CMANP, CMANPANDConfig, CMANPConfig, load_checkpoint
 from model.checkpoint import build_model
 
 CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "cmanp-gp-rbf.safetensors"
+# The default model: same architecture, other weights (a broad prior); the exactness suite runs on it too.
+GENERAL = CHECKPOINT.with_name("cmanp-gp-general.safetensors")
 SMALL = CMANPConfig(d_model=32, n_heads=4, n_blocks=3, n_latents=16, ff_width=64, embed_depth=2)
 SMALL_AND = CMANPANDConfig(**SMALL.to_dict(), block_size=8, cov_features=4, cov_layers=1)  # with a joint head
 
@@ -33,10 +35,10 @@ def small() -> CMANP:
     return small_model()
 
 
-@pytest.fixture(scope="session", params=["small", "shipped"])
+@pytest.fixture(scope="session", params=["small", "shipped", "general"])
 def net(request: pytest.FixtureRequest) -> CMANP:
-    """Each exactness test runs on a random model and on the trained one (sharper attention)."""
-    return small_or_shipped(request.param, small_model(), CHECKPOINT)
+    """Each exactness test runs on a random model and on both trained ones (sharper attention)."""
+    return small_or_shipped(request.param, small_model(), GENERAL if request.param == "general" else CHECKPOINT)
 
 
 def small_or_shipped(which: str, small: CMANP, shipped: Path) -> CMANP:

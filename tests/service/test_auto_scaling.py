@@ -19,17 +19,17 @@ from model.data.real_series import load_series
 from service.client import CMANPClient, CMANPError
 from tests.service.helpers import API_KEYS, REPO, live_server, make_settings, wait_for_folds
 
-MODEL = "cmanp-gp-rbf"  # any trained model: the mechanism does not depend on it
+MODEL = "cmanp-gp-general"  # the default model, whose card makes auto scaling its sessions' default
 FOLD_EVERY = 40
 
 
 @pytest.fixture(scope="module")
 def auto_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shipped weights, with a card that makes auto scaling the model's default."""
+    """The shipped default model and its card, as committed."""
     directory = tmp_path_factory.mktemp("auto")
-    shutil.copy(REPO / "checkpoints" / f"{MODEL}.safetensors", directory)
-    card = json.loads((REPO / "checkpoints" / f"{MODEL}.json").read_text())
-    (directory / f"{MODEL}.json").write_text(json.dumps(card | {"y_transform_default": "auto"}))
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(REPO / "checkpoints" / f"{MODEL}{suffix}", directory)
+    assert json.loads((directory / f"{MODEL}.json").read_text())["y_transform_default"] == "auto"
     return directory
 
 

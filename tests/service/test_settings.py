@@ -39,7 +39,7 @@ def test_defaults_use_the_embedded_redis_and_the_shipped_model(monkeypatch: pyte
     settings = Settings()
     assert settings.redis_url is None and settings.redis_data_dir == Path("var/redis")
     assert settings.redis_appendfsync == "always" and not settings.redis_cluster
-    assert (settings.default_model, settings.checkpoint_dir) == ("cmanp-gp-rbf", Path("checkpoints"))
+    assert (settings.default_model, settings.checkpoint_dir) == ("cmanp-gp-general", Path("checkpoints"))
     assert settings.api_keys == {} and settings.port == 8000
     assert settings.cors_allow_origins == []  # CORS off
     assert settings.rate_limit_per_second == 0 and settings.max_sessions_per_tenant == 1000
