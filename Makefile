@@ -20,8 +20,9 @@ install: $(STAMP)
 run: $(STAMP)
 	$(PY) -m service
 
+# Two workers, a test file each at a time (files share their module fixtures: servers, Redis).
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # pip-audit checks every installed distribution against PyPI's advisory data (needs PyPI's JSON API);
 # torch's local "+cpu" build and this package itself are not on PyPI, so they are listed as skipped.
