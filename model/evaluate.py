@@ -6,8 +6,8 @@
     python -m model.evaluate --checkpoint C --kernel broad --context-sizes 10,50,200,1000   # the broad prior
 
 For the broad prior the oracle is the exact GP with each task's true kernel and noise. It is the
-Bayes-optimal predictor only for the tasks with Gaussian noise, so the figures are reported for
-those tasks too ("gaussian_noise").
+Bayes-optimal predictor only for the tasks with Gaussian noise of one variance (not Student-t, not
+heteroscedastic), so the figures are reported for those tasks too ("gaussian_noise").
 
 The model is scored through its public streaming API (condition in chunks, then predict), the
 same path the service uses. LL is the target log-likelihood averaged over a task's targets, then
@@ -59,7 +59,8 @@ def score(net: NeuralProcess, batches: list[TaskBatch], desc: str, joint: bool =
     for b in tqdm(batches, desc=desc, mininterval=5, leave=False):
         model_lls.append(model_log_likelihood(net, b.to(net.device), joint=joint))
         oracle_lls.append(oracle(b))
-        gaussian.append(~b.student_t if hasattr(b, "student_t") else torch.ones(len(model_lls[-1]), dtype=torch.bool))
+        exact = b.oracle_exact if hasattr(b, "oracle_exact") else torch.ones(len(model_lls[-1]), dtype=torch.bool)
+        gaussian.append(exact)
     model_ll, oracle_ll, mask = torch.cat(model_lls), torch.cat(oracle_lls), torch.cat(gaussian)
     result = {"model": summarise(model_ll), "oracle": summarise(oracle_ll)}
     if not mask.all():

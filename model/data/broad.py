@@ -12,7 +12,8 @@ Per task (all ranges log-uniform unless stated; the ranges and why are in ``Broa
   * optionally a second stationary part at its own length-scale (fast wiggles on a slow curve);
   * optionally a linear trend with a random offset (a dot-product kernel plus a constant);
   * the signal's total amplitude split between the parts by Dirichlet weights;
-  * observation noise from far below to about the signal's size; a share of tasks has Student-t noise.
+  * observation noise from far below to about the signal's size; a share of tasks has Student-t noise,
+    and a share has heteroscedastic noise (its scale drifts smoothly with x, as in MASS/mcycle).
 
 Sampling is exact: a float64 Cholesky of the task's covariance. ``BroadBatch`` keeps every task's
 parameters, so the exact GP with the true kernel (``model.gp_oracle``) scores the same tasks.
@@ -27,6 +28,7 @@ import torch
 from torch import Tensor
 
 STATIONARY = ("rbf", "matern12", "matern32", "matern52", "rq")
+HETERO_FEATURES = 16
 JITTER = 1e-6  # relative to the task's signal variance; far below the smallest noise variance
 
 
@@ -62,6 +64,15 @@ class BroadBatch:
     def to(self, device: torch.device | str) -> BroadBatch:
         moved = {k: getattr(self, k).to(device) for k in ("xc", "yc", "xt", "yt")}
         return BroadBatch(**moved, params=self.params, student_t=self.student_t)
+
+    @property
+    def oracle_exact(self) -> Tensor:
+        """[B] bool: the task's noise is Gaussian with one variance, so the exact GP is its Bayes predictor."""
+        return ~(self.student_t | self.params["hetero"])
+
+    def noise_scale(self, x: Tensor) -> Tensor:
+        """Each task's noise scale at inputs x [B, n, dx], float64 [B, n] (constant but for heteroscedastic tasks)."""
+        return noise_scale(self.params, x.double())
 
     def covariance(self, x1: Tensor, x2: Tensor) -> Tensor:
         """The noise-free kernel k(x1, x2) of every task, float64 [B, n, m]."""
@@ -99,6 +110,19 @@ def covariance(p: dict[str, Tensor], x1: Tensor, x2: Tensor) -> Tensor:
     return out
 
 
+def noise_scale(p: dict[str, Tensor], x: Tensor) -> Tensor:
+    """The noise's scale at x [B, n, dx] (float64 [B, n]): ``noise`` times exp(s h(x)) for heteroscedastic tasks.
+
+    h is a random-Fourier-feature draw of a unit-variance RBF process (``HETERO_FEATURES`` features,
+    frequencies ~ N(0, 1 / length^2)), so the envelope is smooth, its log has standard deviation s,
+    and it is a deterministic function of the task's parameters (no state kept beside them).
+    """
+    proj = x[..., :1] * p["het_freq"].unsqueeze(1) + p["het_phase"].unsqueeze(1)  # [B, n, J]
+    h = math.sqrt(2.0 / HETERO_FEATURES) * torch.cos(proj).sum(-1)  # [B, n]
+    s = torch.where(p["hetero"], p["het_scale"], torch.zeros_like(p["het_scale"]))
+    return p["noise"].unsqueeze(1) * torch.exp(s.unsqueeze(1) * h)
+
+
 @dataclass(frozen=True)
 class BroadPrior:
     """The prior's ranges, in model units (x in ``x_range``, y after the session's y transform).
@@ -110,7 +134,9 @@ class BroadPrior:
     standard deviation from 0.1 to 2 (a scale estimated from a few points is often off by 2x either
     way); the noise's standard deviation from 0.005 to 1.2 times the signal's (near-exact readings
     to noise as large as the signal: a share of pure-noise tasks teaches a model to call structure
-    noise, and real series standardised by their spread are rarely noise alone).
+    noise, and real series standardised by their spread are rarely noise alone). In a share of tasks
+    the noise's log-scale drifts with x (standard deviation 0.3-1.2, length-scale 0.3-4): real
+    readings are often quiet in one regime and loud in another (mcycle's noise sd changes tenfold).
     """
 
     x_range: tuple[float, float] = (-2.0, 2.0)
@@ -127,6 +153,9 @@ class BroadPrior:
     p_second: float = 0.25
     p_trend: float = 0.3
     p_student_t: float = 0.15
+    p_hetero: float = 0.2
+    het_scale_range: tuple[float, float] = (0.3, 1.2)  # standard deviation of the log noise scale
+    het_length_range: tuple[float, float] = (0.3, 4.0)
     t_dofs: tuple[int, ...] = (3, 4, 6, 10)
     # Sizes of a training batch beyond the long-context curriculum: N ~ U{3..max_context}.
     max_context: int = 100
@@ -169,6 +198,19 @@ class BroadPrior:
             "noise": amplitude * self._log_uniform(self.noise_ratio_range, B, g),
             "student_t": coin(self.p_student_t),
             "dof": torch.tensor(self.t_dofs, dtype=torch.float64)[torch.randint(n_dof, (B,), generator=g)],
+            **self._hetero_params(B, g),
+        }
+
+    def _hetero_params(self, B: int, g: torch.Generator) -> dict[str, Tensor]:
+        """The heteroscedastic envelope's parameters (see ``noise_scale``); drawn for every task, used where ``hetero``."""
+        length = self._log_uniform(self.het_length_range, B, g)
+        J = HETERO_FEATURES
+        return {
+            "hetero": torch.rand(B, generator=g, dtype=torch.float64) < self.p_hetero,
+            "het_scale": self.het_scale_range[0]
+            + (self.het_scale_range[1] - self.het_scale_range[0]) * torch.rand(B, generator=g, dtype=torch.float64),
+            "het_freq": torch.randn(B, J, generator=g, dtype=torch.float64) / length.unsqueeze(1),
+            "het_phase": 2 * math.pi * torch.rand(B, J, generator=g, dtype=torch.float64),
         }
 
     def sample(self, batch_size: int, num_context: int, num_target: int, generator: torch.Generator) -> BroadBatch:
@@ -190,7 +232,7 @@ class BroadPrior:
         chi2 = (chi * (torch.arange(max_dof) < p["dof"].view(-1, 1, 1))).sum(-1, keepdim=True)
         t = eps / torch.sqrt(chi2 / p["dof"].view(-1, 1, 1))
         eps = torch.where(p["student_t"].view(-1, 1, 1), t, eps)
-        y = f + p["noise"].view(-1, 1, 1) * eps
+        y = f + noise_scale(p, x).unsqueeze(-1) * eps
         x, y = x.float(), y.float()
         c = num_context
         return BroadBatch(x[:, :c], y[:, :c], x[:, c:], y[:, c:], params=p, student_t=p["student_t"])

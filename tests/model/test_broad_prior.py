@@ -1,0 +1,44 @@
+"""The broad prior's noise: what a task's parameters say its noise is, the data show."""
+
+import math
+
+import torch
+
+from model.data.broad import BroadPrior
+
+# Signal far below the noise, so y is the noise alone (up to a 1e-3 relative part).
+NOISE_ONLY = dict(amplitude_range=(1e-3, 1.1e-3), noise_ratio_range=(1000.0, 1000.1), p_student_t=0.0)
+
+
+def test_heteroscedastic_noise_is_whitened_by_the_scale_the_task_reports() -> None:
+    prior = BroadPrior(**NOISE_ONLY, p_hetero=1.0, het_scale_range=(1.0, 1.2))
+    batch = prior.sample(64, 150, 150, torch.Generator().manual_seed(0))
+    x, y = torch.cat([batch.xc, batch.xt], 1), torch.cat([batch.yc, batch.yt], 1).squeeze(-1).double()
+    scale = batch.noise_scale(x)  # [B, n]
+    z = y / scale
+    # 19,200 standard normals: the variance is 1 within 5 standard errors (se = sqrt(2 / n) = 0.0102).
+    assert abs(z.square().mean().item() - 1.0) < 5 * math.sqrt(2 / z.numel())
+    # The scale really varies within a task (log-sd 1-1.2): dividing by the task's constant noise
+    # level instead leaves points far off unit variance on the loud and quiet ends.
+    log_ratio = (scale.log() - batch.params["noise"].log().unsqueeze(1)).std(1)
+    assert log_ratio.median().item() > 0.6
+    loud = scale > scale.median(1, keepdim=True).values
+    assert (y[loud].square().mean() / y[~loud].square().mean()).item() > 3.0
+    assert not batch.oracle_exact.any()
+
+
+def test_homoscedastic_tasks_have_one_noise_scale_and_an_exact_oracle() -> None:
+    prior = BroadPrior(**NOISE_ONLY, p_hetero=0.0)
+    batch = prior.sample(32, 100, 20, torch.Generator().manual_seed(1))
+    scale = batch.noise_scale(batch.xc)
+    assert torch.equal(scale, batch.params["noise"].unsqueeze(1).expand_as(scale))
+    z = batch.yc.squeeze(-1).double() / scale
+    assert abs(z.square().mean().item() - 1.0) < 5 * math.sqrt(2 / z.numel())
+    assert batch.oracle_exact.all()
+
+
+def test_the_default_prior_mixes_noise_kinds_in_the_stated_shares() -> None:
+    params = BroadPrior().sample_params(20_000, torch.Generator().manual_seed(2))
+    for key, share in (("hetero", BroadPrior.p_hetero), ("student_t", BroadPrior.p_student_t)):
+        observed = params[key].double().mean().item()
+        assert abs(observed - share) < 5 * math.sqrt(share * (1 - share) / 20_000), key
