@@ -201,10 +201,10 @@ class BroadPrior:
             **self._hetero_params(B, g),
         }
 
-    def _hetero_params(self, B: int, g: torch.Generator) -> dict[str, Tensor]:
-        """The heteroscedastic envelope's parameters (see ``noise_scale``); drawn for every task, used where ``hetero``."""
+    def _hetero_params(self, b: int, g: torch.Generator) -> dict[str, Tensor]:
+        """The heteroscedastic envelope's parameters (``noise_scale``): drawn for every task, used where ``hetero``."""
+        B, J = b, HETERO_FEATURES  # noqa: N806 - shape names, as elsewhere in this module
         length = self._log_uniform(self.het_length_range, B, g)
-        J = HETERO_FEATURES
         return {
             "hetero": torch.rand(B, generator=g, dtype=torch.float64) < self.p_hetero,
             "het_scale": self.het_scale_range[0]
