@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import matplotlib
 
@@ -55,8 +57,33 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+class PathSource(Protocol):
+    """What the search needs from a model: take in one evaluation, and draw one sample path of f on the grid."""
+
+    def observe(self, x: float, y: float) -> None: ...
+
+    def path(self) -> np.ndarray: ...
+
+
+def thompson_search(
+    source: PathSource,
+    f: Callable[[np.ndarray], np.ndarray],
+    grid: np.ndarray,
+    initial: int,
+    steps: int,
+    rng: np.random.Generator,
+) -> Iterator[tuple[float, float]]:
+    """Yields each evaluation (x, f(x)): ``initial`` uniform draws on the grid's span, then ``steps``
+    evaluations where one sample path from ``source`` is lowest. Each is observed before the next path."""
+    for i in range(initial + steps):
+        x = float(rng.uniform(grid[0], grid[-1]) if i < initial else grid[np.argmin(source.path())])
+        y = float(f(np.array(x)))
+        source.observe(x, y)
+        yield x, y
+
+
 class Sampler:
-    """Draws one sample path of f on the grid: a joint sample from the model, or the labelled fallback."""
+    """One session as a PathSource: a joint sample from the model, or the labelled marginal fallback."""
 
     def __init__(self, client: CMANPClient, session_id: str, grid: np.ndarray, seed: int) -> None:
         self.client, self.session_id, self.grid = client, session_id, grid
@@ -78,6 +105,9 @@ class Sampler:
             )
             return False
         return True
+
+    def observe(self, x: float, y: float) -> None:
+        self.client.add_context(self.session_id, [x], [y])
 
     def path(self) -> np.ndarray:
         if self.joint:
@@ -132,11 +162,8 @@ def main() -> None:
         print(f"session {sid} on model {session.model}; sample paths: {'joint' if sampler.joint else 'APPROXIMATE'}")
         xs: list[float] = []
         ys: list[float] = []
-        for i in range(args.initial + steps):
-            x = rng.uniform(X_LOW, X_HIGH) if i < args.initial else grid[np.argmin(sampler.path())]
-            y = float(forrester(np.array(x)))
-            client.add_context(sid, [x], [y])
-            xs.append(float(x))
+        for i, (x, y) in enumerate(thompson_search(sampler, forrester, grid, args.initial, steps, rng)):
+            xs.append(x)
             ys.append(y)
             kind = "random" if i < args.initial else mode
             print(f"{i + 1:3d} {kind:8s} x={x:.6f} f={y:+8.4f} best={min(ys):+8.4f} regret={min(ys) - F_MIN:.4f}")

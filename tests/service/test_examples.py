@@ -26,7 +26,6 @@ from service.embedded_redis import EmbeddedRedis
 from tests.service.helpers import API_KEYS, REPO, live_server, make_settings
 
 SHIPPED = "cmanp-gp-rbf"
-FORRESTER_MIN = -6.020740  # Forrester et al. (2008), f(0.757249)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +87,9 @@ def test_streaming_regression_writes_into_an_ignored_folder(shipped_server: str,
     assert_png(out)
 
 
-def test_bayes_opt(shipped_server: str, tmp_path: Path) -> None:
+def test_bayes_opt_runs_over_http_on_the_joint_model(shipped_server: str, tmp_path: Path) -> None:
+    # A smoke test of the example as a user runs it; whether its Thompson steps make progress is
+    # judged over 32 seeded runs in tests/examples/test_bayes_opt.py, not by this one run.
     out = tmp_path / "bayes_opt.png"
     result = run_example("bayes_opt.py", shipped_server, "--quick", "--out", str(out))
     steps = re.findall(r"^\s*\d+ (\w+)\s+x=([\d.]+) f=\s*([+-][\d.]+)", result.stdout, re.MULTILINE)
@@ -102,7 +103,8 @@ def test_bayes_opt(shipped_server: str, tmp_path: Path) -> None:
 
     best_initial, best = f[:3].min(), f.min()
     assert f"initial best f = {best_initial:+.4f}" in result.stdout
-    assert best < best_initial and best - FORRESTER_MIN < 0.5, f"no progress: {best_initial} -> {best}"
+    assert f"final best f = {best:+.4f}" in result.stdout
+    assert np.all(np.isin(np.round(x[3:], 6), np.round(np.linspace(0, 1, 101), 6))), "Thompson steps off the grid"
     assert "session: 13 points" in result.stdout
     assert_png(out)
 
