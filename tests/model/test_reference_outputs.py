@@ -1,10 +1,13 @@
 """The shipped checkpoints give the outputs recorded before the issue-23 split of ``model/``.
 
 ``fixtures/reference.npz`` was written by ``fixtures/make_reference.py`` with the code of commit
-80f82a4 (one file for blocks, encoder and heads). Every comparison here is bit-for-bit: the split
-moved code between files and composed the joint model from public parts, but it kept each
-tensor operation and its order, so no result rounds differently. The state blobs written then
-must load now and predict the same numbers.
+80f82a4 (one file for blocks, encoder and heads). The split moved code between files and composed
+the joint model from public parts, but kept each tensor operation and its order: on the CPU that
+recorded the fixture every output was bit-for-bit the same (CI at 4e61172). Another CPU picks other
+vector kernels for the same float32 operations (an AVX2 AMD EPYC differs by up to 4e-6 relative,
+state blobs by their last bits), so float outputs are compared within ``RTOL`` of their scale, and
+exactly what involves no float arithmetic: fingerprints, tensor names, the empty state's bytes.
+The state blobs written then must load now and predict the same numbers.
 """
 
 import hashlib
@@ -41,6 +44,15 @@ SHARED_KEYS = [
     "log_likelihood",
 ]
 JOINT_KEYS = ["joint_mean", "joint_cov", "joint_log_prob", "samples"]
+# Hashes of states built by float arithmetic: equal only on the recording CPU's kernels.
+STATE_HASHES = {"conditioned_state", "streamed_state_sha256", "merged_state_sha256"}
+RTOL = 2e-5  # of max(1, the largest recorded magnitude): float32 rounding, 100x below any real change
+
+
+def assert_close(now: np.ndarray, expected: np.ndarray, what: str) -> None:
+    tolerance = RTOL * max(1.0, float(np.abs(expected).max()))
+    difference = float(np.abs(now.astype(np.float64) - expected).max())
+    assert difference <= tolerance, f"{what} differs from the recorded output by {difference:.2e}"
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +77,17 @@ def test_the_fixture_inputs_are_the_recorded_ones(reference, recorded):
         assert np.array_equal(now[key], reference[f"{name}/{key}"]), key
 
 
-def test_outputs_are_bit_identical_to_the_recorded_ones(reference, recorded):
+def test_outputs_are_the_recorded_ones(reference, recorded):
     name, _, now = recorded
     keys = SHARED_KEYS + (JOINT_KEYS if name == "and" else [])
     assert set(now) == {*keys, "xc", "yc", "xq", "yq"}
     for key in keys:
         expected = reference[f"{name}/{key}"]
         assert now[key].dtype == expected.dtype and now[key].shape == expected.shape, key
-        assert np.array_equal(now[key], expected), f"{name}/{key} differs from the recorded output"
+        if expected.dtype.kind == "f":
+            assert_close(now[key], expected, f"{name}/{key}")
+        elif key not in STATE_HASHES:
+            assert np.array_equal(now[key], expected), f"{name}/{key} differs from the recorded output"
 
 
 def test_a_state_blob_written_before_the_split_loads_and_predicts_the_same(reference, recorded):
@@ -81,12 +96,12 @@ def test_a_state_blob_written_before_the_split_loads_and_predicts_the_same(refer
     xq = torch.from_numpy(reference[f"{name}/xq"])
     with torch.no_grad():
         mean, var = net.predict(state, xq)
-        assert np.array_equal(mean.numpy(), reference[f"{name}/conditioned_mean"])
-        assert np.array_equal(var.numpy(), reference[f"{name}/conditioned_var"])
+        assert_close(mean.numpy(), reference[f"{name}/conditioned_mean"], "mean")
+        assert_close(var.numpy(), reference[f"{name}/conditioned_var"], "variance")
         if name == "and":
             g = torch.Generator().manual_seed(SAMPLE_SEED)
             paths = net.sample(state, xq, NUM_SAMPLES, block_size=JOINT_BLOCK, generator=g)
-            assert np.array_equal(paths.numpy(), reference["and/samples"])
+            assert_close(paths.numpy(), reference["and/samples"], "samples")
 
 
 def test_the_empty_state_blob_is_the_one_new_sessions_got(reference, recorded):
