@@ -9,13 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from model.data.hawkes import HawkesParams
 
 
 @dataclass
@@ -26,7 +23,9 @@ class EventBatch:
     # [B] float64: the end of each observation window (no event in (last event, end]); None: the
     # window ends at the last event, so the likelihood has no survival term.
     end: Tensor | None = None
-    params: HawkesParams | None = None  # the true process, when the data are simulated from one
+    # The true process when the data are simulated from one (a model.data.hawkes.HawkesParams; not
+    # imported here, which would make an import cycle), for the oracle.
+    params: Any = None
 
     @property
     def mask(self) -> Tensor:
