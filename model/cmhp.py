@@ -141,11 +141,36 @@ class CMHP(FingerprintedModel):
         self.next_query = nn.Parameter(torch.randn(1, 1, D))
         self.decoder = Decoder(K, D, H, cfg.ff_width)
         self.head = NextEventHead(D, cfg.components, cfg.num_marks, cfg.min_log_std)
+        self._tables: tuple[Tensor, Tensor, Tensor] | None = None  # see _weights
 
     # Identity (fingerprint, train, load_state_dict, device) comes from FingerprintedModel.
+    def train(self, mode: bool = True) -> CMHP:
+        self._tables = None
+        return super().train(mode)
+
+    def load_state_dict(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201 - nn.Module's signature
+        self._tables = None
+        return super().load_state_dict(*args, **kwargs)
+
     def rates(self) -> Tensor:
         """The decay rates w [K, H, L] (per model time unit)."""
-        return self.log_rate.exp()
+        return self._weights()[2]
+
+    def _weights(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Mark scores [M, K, H, L], mark values [M, K, H, Dh] and rates [K, H, L].
+
+        Marks are discrete, so the data embedding and key/value projections run on M rows once,
+        and an event's contribution is a lookup plus its time term. They depend on the weights
+        alone: cached in eval mode without grad (most of a one-event update otherwise), dropped
+        by ``train()`` and ``load_state_dict``.
+        """
+        if self._tables is not None and not (self.training or torch.is_grad_enabled()):
+            return self._tables
+        scores, values = self.encoder.data_attn.point_scores_values(self.mark_embed.weight)
+        tables = (scores, values, self.log_rate.exp())
+        if not (self.training or torch.is_grad_enabled()):
+            self._tables = tables
+        return tables
 
     # ---- validation -------------------------------------------------------------------------
     def _marks(self, k: Tensor | Sequence, name: str = "k") -> Tensor:
@@ -201,7 +226,10 @@ class CMHP(FingerprintedModel):
         last = state.last_time
         if now is None:
             return torch.where(torch.isfinite(last), last, torch.zeros_like(last))
-        now = self._times(now, "now").expand(state.batch_size).clone()
+        now = self._times(now, "now")
+        if now.ndim > 1 or now.numel() not in (1, state.batch_size):
+            raise ValueError(f"now must be a number or have shape [{state.batch_size}], got {tuple(now.shape)}")
+        now = now.reshape(-1).expand(state.batch_size).clone()
         early = now < last
         if early.any():
             i = int(early.nonzero()[0])
@@ -217,14 +245,6 @@ class CMHP(FingerprintedModel):
         acc = self.encoder.empty(batch_size, self.fingerprint)
         return CMHPState(acc, torch.full((batch_size,), -math.inf, dtype=torch.float64, device=self.device))
 
-    def _mark_table(self) -> tuple[Tensor, Tensor]:
-        """Score and value of each mark at time 0: [M, K, H, L] and [M, K, H, Dh].
-
-        Marks are discrete, so the data embedding and key/value projections run on M rows once,
-        and an event's contribution is a lookup plus its time term.
-        """
-        return self.encoder.data_attn.point_scores_values(self.mark_embed.weight)
-
     def _shift(self, log_norm: Tensor, dt: Tensor) -> Tensor:
         """Accumulators [B, K, H, L] re-referenced dt [B] (float64, >= 0) later: log_norm - w dt."""
         return log_norm - self.rates() * dt.to(log_norm.dtype).view(-1, 1, 1, 1)
@@ -236,11 +256,11 @@ class CMHP(FingerprintedModel):
 
     def _fold(self, state: CMHPState, t: Tensor, k: Tensor) -> CMHPState:
         """Checked events t [B, n] (sorted), k [B, n] folded into the state; cost O(n)."""
-        scores, values = self._mark_table()
+        scores, values, w = self._weights()
         ref = torch.maximum(state.last_time, t[:, -1])  # [B] the new reference time
         log_norm = self._shift(state.acc.log_norm, self._gap(ref, state.last_time))
         rel = (t - ref.unsqueeze(1)).to(scores.dtype)  # [B, n] <= 0: small however large t is
-        s = scores[k] + self.rates() * rel.view(*rel.shape, 1, 1, 1)  # [B, n, K, H, L]
+        s = scores[k] + w * rel.view(*rel.shape, 1, 1, 1)  # [B, n, K, H, L]
         v = values[k]  # [B, n, K, H, Dh]
         if t.shape[1] == 1:
             log_norm, value_sum = add_point(log_norm, state.acc.value_sum, s[:, 0], v[:, 0].unsqueeze(3))
@@ -415,8 +435,8 @@ class CMHP(FingerprintedModel):
         C = chunk
         G = -(-(N + 1) // C)  # chunks of positions covering 0..N
         P = G * C
-        scores, values = self._mark_table()
-        w = self.rates().unsqueeze(-1)  # [K, H, L, 1]
+        scores, values, w = self._weights()
+        w = w.unsqueeze(-1)  # [K, H, L, 1]
         mask = torch.arange(P, device=times.device) < lengths.unsqueeze(1)  # [B, P] real events
         last = times.gather(1, (lengths - 1).clamp_min(0).unsqueeze(1))
         last = torch.where(lengths.unsqueeze(1) > 0, last, torch.zeros_like(last))

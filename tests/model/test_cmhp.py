@@ -306,6 +306,8 @@ def test_bad_queries_and_states_are_refused(net):
         net.next_event(state, quantiles=(0.5, 1.0))
     with pytest.raises(ValueError, match="unknown mark"):
         net.log_prob_next(state, torch.tensor([2.0]), torch.tensor([7]))
+    with pytest.raises(ValueError, match="now must be a number"):
+        net.next_event(state, torch.tensor([2.0, 3.0]))
     with pytest.raises(ValueError, match="horizon"):
         net.sample(state, horizon=0.0)
     with pytest.raises(ValueError, match="must be a CMHPState"):
