@@ -1,8 +1,10 @@
-"""CMANP: a Constant Memory Attentive Neural Process with an exact streaming state."""
+"""CMANP: Constant Memory Attentive Neural Processes (and the CMHP event model) with exact streaming states."""
 
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.cmanp import CMANP, CMANPConfig
 from model.cmanp_and import CMANPAND, CMANPANDConfig
+from model.cmhp import CMHP, CMHPConfig
+from model.event_state import CMHPState
 from model.neural_process import NeuralProcess
 from model.state import CMANPState
 
@@ -12,6 +14,9 @@ __all__ = [
     "CMANPANDConfig",
     "CMANPConfig",
     "CMANPState",
+    "CMHP",
+    "CMHPConfig",
+    "CMHPState",
     "NeuralProcess",
     "load_checkpoint",
     "save_checkpoint",

@@ -17,19 +17,24 @@ from safetensors.torch import save_file
 
 from model.cmanp import CMANP, CMANPConfig
 from model.cmanp_and import CMANPAND, CMANPANDConfig
+from model.cmhp import CMHP, CMHPConfig
 from model.neural_process import NeuralProcess
+
+# Every family's model class: the regression NeuralProcesses and the event model.
+Model = NeuralProcess | CMHP
 
 FORMAT = "cmanp-checkpoint"
 FORMAT_VERSION = "1"
 # The model class and config class of each architecture. Checkpoints written before the
 # "architecture" field existed are plain CMANPs.
-ARCHITECTURES: dict[str, tuple[type[NeuralProcess], type[CMANPConfig]]] = {
+ARCHITECTURES: dict[str, tuple[type[Model], type[CMANPConfig | CMHPConfig]]] = {
     CMANP.architecture: (CMANP, CMANPConfig),
     CMANPAND.architecture: (CMANPAND, CMANPANDConfig),
+    CMHP.architecture: (CMHP, CMHPConfig),
 }
 
 
-def build_model(cfg: CMANPConfig) -> NeuralProcess:
+def build_model(cfg: CMANPConfig | CMHPConfig) -> Model:
     """A freshly initialised model of the architecture that ``cfg``'s class configures."""
     for net_cls, cfg_cls in ARCHITECTURES.values():
         if type(cfg) is cfg_cls:
@@ -37,7 +42,7 @@ def build_model(cfg: CMANPConfig) -> NeuralProcess:
     raise ValueError(f"no architecture is configured by {type(cfg).__name__}")
 
 
-def save_checkpoint(net: NeuralProcess, path: str | os.PathLike, info: dict[str, Any] | None = None) -> str:
+def save_checkpoint(net: Model, path: str | os.PathLike, info: dict[str, Any] | None = None) -> str:
     """Write config + weights + fingerprint atomically; returns the fingerprint."""
     path = Path(path)
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in net.state_dict().items()}
@@ -78,7 +83,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     }
 
 
-def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> NeuralProcess:
+def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> Model:
     """Build the model from the checkpoint's own config, load its weights and verify its fingerprint."""
     meta = read_metadata(path)
     net = build_model(ARCHITECTURES[meta["architecture"]][1].from_dict(meta["config"]))

@@ -259,7 +259,12 @@ class CMABEncoder(nn.Module):
 
     def derive(self, state: CMANPState) -> Tensor:
         """State -> every block's output latents, stacked block-major [K, B, L, D]."""
-        return self._block_outputs(self.data_attn.read(state.log_norm, state.value_sum))
+        return self.derive_accumulators(state.log_norm, state.value_sum)
+
+    def derive_accumulators(self, log_norm: Tensor, value_sum: Tensor) -> Tensor:
+        """``derive`` of bare accumulators [B, K, H, L] and [B, K, H, L, Dh]: for a family's training
+        pass, which computes many prefix states at once and never makes state objects of them."""
+        return self._block_outputs(self.data_attn.read(log_norm, value_sum))
 
     # ---- training -----------------------------------------------------------------------------
     def encode(self, emb: Tensor) -> Tensor:

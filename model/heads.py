@@ -2,8 +2,10 @@
 
 * ``GaussianHead``: an independent Gaussian per target and output dim (mean, std).
 * ``JointHead``: a joint Gaussian over a block of targets, one m x m covariance per output dim.
+* ``NextEventHead``: the next event of a stream: a log-normal mixture over its waiting time and
+  a categorical over its mark (``model.waiting_time``).
 
-Both keep their tensor names of the checkpoints they were first trained in (``head.0.weight``,
+The regression heads keep their tensor names of the checkpoints they were first trained in (``head.0.weight``,
 ``joint_head.mean.0.weight``, ...): the fingerprints hash those names.
 """
 
@@ -16,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.blocks import FeedForward, SelfAttention
+from model.waiting_time import LogNormalMixture
 
 
 def head_layers(d_model: int, d_out: int) -> list[nn.Module]:
@@ -105,3 +108,24 @@ def gaussian_log_prob(mean: Tensor, cov: Tensor, y: Tensor) -> Tensor:
     log_det = 2 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # [B, dy]
     m = y.shape[1]
     return (-0.5 * (white.square().sum((-2, -1)) + log_det + m * math.log(2 * math.pi))).sum(-1)
+
+
+class NextEventHead(nn.Sequential):
+    """Encoding of the next-event query [B, D] -> waiting-time mixture [B, C] and mark log-probabilities [B, M].
+
+    A Sequential of ``head_layers`` whose last layer outputs, per component, a mixture logit, a
+    log-time location and a raw scale, then one logit per mark. Marks are independent of the wait
+    given the history (as in intensity-free models), so both parts stay closed-form.
+    """
+
+    def __init__(self, d_model: int, components: int, num_marks: int, min_log_std: float) -> None:
+        super().__init__(*head_layers(d_model, 3 * components + num_marks))
+        self.components, self.num_marks, self.min_log_std = components, num_marks, min_log_std
+
+    def forward(self, z: Tensor) -> tuple[LogNormalMixture, Tensor]:
+        with torch.autocast(z.device.type, enabled=False):  # likelihood terms stay float32
+            out = super().forward(z.float())
+        C = self.components
+        logits, loc, raw_scale, marks = out.split([C, C, C, self.num_marks], dim=-1)
+        mixture = LogNormalMixture(logits.log_softmax(-1), loc, self.min_log_std + F.softplus(raw_scale))
+        return mixture, marks.log_softmax(-1)

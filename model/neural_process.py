@@ -20,8 +20,6 @@ that callers ask the model instead of testing its class.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterator
 from typing import ClassVar, Protocol
 
@@ -29,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from model.cmab import CMABEncoder
+from model.identity import FingerprintedModel, check_owner
 from model.layout import keep_v1_layout, v1_order
 from model.state import CMANPState
 
@@ -42,7 +41,7 @@ class ModelConfig(Protocol):
     def to_dict(self) -> dict: ...
 
 
-class NeuralProcess(nn.Module):
+class NeuralProcess(FingerprintedModel):
     """The session API (empty_state, update, condition, merge, predict) over composed parts."""
 
     architecture: ClassVar[str]  # recorded in checkpoints, so loading builds the right class
@@ -67,7 +66,6 @@ class NeuralProcess(nn.Module):
         self.query_embed = query_embed
         self.decoder = decoder
         self.head = head
-        self._fingerprint: str | None = None
         keep_v1_layout(self)  # the tensor names and order of every checkpoint so far
 
     @property
@@ -75,41 +73,12 @@ class NeuralProcess(nn.Module):
         """b_Q of a joint head (covariances over blocks of targets, ``joint_predict``); None: no joint head."""
         return None
 
-    # ---- identity -------------------------------------------------------------------------
-    @property
-    def fingerprint(self) -> str:
-        """Stable id of config + weights (hex, 128 bits).
-
-        Cached in eval mode; recomputed in train mode, where an optimiser may change weights.
-        """
-        if self._fingerprint is not None and not self.training:
-            return self._fingerprint
-        h = hashlib.sha256(json.dumps(self.cfg.to_dict(), sort_keys=True).encode())
-        for name, t in sorted(self.state_dict().items()):
-            t = t.detach().to("cpu", torch.float32).contiguous()
-            h.update(f"{name}:{tuple(t.shape)};".encode())
-            h.update(t.numpy().tobytes())
-        self._fingerprint = h.hexdigest()[:32]
-        return self._fingerprint
-
-    def train(self, mode: bool = True) -> NeuralProcess:
-        self._fingerprint = None
-        return super().train(mode)
-
+    # ---- identity (fingerprint, train, load_state_dict and device come from FingerprintedModel) ----
     def named_parameters(
         self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
     ) -> Iterator[tuple[str, nn.Parameter]]:
         """nn.Module's, in the v1 order of ``model.layout`` (``parameters()`` follows it)."""
         return v1_order(self, super().named_parameters(prefix, recurse, remove_duplicate), prefix)
-
-    def load_state_dict(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201 - nn.Module's signature
-        self._fingerprint = None
-        self.encoder.clear_cache()
-        return super().load_state_dict(*args, **kwargs)
-
-    @property
-    def device(self) -> torch.device:
-        return self.encoder.input_latents.device
 
     # ---- validation -------------------------------------------------------------------------
     def _as_points(self, t: Tensor, dim: int, name: str, batch: int | None = None, finite: bool = True) -> Tensor:
@@ -157,10 +126,7 @@ class NeuralProcess(nn.Module):
 
     def check_state(self, state: CMANPState, name: str = "state") -> None:
         """Raise ValueError unless ``state`` is a CMANPState built by this model."""
-        if not isinstance(state, CMANPState):
-            raise ValueError(f"{name} must be a CMANPState, got {type(state).__name__}")
-        if state.fingerprint != self.fingerprint:
-            raise ValueError(f"{name} was built by model {state.fingerprint}, not by this model ({self.fingerprint})")
+        check_owner(state, CMANPState, self.fingerprint, name)
 
     # ---- state --------------------------------------------------------------------------------
     def embed(self, x: Tensor, y: Tensor) -> Tensor:

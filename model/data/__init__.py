@@ -1,9 +1,12 @@
 """Training data sources, named by a config's ``"data"`` section.
 
-A source is a sampler with ``sample(batch, num_context, num_target, generator)`` and
+A regression source is a sampler with ``sample(batch, num_context, num_target, generator)`` and
 ``sample_protocol(batch, generator)``; its batches carry ``xc, yc, xt, yt`` and, for GP priors, the
-true covariance and noise so the exact-GP oracle can score the same tasks. Adding a source is a
-new module here plus one entry in ``SOURCES``; the training loop does not change.
+true covariance and noise so the exact-GP oracle can score the same tasks. An event source
+(``"kind": "hawkes"``, ``model.data.hawkes``) has ``sample(batch, generator)`` and
+``heldout(num_batches, batch, seed)`` and yields ``EventBatch`` es of padded sequences (with the
+true parameters when simulated from a Hawkes process, for the oracle). Adding a source is a new
+module here plus one entry in ``SOURCES``; the training loop does not change.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from typing import Any, Protocol
 
 import torch
 from torch import Tensor
+
+from model.data.events import EventBatch
 
 
 class TaskBatch(Protocol):
@@ -34,6 +39,12 @@ class TaskSampler(Protocol):
     def sample_protocol(self, batch_size: int, generator: torch.Generator) -> TaskBatch: ...
 
 
+class EventSampler(Protocol):
+    def sample(self, batch_size: int, generator: torch.Generator) -> EventBatch: ...
+
+    def heldout(self, num_batches: int, batch_size: int, seed: int = 12345) -> list[EventBatch]: ...
+
+
 def _gp(dim_x: int, x_range: tuple[float, float], **options: Any) -> TaskSampler:
     from model.data.gp import GPSampler
 
@@ -48,11 +59,18 @@ def _broad(dim_x: int, x_range: tuple[float, float], **options: Any) -> TaskSamp
     )
 
 
-SOURCES: dict[str, Callable[..., TaskSampler]] = {"gp": _gp, "broad": _broad}
+def _hawkes(*_: Any, **options: Any) -> EventSampler:
+    """Event sequences (``model.data.hawkes``); the regression arguments (dim_x, x_range) do not apply."""
+    from model.data.hawkes import build_source
+
+    return build_source(**options)
+
+
+SOURCES: dict[str, Callable[..., TaskSampler | EventSampler]] = {"gp": _gp, "broad": _broad, "hawkes": _hawkes}
 DEFAULT_DATA: dict[str, Any] = {"kind": "gp", "kernel": "rbf"}
 
 
-def build_sampler(spec: dict[str, Any], dim_x: int, x_range: tuple[float, float]) -> TaskSampler:
+def build_sampler(spec: dict[str, Any], dim_x: int, x_range: tuple[float, float]) -> TaskSampler | EventSampler:
     """The sampler a config's ``"data"`` section names, e.g. ``{"kind": "broad"}``."""
     options = dict(spec)
     kind = options.pop("kind", None)

@@ -4,7 +4,7 @@ model is composed from the marginal model's parts: same tensors, same marginal p
 import pytest
 import torch
 
-from model import CMANP, CMANPAND, NeuralProcess
+from model import CMANP, CMANPAND, CMHP, CMHPConfig, NeuralProcess
 from tests.model.conftest import SMALL, SMALL_AND, random_points, small_model
 
 
@@ -16,6 +16,11 @@ def test_a_marginal_model_declares_no_joint_head_and_no_sampling():
 def test_a_joint_model_declares_its_block_size_and_sampling():
     net = small_model(cfg=SMALL_AND)
     assert (net.session_kind, net.joint_block_size, net.can_sample) == ("regression", SMALL_AND.block_size, True)
+
+
+def test_the_event_model_declares_an_event_session_and_sampling():
+    net = CMHP(CMHPConfig(d_model=16, n_heads=2, n_blocks=1, n_latents=4, ff_width=16, components=2))
+    assert (net.session_kind, net.joint_block_size, net.can_sample) == ("events", None, True)
 
 
 def test_the_joint_model_is_a_composition_not_a_marginal_model():

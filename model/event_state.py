@@ -1,0 +1,107 @@
+"""An event session's state: the CMAB accumulators of its events plus the time they are relative to.
+
+The accumulators are those of ``model.state`` with every score taken relative to ``last_time``,
+the latest event time folded in (float64, -inf for an empty history): ``log_norm`` holds
+``log sum_j exp(q . key_j - w (last_time - t_j))`` per block, head and latent. They stay O(1) in
+magnitude however long a stream runs, so float32 loses nothing to absolute times; moving the
+reference is ``log_norm -= w * dt`` (``model.cmhp``).
+
+Binary format, version 1 (little-endian), produced by ``to_bytes``:
+
+    magic       8s   b"CMHPST\\0\\0"
+    format      u16  1
+    batch       u32  B
+    last_time   f64[B]
+    accumulators     a CMANPState blob (``model.state``: its own header, fingerprint and crc)
+    crc32       u32  over everything above
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from model.state import CMANPState
+
+MAGIC = b"CMHPST\0\0"
+FORMAT_VERSION = 1
+_HEADER = struct.Struct("<8sHI")
+_CRC = struct.Struct("<I")
+
+
+@dataclass(eq=False)
+class CMHPState:
+    """Accumulators of a batch of event histories; immutable by convention (updates return new states)."""
+
+    acc: CMANPState  # scores relative to last_time
+    last_time: Tensor  # [B] float64: the latest event time; -inf where no event was folded in
+
+    @property
+    def batch_size(self) -> int:
+        return self.acc.batch_size
+
+    @property
+    def num_events(self) -> Tensor:
+        """[B] int64."""
+        return self.acc.num_points
+
+    @property
+    def fingerprint(self) -> str:
+        return self.acc.fingerprint
+
+    def tile(self, copies: int) -> CMHPState:
+        """``copies`` independent copies of the batch, copy-major ([copies * B]); self is untouched."""
+        return CMHPState(self.acc.tile(copies), self.last_time.repeat(copies))
+
+    def where(self, keep: Tensor, other: CMHPState) -> CMHPState:
+        """Per batch element: this state where ``keep`` [B] is True, else ``other``'s."""
+        acc = CMANPState(
+            torch.where(keep.view(-1, 1, 1, 1), self.acc.log_norm, other.acc.log_norm),
+            torch.where(keep.view(-1, 1, 1, 1, 1), self.acc.value_sum, other.acc.value_sum),
+            torch.where(keep, self.acc.num_points, other.acc.num_points),
+            self.fingerprint,
+            max(self.acc.version, other.acc.version),
+        )
+        return CMHPState(acc, torch.where(keep, self.last_time, other.last_time))
+
+    # ---- binary format ----------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        last = self.last_time.detach().to("cpu", torch.float64).contiguous().numpy().tobytes()
+        payload = _HEADER.pack(MAGIC, FORMAT_VERSION, self.batch_size) + last + self.acc.to_bytes()
+        return payload + _CRC.pack(zlib.crc32(payload))
+
+    @classmethod
+    def from_bytes(
+        cls, blob: bytes, fingerprint: str, dims: tuple[int, int, int, int], device: torch.device | str = "cpu"
+    ) -> CMHPState:
+        """Parse a blob, checking format, checksum, model and values; raises ValueError."""
+        if not isinstance(blob, bytes | bytearray | memoryview):
+            raise ValueError(f"state must be bytes, got {type(blob).__name__}")
+        blob = bytes(blob)
+        if len(blob) < _HEADER.size + _CRC.size:
+            raise ValueError(f"event state blob truncated: {len(blob)} bytes is shorter than the header")
+        magic, fmt, B = _HEADER.unpack_from(blob)
+        if magic != MAGIC:
+            raise ValueError("not an event-model state blob (bad magic)")
+        if fmt != FORMAT_VERSION:
+            raise ValueError(f"unsupported event state format version {fmt} (this build reads {FORMAT_VERSION})")
+        (crc,) = _CRC.unpack_from(blob, len(blob) - _CRC.size)
+        if zlib.crc32(blob[: -_CRC.size]) != crc:
+            raise ValueError("event state blob corrupted: checksum mismatch")
+        start = _HEADER.size + 8 * B
+        if len(blob) < start + _CRC.size:
+            raise ValueError("event state blob truncated")
+        last = np.frombuffer(blob, dtype="<f8", count=B, offset=_HEADER.size)
+        acc = CMANPState.from_bytes(blob[start : -_CRC.size], fingerprint, dims, device)
+        if acc.batch_size != B:
+            raise ValueError(f"event state says batch {B}, its accumulators hold {acc.batch_size}")
+        empty = acc.num_points.cpu().numpy() == 0
+        if not (np.all(last[empty] == -math.inf) and np.isfinite(last[~empty]).all()):
+            raise ValueError("event state's last event times do not match its event counts")
+        return cls(acc, torch.from_numpy(last.copy()).to(device))
