@@ -1,4 +1,4 @@
-"""Issue 6, acceptance 2: ``kill -9`` the API, or redis-server, in the middle of a load of single-point
+"""``kill -9`` the API, or redis-server, in the middle of a load of single-point
 posts. Under ``appendfsync always`` no acknowledged point is lost, the stored state blob is whole
 (its crc32 holds), and once the in-doubt posts are retried with their Idempotency-Keys the session
 equals batch conditioning on exactly the posted points. See ``tests/service/history.py``.

@@ -1,4 +1,4 @@
-"""Issue 6, acceptance 3: two API processes share one Redis; clients alternate between them.
+"""Two API processes share one Redis; clients alternate between them.
 
 No update is lost: every post is acknowledged, and the session equals batch conditioning on all
 the points, although both replicas fold the same session's log concurrently (every 16 points).
