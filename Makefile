@@ -27,8 +27,8 @@ test: $(STAMP)
 # pip-audit checks every installed distribution against PyPI's advisory data (needs PyPI's JSON API);
 # torch's local "+cpu" build and this package itself are not on PyPI, so they are listed as skipped.
 lint: $(STAMP)
-	$(PY) -m ruff check model service tests bench examples
-	$(PY) -m ruff format --check model service tests bench examples
+	$(PY) -m ruff check model service tests bench examples tools
+	$(PY) -m ruff format --check model service tests bench examples tools
 	$(PY) -m pip_audit --skip-editable --progress-spinner off
 
 train: $(STAMP)

@@ -24,7 +24,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,34 +34,23 @@ import httpx
 import numpy as np
 
 from bench.service_load import tree_cpu_seconds
-from service.embedded_redis import EmbeddedRedis, free_port
+from service.embedded_redis import EmbeddedRedis
+from tools.service_process import ServiceProcess
 
 CHECKPOINT_DIR = Path("checkpoints")
 MODEL = "cmanp-gp-rbf"
 
 
-def start_server(redis_url: str, scoring: bool) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+def server(redis_url: str, scoring: bool, log: Path) -> ServiceProcess:
+    """``python -m service`` as ``make run`` starts it, on the shared Redis, with scoring on or off."""
     env = os.environ | {
         "CMANP_REDIS_URL": redis_url,
         "CMANP_CALIBRATION": str(scoring).lower(),
-        "CMANP_PORT": str(port),
         "CMANP_CHECKPOINT_DIR": str(CHECKPOINT_DIR),
         "CMANP_DEFAULT_MODEL": MODEL,
         "CMANP_LOG_LEVEL": "warning",
     }
-    process = subprocess.Popen([sys.executable, "-m", "service"], env=env, stdout=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    process.terminate()
-    raise RuntimeError(f"the server (calibration={scoring}) did not become ready")
+    return ServiceProcess(env, log)
 
 
 async def load(url: str, sessions: int, writers: int, seconds: float, seed: int) -> dict:
@@ -153,10 +141,8 @@ def main() -> None:
         redis = stack.enter_context(EmbeddedRedis(Path(data_dir)))
         servers = {}
         for mode in ("on", "off"):
-            process, url = start_server(redis.url, scoring=mode == "on")
-            stack.callback(process.wait, 30)
-            stack.callback(process.terminate)
-            servers[mode] = (process.pid, url)
+            service = stack.enter_context(server(redis.url, mode == "on", Path(data_dir) / f"server-{mode}.log"))
+            servers[mode] = (service.process.pid, service.url)
         for r in range(args.rounds):
             for mode in ("on", "off") if r % 2 == 0 else ("off", "on"):
                 pid, url = servers[mode]

@@ -12,6 +12,11 @@ Then the Redis memory of sessions of the checkpoint's model (``MEMORY USAGE`` of
 sessions), for Redis Cluster sizing. Prints a table and writes JSON (default
 bench/out/durability.json). Figures depend on the disk's fsync latency and on the CPU: say which
 machine they come from.
+
+When: by hand, not from ``python -m bench``, because its figures are the disk's more than the
+code's. Run it when the store's write path (``service/store.py``'s scripts), the fsync settings or
+the session's Redis layout change, and update the tables of docs/OPERATIONS.md ("Durability
+modes", Redis Cluster sizing) that quote it. A few minutes with the defaults.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from service.app import connect_redis
 from service.embedded_redis import EmbeddedRedis
 from service.store import Session, SessionStore, session_keys
 from service.transforms import AffineMap
-from tests.service.processes import ApiProcess, service_env
+from tools.service_process import ServiceProcess, service_env
 
 MODES = ("always", "everysec", "no")
 MEMORY_POINTS = 2_000  # several folds (every 256 points) and a full ring of remembered keys (128)
@@ -165,7 +170,7 @@ def main() -> None:
         for mode in MODES:
             server = EmbeddedRedis(Path(tmp) / mode, options={"appendfsync": mode})
             server.start()
-            api = ApiProcess(
+            api = ServiceProcess(
                 service_env(args.checkpoint.parent, redis_url=server.url, **env_options), Path(tmp) / "api.log"
             )
             try:

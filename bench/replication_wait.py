@@ -39,7 +39,7 @@ from service.app import connect_redis
 from service.embedded_redis import EmbeddedRedis
 from service.store import Session, SessionStore
 from service.transforms import AffineMap
-from tests.service.processes import ApiProcess, service_env
+from tools.service_process import ServiceProcess, service_env
 
 SESSIONS = 100
 MODES = {"no WAIT": 0, "WAIT 1 replica": 1}
@@ -156,7 +156,9 @@ def run(checkpoint: Path, rate: float, seconds: float, rounds: int) -> dict:
         replica = replica_of(master, Path(tmp) / "replica")
         env = {"default_model": checkpoint.stem, "redis_url": master.url, "redis_wait_timeout_ms": WAIT_TIMEOUT_MS}
         apis = {
-            mode: ApiProcess(service_env(checkpoint.parent, **env, redis_wait_replicas=n), Path(tmp) / f"api-{n}.log")
+            mode: ServiceProcess(
+                service_env(checkpoint.parent, **env, redis_wait_replicas=n), Path(tmp) / f"api-{n}.log"
+            )
             for mode, n in MODES.items()
         }
         try:

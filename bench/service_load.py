@@ -44,7 +44,7 @@ import redis
 
 from bench.common import OUT_DIR, redis_forks, write_json
 from service.client import AsyncCMANPClient, CMANPError
-from service.embedded_redis import free_port
+from tools.service_process import ServiceProcess
 
 LUA = Path(__file__).parent / "wrk" / "sessions.lua"
 SEED_POINTS = 20  # points each session starts with, posted in one request
@@ -77,10 +77,18 @@ def children(pid: int) -> list[int]:
 
 @dataclass
 class Server:
-    process: subprocess.Popen
-    url: str
+    service: ServiceProcess
     redis_pid: int
     redis_port: int
+
+    @property
+    def process(self) -> subprocess.Popen:
+        assert self.service.process is not None
+        return self.service.process
+
+    @property
+    def url(self) -> str:
+        return self.service.url
 
 
 def passed_settings() -> str:
@@ -91,36 +99,13 @@ def passed_settings() -> str:
 
 def start_server(server_dir: Path, data_dir: Path, log_path: Path, env: dict[str, str]) -> Server:
     """``python -m service`` as ``make run`` runs it; only the port and the data directory differ."""
-    port = free_port()
-    environment = {
-        **os.environ,
-        "CMANP_PORT": str(port),
-        "CMANP_REDIS_DATA_DIR": str(data_dir / "redis"),
-        **env,
-    }
+    environment = {**os.environ, "CMANP_REDIS_DATA_DIR": str(data_dir / "redis"), **env}
     environment.pop("CMANP_REDIS_URL", None)  # the bundled redis-server, as make run uses
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service"], cwd=server_dir, env=environment, stdout=log, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}; see {log_path}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    else:
-        process.terminate()
-        raise TimeoutError(f"the server did not get ready; see {log_path}")
-    redis_pid = next(p for p in descendants(process.pid) if b"redis-server" in _cmdline(p))
+    service = ServiceProcess(environment, log_path, cwd=server_dir).start()
+    redis_pid = next(p for p in descendants(service.process.pid) if b"redis-server" in _cmdline(p))
     # redis-server sets its process title to "redis-server 127.0.0.1:PORT"
     redis_port = int(re.search(rb"127\.0\.0\.1:(\d+)", _cmdline(redis_pid)).group(1))  # type: ignore[union-attr]
-    return Server(process, url, redis_pid, redis_port)
+    return Server(service, redis_pid, redis_port)
 
 
 def descendants(pid: int, skip: int | None = None) -> list[int]:
@@ -144,12 +129,7 @@ def _cmdline(pid: int) -> bytes:
 
 
 def stop_server(server: Server) -> None:
-    server.process.terminate()  # uvicorn shuts down; the lifespan stops the bundled redis-server
-    try:
-        server.process.wait(30)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
+    server.service.close()  # uvicorn shuts down; the lifespan stops the bundled redis-server
 
 
 async def create_sessions(url: str, count: int, concurrency: int = 32) -> list[str]:

@@ -1,13 +1,10 @@
 """Keep freed memory in the process instead of handing it back to the kernel (glibc only).
 
-A training step frees and re-allocates the same large activation buffers every step (a latent
-self-attention's scores are 12 MB in bfloat16 at batch 16). With glibc's defaults, a block that
-large is a fresh ``mmap`` each time, or heap memory that ``free`` trims back to the kernel, so
-every step page-faults on thousands of new pages, which the kernel also zeroes: 2,000-7,000
-faults per step measured, and training throughput whose median swung between 97 and 122 tasks/s
-from one run to the next. Serving blocks up to 32 MB from the heap and trimming it only past 1 GiB
-made the same loop fault 75-150 times per step and run at a steady 125-127 tasks/s (A/B,
-alternating processes).
+A training step frees and re-allocates the same large activation buffers every step. With
+glibc's defaults such a block is a fresh ``mmap`` each time, or heap memory trimmed back to the
+kernel, so every step page-faults on thousands of new, zeroed pages and the step time swings from
+run to run. Serving large blocks from the heap and trimming it rarely keeps them in the process.
+The measurements (faults per step, tasks/s before and after) are in checkpoints/HISTORY.md.
 """
 
 from __future__ import annotations

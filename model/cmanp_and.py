@@ -51,6 +51,7 @@ class CMANPAND(NeuralProcess):
 
     architecture = "cmanp-and"
     can_sample = True
+    trains_in_bf16 = False  # a joint head (mean and covariance factors) in bf16: not validated
     cfg: CMANPANDConfig
 
     def __init__(self, cfg: CMANPANDConfig) -> None:

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from model.cmab import CMABEncoder
+from model.data.tasks import TaskBatch
 from model.identity import FingerprintedModel, check_owner
 from model.layout import keep_v1_layout, v1_order
 from model.state import CMANPState
@@ -47,6 +48,7 @@ class NeuralProcess(FingerprintedModel):
     architecture: ClassVar[str]  # recorded in checkpoints, so loading builds the right class
     session_kind: ClassVar[str] = "regression"  # the kind of session the service opens for it
     can_sample: ClassVar[bool] = False  # whether ``sample`` draws joint sample paths
+    trains_in_bf16: ClassVar[bool] = True  # whether bf16 autocast training is validated for it
 
     def __init__(
         self,
@@ -210,9 +212,15 @@ class NeuralProcess(FingerprintedModel):
             latents = self.encoder.encode(self.embed(xc, yc))
         return self.head(self.target_encodings(latents, xt))
 
-    def loss(self, xc: Tensor, yc: Tensor, xt: Tensor, yt: Tensor) -> Tensor:
-        """Minus the target log-likelihood, averaged over targets, then over tasks."""
-        return -self.log_likelihood(xc, yc, xt, yt).mean()
+    def loss(self, batch: TaskBatch) -> Tensor:
+        """The training loss of a batch of tasks: minus the target log-likelihood, averaged over
+        targets, then over tasks (``model.train`` minimises it)."""
+        return -self.heldout_score(batch).mean()
+
+    def heldout_score(self, batch: TaskBatch) -> Tensor:
+        """Per-task mean target log-likelihood [B] of a batch (``model.train`` keeps the weights
+        whose mean over the held-out batches is highest)."""
+        return self.log_likelihood(batch.xc, batch.yc, batch.xt, batch.yt)
 
     def log_likelihood(self, xc: Tensor, yc: Tensor, xt: Tensor, yt: Tensor) -> Tensor:
         """Per-task mean target log-likelihood [B] (summed over output dims)."""

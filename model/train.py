@@ -1,7 +1,11 @@
-"""Meta-train a CMANP on GP tasks: ``python -m model.train [--config cfg.json] [flags] [--resume]``.
+"""Meta-train a model on its config's data source: ``python -m model.train [--config cfg.json] [flags] [--resume]``.
 
-The config names its model, its data source (``"data": {"kind": "broad"}``, see ``model.data``) and its
-training settings; flags override the training and model settings.
+The config names its model (``"architecture"``, ``"model"``), its data source (``"data": {"kind":
+"broad", ...}``, see ``model.data``) and its training settings (``"train"``); flags override them.
+
+``train()`` runs three steps: ``start`` builds the model and optimiser or resumes them, ``fit`` is
+the loop and ``save_state`` / ``export_best`` write the results. The loop knows no family: a data
+source gives batches (``model.data.TrainingSource``) and the model scores them (``Trainable``).
 
 ``--architecture cmanp-and`` trains a CMANP-AND (joint head, loss = minus the joint target
 log-likelihood per target). With ``--init-from`` a plain CMANP checkpoint of the same base config
@@ -22,9 +26,10 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from model.allocator import retain_freed_memory
@@ -32,8 +37,24 @@ from model.blocks import count_parameters
 from model.checkpoint import ARCHITECTURES, build_model, load_checkpoint, save_checkpoint
 from model.cmanp import CMANP, CMANPConfig
 from model.cmanp_and import CMANPANDConfig
-from model.data import DEFAULT_DATA, TaskBatch, TaskSampler, build_sampler
-from model.neural_process import NeuralProcess
+from model.data import DEFAULT_DATA, Batch, TrainingSource, build_source
+from model.data.regression import ContextCurriculum
+
+
+class Trainable(Protocol):
+    """What the loop needs from a model, besides being an ``nn.Module`` registered in
+    ``model.checkpoint.ARCHITECTURES`` (which ``save_checkpoint`` and ``--resume`` rely on)."""
+
+    trains_in_bf16: bool  # whether bf16 autocast training is validated for this model
+
+    def loss(self, batch: Batch) -> Tensor:
+        """The scalar the optimiser minimises on a training batch."""
+        ...
+
+    def heldout_score(self, batch: Batch) -> Tensor:
+        """One score per sequence or task of a held-out batch [B], higher is better (e.g. the mean
+        log-likelihood per target); the best mean over the held-out set is exported."""
+        ...
 
 
 @dataclass
@@ -45,12 +66,6 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     seed: int = 0
-    # Context-size curriculum beyond the paper's protocol (N in 3..46), so sessions that grow
-    # past 46 points keep improving: some batches have N log-uniform in [47, long_context_max],
-    # and some have no context at all, which trains the prior an empty session returns.
-    long_context_prob: float = 0.15
-    long_context_max: int = 1000
-    empty_context_prob: float = 0.02
     eval_every: int = 1000
     eval_batches: int = 64
     save_every_minutes: float = 3.0
@@ -64,38 +79,44 @@ class TrainConfig:
     run_steps: int = 0  # stop this invocation after this many steps (0: run to `steps`); resume later
 
 
-def sample_training_batch(sampler: TaskSampler, tc: TrainConfig, g: torch.Generator) -> TaskBatch:
-    """One batch from the curriculum in TrainConfig (all tasks share N and M)."""
-    u = float(torch.rand((), generator=g))
-    if u < tc.empty_context_prob:
-        return sampler.sample(tc.batch_size, 0, int(torch.randint(3, 50, (), generator=g)), g)
-    if u < tc.empty_context_prob + tc.long_context_prob:
-        lo, hi = math.log(47), math.log(tc.long_context_max)
-        nc = int(math.exp(lo + (hi - lo) * float(torch.rand((), generator=g))))
-        return sampler.sample(tc.batch_size, nc, int(torch.randint(3, 50, (), generator=g)), g)
-    return sampler.sample_protocol(tc.batch_size, g)
+# Options of the regression sources that older configs (and run directories) keep in "train".
+LEGACY_DATA_KEYS = tuple(f.name for f in fields(ContextCurriculum))
+HELDOUT_SEED = 12345  # the held-out set's own stream, distinct from the evaluation seeds
 
 
-def heldout_batches(sampler: TaskSampler, n: int, batch_size: int, seed: int = 12345) -> list[TaskBatch]:
-    """A small, fixed, held-out set from the training source's protocol (distinct from the evaluation seeds)."""
+@dataclass
+class Run:
+    """What the loop advances and ``save_state`` writes (the format of ``last.pt``)."""
+
+    net: nn.Module
+    opt: torch.optim.Optimizer
+    data_rng: torch.Generator  # every batch is drawn from it
+    step: int = 0
+    best: float = -math.inf  # the best held-out score so far
+    elapsed: float = 0.0  # training seconds before this invocation's last save
+
+
+def heldout_batches(source: TrainingSource, n: int, batch_size: int, seed: int = HELDOUT_SEED) -> list[Batch]:
+    """A small, fixed, held-out set drawn from the training source."""
     g = torch.Generator().manual_seed(seed)
-    return [sampler.sample_protocol(batch_size, g) for _ in range(n)]
+    return [source.heldout_batch(batch_size, g) for _ in range(n)]
 
 
 @torch.no_grad()
-def heldout_ll(net: NeuralProcess, batches: list[TaskBatch], device: str) -> float:
+def heldout_score(net: Trainable, batches: list[Batch], device: str) -> float:
+    """The mean of ``net.heldout_score`` over every task of the held-out set, in eval mode."""
     was_training = net.training
     net.eval()
-    lls = [net.log_likelihood(b.xc.to(device), b.yc.to(device), b.xt.to(device), b.yt.to(device)) for b in batches]
+    scores = [net.heldout_score(b.to(device)) for b in batches]
     net.train(was_training)
-    return torch.cat(lls).mean().item()
+    return torch.cat(scores).mean().item()
 
 
-LossFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+LossFn = Callable[[Batch], Tensor]
 PRECISIONS = ("fp32", "bf16")
 
 
-def training_loss(net: NeuralProcess, precision: str = "fp32", compile: bool = False) -> LossFn:
+def training_loss(net: Trainable, precision: str = "fp32", compile: bool = False) -> LossFn:
     """``net.loss`` for training, in the given precision, optionally compiled.
 
     "bf16" autocasts the forward's matmuls to bfloat16 (the CPU's bf16 dot products double the
@@ -103,30 +124,30 @@ def training_loss(net: NeuralProcess, precision: str = "fp32", compile: bool = F
     ``compile`` traces the loss once with dynamic shapes (contexts and targets vary in size) and
     fuses the elementwise passes; the first steps pay the compilation (about a minute with a warm
     inductor cache, several minutes cold). The net itself is not wrapped, so checkpoints and
-    state dicts are unchanged, and evaluation (``heldout_ll``) runs eagerly in float32.
+    state dicts are unchanged, and evaluation (``heldout_score``) runs eagerly in float32.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "bf16" and net.joint_block_size is not None:
-        # A joint head (mean and covariance factors) would run in bf16: not validated.
+    if precision == "bf16" and not net.trains_in_bf16:
         raise ValueError(
-            f"bf16 training is validated for marginal heads only: use precision fp32 for {net.architecture}"
+            f"bf16 training is not validated for {getattr(net, 'architecture', type(net).__name__)}: use precision fp32"
         )
+    device_type = next(net.parameters()).device.type
 
-    def loss(xc: Tensor, yc: Tensor, xt: Tensor, yt: Tensor) -> Tensor:
-        with torch.autocast(net.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            return net.loss(xc, yc, xt, yt)
+    def loss(batch: Batch) -> Tensor:
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            return net.loss(batch)
 
     return torch.compile(loss, dynamic=True) if compile else loss
 
 
 def train_step(
-    net: NeuralProcess, opt: torch.optim.Optimizer, batch: TaskBatch, grad_clip: float, loss_fn: LossFn | None = None
+    net: Trainable, opt: torch.optim.Optimizer, batch: Batch, grad_clip: float, loss_fn: LossFn | None = None
 ) -> Tensor:
     """One optimiser step on a batch; returns the (detached) loss. ``loss_fn`` (default
     ``net.loss``) comes from ``training_loss``. Clips the gradients of the optimiser's
     parameters only: a frozen base (``freeze_base``) has none."""
-    loss = (loss_fn or net.loss)(batch.xc, batch.yc, batch.xt, batch.yt)
+    loss = (loss_fn or net.loss)(batch)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_([p for group in opt.param_groups for p in group["params"]], grad_clip)
@@ -142,6 +163,151 @@ def lr_at(step: int, tc: TrainConfig) -> float:
     return tc.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+# ---- building or resuming -------------------------------------------------------------------
+def start(
+    mc: CMANPConfig,
+    tc: TrainConfig,
+    state_path: Path,
+    resume: bool,
+    init_from: Path | None = None,
+    warm_start: bool = False,
+) -> Run:
+    """A fresh model and optimiser for ``mc``, resumed from ``state_path`` (``last.pt``) with
+    ``resume``, else initialised from the exported checkpoint ``init_from`` if given.
+
+    ``init_from`` continues an exported checkpoint at its recorded step; with ``warm_start`` it only
+    takes the weights, and the schedule and held-out record start afresh (fine-tuning on a new source).
+    """
+    torch.manual_seed(tc.seed)
+    net = build_model(mc).to(tc.device)
+    if tc.freeze_base:
+        if getattr(net, "joint_block_size", None) is None:
+            raise ValueError("freeze_base needs a model with a joint head (--architecture cmanp-and)")
+        for p in net.base_parameters():
+            p.requires_grad_(False)
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=tc.weight_decay, fused=tc.device == "cpu")
+    run = Run(net, opt, torch.Generator().manual_seed(tc.seed + 1))
+    if resume and state_path.exists():
+        load_state(run, state_path, tc.device)
+        print(f"resumed at step {run.step} (best held-out LL {run.best:.4f}, {run.elapsed / 60:.1f} min trained)")
+    elif init_from is not None:
+        # Continue from exported weights (e.g. a committed checkpoint in a new session): the
+        # schedule resumes at the recorded step; the optimiser moments start afresh.
+        init = load_checkpoint(init_from)
+        if init.cfg == mc:
+            net.load_state_dict(init.state_dict())
+            if warm_start:
+                print(f"warm start from the weights of {init_from}; schedule from step 0")
+            else:
+                run.step, run.best = int(init.info.get("step", 0)), float(init.info.get("heldout_ll", -math.inf))
+                run.elapsed = float(init.info.get("train_seconds", 0.0))
+                print(f"initialised from {init_from} at step {run.step}")
+        elif (
+            getattr(net, "joint_block_size", None) is not None
+            and init.joint_block_size is None
+            and init.cfg == mc.base()
+        ):
+            # A new joint head on a trained CMANP: its schedule and held-out record start afresh.
+            net.load_state_dict(init.state_dict(), strict=False)
+            net.init_joint_mean_from_base()
+            print(f"joint head initialised on the CMANP {init_from}")
+        else:
+            raise ValueError(f"{init_from} has config {init.cfg}, not {mc}")
+    return run
+
+
+def load_state(run: Run, path: Path, device: str) -> None:
+    """Restore a ``last.pt`` written by ``save_state`` (or by the code before it: same format)."""
+    # weights_only: tensors and plain containers only, no code is unpickled.
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    run.net.load_state_dict(ckpt["model"])
+    run.opt.load_state_dict(ckpt["optim"])
+    run.data_rng.set_state(ckpt["data_rng"])
+    torch.set_rng_state(ckpt["torch_rng"])
+    run.step, run.best, run.elapsed = ckpt["step"], ckpt["best"], ckpt["elapsed"]
+
+
+# ---- saving -----------------------------------------------------------------------------------
+def save_state(run: Run, path: Path) -> None:
+    """Write the training state atomically: weights, optimiser, step, best score, both RNG streams."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "model": run.net.state_dict(),
+            "optim": run.opt.state_dict(),
+            "data_rng": run.data_rng.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "step": run.step,
+            "best": run.best,
+            "elapsed": run.elapsed,
+        },
+        tmp,
+    )
+    tmp.replace(path)
+
+
+def export_best(run: Run, path: Path, score: float, seconds: float, record: dict) -> None:
+    """Export the current weights as a checkpoint, with the step, the held-out score and ``record``."""
+    info = {"step": run.step, "heldout_ll": score, **record, "train_seconds": seconds, "torch": torch.__version__}
+    save_checkpoint(run.net, path, info=info)
+
+
+# ---- the loop ---------------------------------------------------------------------------------
+def fit(run: Run, source: TrainingSource, tc: TrainConfig, out: Path, record: dict) -> None:
+    """Train ``run`` on batches of ``source`` up to ``tc.steps`` (or ``tc.run_steps`` more steps).
+
+    Every ``eval_every`` steps the held-out score is computed and, when it is the best so far,
+    the weights go to ``<out>/best.safetensors`` with ``record`` in their info. The training
+    state goes to ``<out>/last.pt`` every ``save_every_minutes`` and when the loop stops, for any
+    reason (SIGINT and SIGTERM included).
+    """
+    state_path = out / "last.pt"
+    net, opt, g = run.net, run.opt, run.data_rng
+    heldout = heldout_batches(source, tc.eval_batches, tc.batch_size)
+    trained = sum(p.numel() for group in opt.param_groups for p in group["params"])
+    print(f"model: {count_parameters(net):,} parameters ({trained:,} trained); training to step {tc.steps}")
+    net.train()
+    loss_fn = training_loss(net, tc.precision, tc.compile)
+    last_save, t0, tasks = time.time(), time.time(), 0
+    # A background job ignores SIGINT and dies on SIGTERM without unwinding: make both raise
+    # KeyboardInterrupt, so the `finally` below saves the training state before exiting.
+    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    bar = tqdm(total=tc.steps, initial=run.step, dynamic_ncols=True, mininterval=5)
+    ema = None
+    stop = min(tc.steps, run.step + tc.run_steps) if tc.run_steps else tc.steps
+    try:
+        while run.step < stop:
+            batch = source.sample_batch(tc.batch_size, g).to(tc.device)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(run.step, tc)
+            loss = train_step(net, opt, batch, tc.grad_clip, loss_fn)
+            run.step += 1
+            tasks += tc.batch_size
+            ema = loss.item() if ema is None else 0.99 * ema + 0.01 * loss.item()
+            bar.update(1)
+            if run.step % 50 == 0:
+                bar.set_postfix(loss=f"{ema:.3f}", tasks_s=f"{tasks / (time.time() - t0):.0f}")
+            if run.step % tc.eval_every == 0 or run.step == tc.steps:
+                score = heldout_score(net, heldout, tc.device)
+                tqdm.write(f"step {run.step}: held-out LL {score:.4f} (best {max(run.best, score):.4f})")
+                if score > run.best:
+                    run.best = score
+                    export_best(run, out / "best.safetensors", score, run.elapsed + time.time() - last_save, record)
+            now = time.time()
+            if now - last_save > 60 * tc.save_every_minutes:
+                run.elapsed += now - last_save
+                last_save = now
+                save_state(run, state_path)
+    finally:
+        run.elapsed += time.time() - last_save
+        save_state(run, state_path)
+        bar.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        print(f"stopped at step {run.step}; state in {state_path}")
+
+
 def train(
     mc: CMANPConfig,
     tc: TrainConfig,
@@ -152,130 +318,17 @@ def train(
     data: dict | None = None,
     warm_start: bool = False,
 ) -> None:
-    """Train ``mc`` on the data source ``data`` (default: the paper's RBF GP tasks) into ``out``.
-
-    ``init_from`` continues an exported checkpoint at its recorded step; with ``warm_start`` it only
-    takes the weights, and the schedule and held-out record start afresh (fine-tuning on a new source).
-    """
+    """Train ``mc`` on the data source ``data`` (default: the paper's RBF GP tasks) into ``out``."""
     data = dict(data or DEFAULT_DATA)
     out.mkdir(parents=True, exist_ok=True)
     retain_freed_memory()  # steady step times: no page faults on re-allocated activations
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    torch.manual_seed(tc.seed)
-    net = build_model(mc).to(tc.device)
-    if tc.freeze_base:
-        if net.joint_block_size is None:
-            raise ValueError("freeze_base needs a model with a joint head (--architecture cmanp-and)")
-        for p in net.base_parameters():
-            p.requires_grad_(False)
-    trainable = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=tc.weight_decay, fused=tc.device == "cpu")
-    g = torch.Generator().manual_seed(tc.seed + 1)
-    step, best, elapsed = 0, -math.inf, 0.0
-    state_path = out / "last.pt"
-    if resume and state_path.exists():
-        # weights_only: tensors and plain containers only, no code is unpickled.
-        ckpt = torch.load(state_path, map_location=tc.device, weights_only=True)
-        net.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optim"])
-        g.set_state(ckpt["data_rng"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        step, best, elapsed = ckpt["step"], ckpt["best"], ckpt["elapsed"]
-        print(f"resumed at step {step} (best held-out LL {best:.4f}, {elapsed / 60:.1f} min trained)")
-    elif init_from is not None:
-        # Continue from exported weights (e.g. a committed checkpoint in a new session): the
-        # schedule resumes at the recorded step; the optimiser moments start afresh.
-        init = load_checkpoint(init_from)
-        if init.cfg == mc:
-            net.load_state_dict(init.state_dict())
-            if warm_start:
-                print(f"warm start from the weights of {init_from}; schedule from step 0")
-            else:
-                step, best = int(init.info.get("step", 0)), float(init.info.get("heldout_ll", -math.inf))
-                elapsed = float(init.info.get("train_seconds", 0.0))
-                print(f"initialised from {init_from} at step {step}")
-        elif net.joint_block_size is not None and init.joint_block_size is None and init.cfg == mc.base():
-            # A new joint head on a trained CMANP: its schedule and held-out record start afresh.
-            net.load_state_dict(init.state_dict(), strict=False)
-            net.init_joint_mean_from_base()
-            print(f"joint head initialised on the CMANP {init_from}")
-        else:
-            raise ValueError(f"{init_from} has config {init.cfg}, not {mc}")
+    run = start(mc, tc, out / "last.pt", resume, init_from, warm_start)
     (out / "config.json").write_text(
         json.dumps({"architecture": architecture, "model": mc.to_dict(), "data": data, "train": asdict(tc)}, indent=2)
     )
-
-    def save_state() -> None:
-        tmp = state_path.with_suffix(".tmp")
-        torch.save(
-            {
-                "model": net.state_dict(),
-                "optim": opt.state_dict(),
-                "data_rng": g.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "step": step,
-                "best": best,
-                "elapsed": elapsed,
-            },
-            tmp,
-        )
-        tmp.replace(state_path)
-
-    sampler = build_sampler(data, mc.dim_x, mc.x_range)
-    heldout = heldout_batches(sampler, tc.eval_batches, tc.batch_size)
-    trained = sum(p.numel() for p in trainable)
-    print(f"model: {count_parameters(net):,} parameters ({trained:,} trained); training to step {tc.steps}")
-    net.train()
-    loss_fn = training_loss(net, tc.precision, tc.compile)
-    last_save, t0, tasks = time.time(), time.time(), 0
-    # A background job ignores SIGINT and dies on SIGTERM without unwinding: make both raise
-    # KeyboardInterrupt, so the `finally` below saves the training state before exiting.
-    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    bar = tqdm(total=tc.steps, initial=step, dynamic_ncols=True, mininterval=5)
-    ema = None
-    stop = min(tc.steps, step + tc.run_steps) if tc.run_steps else tc.steps
-    try:
-        while step < stop:
-            batch = sample_training_batch(sampler, tc, g).to(tc.device)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, tc)
-            loss = train_step(net, opt, batch, tc.grad_clip, loss_fn)
-            step += 1
-            tasks += tc.batch_size
-            ema = loss.item() if ema is None else 0.99 * ema + 0.01 * loss.item()
-            bar.update(1)
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{ema:.3f}", tasks_s=f"{tasks / (time.time() - t0):.0f}")
-            if step % tc.eval_every == 0 or step == tc.steps:
-                ll = heldout_ll(net, heldout, tc.device)
-                tqdm.write(f"step {step}: held-out LL {ll:.4f} (best {max(best, ll):.4f})")
-                if ll > best:
-                    best = ll
-                    save_checkpoint(
-                        net,
-                        out / "best.safetensors",
-                        info={
-                            "step": step,
-                            "heldout_ll": ll,
-                            "data": data,
-                            "train": asdict(tc),
-                            "train_seconds": elapsed + time.time() - last_save,
-                            "torch": torch.__version__,
-                        },
-                    )
-            now = time.time()
-            if now - last_save > 60 * tc.save_every_minutes:
-                elapsed += now - last_save
-                last_save = now
-                save_state()
-    finally:
-        elapsed += time.time() - last_save
-        save_state()
-        bar.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        print(f"stopped at step {step}; state in {state_path}")
+    fit(run, build_source(data, mc), tc, out, record={"data": data, "train": asdict(tc)})
 
 
 def _add_dataclass_flags(p: argparse.ArgumentParser, cls: type) -> None:
@@ -292,6 +345,19 @@ def _parse_bool(text: str) -> bool:
     return text.lower() in ("true", "1")
 
 
+def data_spec(file: dict, flags: dict) -> tuple[dict, dict]:
+    """The data spec of a config file with its flags applied, and the file's train section without
+    the data options that older configs keep there (the regression curriculum)."""
+    data, train_section = dict(file.get("data") or DEFAULT_DATA), dict(file.get("train", {}))
+    for key in LEGACY_DATA_KEYS:
+        if key in train_section:
+            value = train_section.pop(key)
+            if data.setdefault(key, value) != value:
+                raise ValueError(f"{key} is set in both the data ({data[key]}) and train ({value}) sections")
+    data.update({k: v for k, v in flags.items() if v is not None})
+    return data, train_section
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, help='JSON file {"model": {...}, "train": {...}}; flags override it')
@@ -304,8 +370,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     _add_dataclass_flags(p, CMANPANDConfig)
     _add_dataclass_flags(p, TrainConfig)
+    _add_dataclass_flags(p, ContextCurriculum)  # options of the data source, kept as flags
     args = p.parse_args(argv)
     file = json.loads(args.config.read_text()) if args.config else {}
+    data, train_section = data_spec(file, {k: getattr(args, k) for k in LEGACY_DATA_KEYS})
 
     def build(cls: type, section: dict):  # noqa: ANN202 - returns an instance of cls
         values = dict(section)
@@ -318,12 +386,12 @@ def main(argv: list[str] | None = None) -> None:
     architecture = args.architecture or file.get("architecture", CMANP.architecture)
     train(
         build(ARCHITECTURES[architecture][1], file.get("model", {})),
-        build(TrainConfig, file.get("train", {})),
+        build(TrainConfig, train_section),
         args.out,
         args.resume,
         args.init_from,
         architecture,
-        file.get("data"),
+        data,
         args.warm_start,
     )
 

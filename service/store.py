@@ -1,73 +1,11 @@
-"""Session store on Redis: a constant-size CMANP state per session, safe against concurrent writers.
+"""Session store on Redis: one constant-size state per session, and an append log of context posts.
 
-Keys, all with the hash tag ``{session_id}`` so that a session lives in one Redis Cluster slot:
-
-    cmanp:{id}:meta   hash    owner, pinned model name + fingerprint, transforms, TTL, counters,
-                              the size of the model's state blob
-    cmanp:{id}:state  string  the model's versioned state blob (constant size), written by the first
-                              fold; absent before it, which means the model's empty state
-    cmanp:{id}:log    list    context posts not yet folded into the state (float32, model units;
-                              y in user units for a session with "y_transform": "auto")
-    cmanp:{id}:idem   string  a ring of the last ``idempotency_keys`` idempotency records, each
-                              digest(key) | digest(request) | num_points | version (64 bytes),
-                              grown one record per keyed post up to its full size, then reused
-
-Design: an append log folded lazily with the model's exact update. Rewriting the ~100 KB state
-blob on every post serialises writers on one read-modify-write; appending is cheap and never
-conflicts. A context post is one Lua script (atomic): replay an idempotency record if there is
-one, else append the post's points to the log, bump ``num_points`` and ``version``, record the
-key and refresh the TTL. Predict reads meta, state and log atomically and folds the log into its
-own in-memory copy of the state, writing nothing (``service.inference.FoldedStates`` keeps such
-copies per process, so that a hot session's next predict folds only the entries appended since).
-The stored state is rewritten only when the log reaches ``fold_threshold`` points (once per that
-many points, not on every predict, which would multiply the append-only-file traffic): the fold
-computes the new state off the event loop from such a snapshot, then commits with a script that
-checks the fold epoch is unchanged, writes the state and LTRIMs exactly the folded prefix
-(appends only add at the tail). A conflicting commit is dropped and the fold retried. The post
-that takes the log to the threshold starts the fold in the background and answers without
-waiting for it (its points are durable in the log already). Folds are single-flight per session
-within a process: a post past the threshold while a fold of its session is in flight here
-leaves the log to that fold, which folds again until the log is below the threshold, and a
-writer refused because the log is full waits for its next commit and appends again. Without this, every
-concurrent writer of a hot session computed the same fold and all but one commit failed. Folds
-of different processes (workers, replicas) still race, and the epoch check settles them. The
-update is exact and order-independent, so whatever the interleaving, every acknowledged point is
-counted exactly once. A fold may also return sums (``Fold.sums``, e.g. calibration scores of the
-folded points, see ``service.calibration``): the same commit adds them to meta fields
-``sum:<name>``, so they too count every folded point exactly once, and a session's record stays
-constant-size.
-
-Memory per session is bounded by a constant, and a small session pays only for what it holds.
-A new session is its meta hash alone: the empty state belongs to the model
-(``ServedModel.empty_state``), so the state key is first written by the first fold's commit, and
-a snapshot without one decodes the model's empty state (``Snapshot.state_blob``; a missing blob
-after a fold has committed is a lost one, reported as corrupt). An append is refused while the
-log would exceed ``fold_threshold + max_points_per_request`` points (the writer folds, then
-appends again), and only the last ``idempotency_keys`` keys are remembered (each for at most the
-session's TTL). Their ring grows by one record per keyed post (SETRANGE at its end) until it
-holds ``idempotency_keys`` records, is then copied once into an exactly sized string (SETRANGE
-grows strings greedily, up to 1.5x), and from then on is written in place and never resized, so
-a session that posts one point per request with a key each uses the same idempotency memory as
-one that posted ``idempotency_keys`` times. In all, at most: state + (fold_threshold +
-max_points_per_request) * (dim_x + dim_y) * 4 bytes + 64 bytes per remembered key + a small meta
-hash; before the first fold, without the state.
-
-Durable acknowledgements (``wait_replicas``): Redis replicates asynchronously, so a master that
-dies before its replica got a write loses it on failover, acknowledged or not. With
-``wait_replicas`` > 0, every acknowledged write (create, context post, its replay, delete) is sent
-together with ``WAIT wait_replicas wait_timeout_ms`` on one connection (WAIT waits for the
-writes of its own connection), to the master of the session's slot on a Redis Cluster; a write
-that fewer replicas confirm in time answers 503 with Retry-After. It may have been applied on the
-master: the client's retry with the same Idempotency-Key is then a replay, which waits for the
-replicas again (a replay refreshes the TTL, a write, and WAIT covers every write before it in
-the replication stream, so also the original post), or, if the failover lost the post together
-with its idempotency record (one script, replicated as one transaction), applies it anew: once
-either way. Folds need no WAIT: a commit lost in a failover leaves the state and log it replaced,
-which hold the same points.
-
-The Redis client must not retry commands itself: if an append ran but its reply was lost, a
-retry would apply it twice. A failure surfaces as 503 instead, and the client retries with the
-same Idempotency-Key, which makes the retry exactly-once.
+A post appends its points to the session's log in one atomic Lua script, so concurrent writers
+never conflict and a retry with the same Idempotency-Key is applied once; the log is folded into
+the state with the model's exact update every ``fold_threshold`` points, and a fold commits only
+if no other fold won meanwhile. State and log are opaque bytes here. Keys, the fold protocol,
+the memory bound per session, durable acknowledgements (``wait_replicas``) and why the Redis
+client must never retry by itself: docs/SERVICE.md, "The session store".
 """
 
 from __future__ import annotations

@@ -1,48 +1,68 @@
-"""Training data sources, named by a config's ``"data"`` section.
+"""Training data sources, named by a config's ``"data"`` section (``{"kind": "broad", ...}``).
 
-A regression source is a sampler with ``sample(batch, num_context, num_target, generator)`` and
-``sample_protocol(batch, generator)``; its batches carry ``xc, yc, xt, yt`` and, for GP priors, the
-true covariance and noise so the exact-GP oracle can score the same tasks. An event source
-(``"kind": "hawkes"``, ``model.data.hawkes``) has ``sample(batch, generator)`` and
-``heldout(num_batches, batch, seed)`` and yields ``EventBatch`` es of padded sequences (with the
-true parameters when simulated from a Hawkes process, for the oracle). Adding a source is a new
-module here plus one entry in ``SOURCES``; the training loop does not change.
+A source gives the training loop (``model.train``) batches of one type: ``sample_batch`` for
+training steps and ``heldout_batch`` for the fixed held-out set. The loop only moves a batch to
+the device and hands it to the model's ``loss`` and ``heldout_score``, so a family with another
+batch type (event sequences, images) is a new module here, one entry in ``SOURCES`` and a model
+that reads its batches; the loop does not change.
+
+The regression sources (``gp``, ``broad``) wrap a task sampler in the context-size curriculum of
+``model.data.regression``; ``build_sampler`` gives the bare sampler to evaluations and benches.
+The event source (``hawkes``, ``model.data.hawkes``) draws ``EventBatch`` es of padded sequences,
+with the true parameters when simulated from a Hawkes process (for the oracle).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
-from torch import Tensor
 
-from model.data.events import EventBatch
+from model.data.tasks import TaskBatch, TaskSampler
 
-
-class TaskBatch(Protocol):
-    xc: Tensor  # [B, N, dx]
-    yc: Tensor  # [B, N, dy]
-    xt: Tensor  # [B, M, dx]
-    yt: Tensor  # [B, M, dy]
-
-    def to(self, device: torch.device | str) -> TaskBatch: ...
-
-    def covariance(self, x1: Tensor, x2: Tensor) -> Tensor: ...
-
-    def noise_variance(self) -> Tensor: ...
+__all__ = [
+    "DEFAULT_DATA",
+    "SOURCES",
+    "Batch",
+    "TaskBatch",
+    "TaskSampler",
+    "TrainingSource",
+    "build_sampler",
+    "build_source",
+]
 
 
-class TaskSampler(Protocol):
-    def sample(self, batch_size: int, num_context: int, num_target: int, generator: torch.Generator) -> TaskBatch: ...
-
-    def sample_protocol(self, batch_size: int, generator: torch.Generator) -> TaskBatch: ...
+class Batch(Protocol):
+    def to(self, device: torch.device | str) -> Batch: ...
 
 
-class EventSampler(Protocol):
-    def sample(self, batch_size: int, generator: torch.Generator) -> EventBatch: ...
+class TrainingSource(Protocol):
+    def sample_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
+        """One training batch; every random draw comes from ``generator`` (so ``--resume`` is exact)."""
+        ...
 
-    def heldout(self, num_batches: int, batch_size: int, seed: int = 12345) -> list[EventBatch]: ...
+    def heldout_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
+        """One batch of the held-out set (the loop draws a fixed number from a fixed seed)."""
+        ...
+
+
+class ModelDims(Protocol):
+    """What a source may read from the model's config."""
+
+    dim_x: int
+    x_range: tuple[float, float]
+
+
+def _regression(sampler: Callable[..., TaskSampler]) -> Callable[..., TrainingSource]:
+    def build(cfg: ModelDims, **options: Any) -> TrainingSource:
+        from model.data.regression import ContextCurriculum, RegressionSource
+
+        curriculum, options = ContextCurriculum.split(options)
+        return RegressionSource(sampler(cfg.dim_x, tuple(cfg.x_range), **options), curriculum)
+
+    return build
 
 
 def _gp(dim_x: int, x_range: tuple[float, float], **options: Any) -> TaskSampler:
@@ -59,21 +79,42 @@ def _broad(dim_x: int, x_range: tuple[float, float], **options: Any) -> TaskSamp
     )
 
 
-def _hawkes(*_: Any, **options: Any) -> EventSampler:
-    """Event sequences (``model.data.hawkes``); the regression arguments (dim_x, x_range) do not apply."""
-    from model.data.hawkes import build_source
+def _hawkes(cfg: object, **options: Any) -> TrainingSource:
+    """Event sequences; the model's config does not shape them (times and marks are the data)."""
+    from model.data.hawkes import build_source as build_event_source
 
-    return build_source(**options)
+    return build_event_source(**options)
 
 
-SOURCES: dict[str, Callable[..., TaskSampler | EventSampler]] = {"gp": _gp, "broad": _broad, "hawkes": _hawkes}
+# kind -> builder(model config, **the spec's other options) -> TrainingSource
+SOURCES: dict[str, Callable[..., TrainingSource]] = {
+    "gp": _regression(_gp),
+    "broad": _regression(_broad),
+    "hawkes": _hawkes,
+}
 DEFAULT_DATA: dict[str, Any] = {"kind": "gp", "kernel": "rbf"}
 
 
-def build_sampler(spec: dict[str, Any], dim_x: int, x_range: tuple[float, float]) -> TaskSampler | EventSampler:
-    """The sampler a config's ``"data"`` section names, e.g. ``{"kind": "broad"}``."""
+def build_source(spec: dict[str, Any], cfg: ModelDims) -> TrainingSource:
+    """The training source a config's ``"data"`` section names, for a model of config ``cfg``."""
     options = dict(spec)
     kind = options.pop("kind", None)
     if kind not in SOURCES:
         raise ValueError(f"unknown data source {kind!r}; choose from {sorted(SOURCES)}")
-    return SOURCES[kind](dim_x, tuple(x_range), **options)
+    return SOURCES[kind](cfg, **options)
+
+
+def build_sampler(spec: dict[str, Any], dim_x: int, x_range: tuple[float, float]) -> TaskSampler:
+    """The bare task sampler of a regression spec (tasks of any sizes, for evaluations and benches)."""
+    from model.data.regression import RegressionSource
+
+    source = build_source(spec, _Dims(dim_x, tuple(x_range)))
+    if not isinstance(source, RegressionSource):
+        raise ValueError(f"data source {spec.get('kind')!r} does not draw regression tasks")
+    return source.sampler
+
+
+@dataclass(frozen=True)
+class _Dims:
+    dim_x: int
+    x_range: tuple[float, float]

@@ -255,7 +255,8 @@ def simulate_self_correcting(
 
 # ---- data sources ---------------------------------------------------------------------------------
 class EventSource:
-    """A source of event-sequence batches: ``sample`` for training, ``heldout`` for a fixed held-out set.
+    """A source of event-sequence batches (``model.data.TrainingSource``): ``sample_batch`` for
+    training, ``heldout_batch`` (or ``heldout``) for a fixed held-out set.
 
     Per batch a target count n is drawn log-uniformly in ``num_events``; each sequence is observed
     on a window whose expected number of events is n (capped at 4 n), so lengths vary within a
@@ -268,9 +269,12 @@ class EventSource:
             raise ValueError(f"num_events must be 1 <= lo <= hi, got {num_events}")
         self.num_events = (int(lo), int(hi))
 
-    def sample(self, batch_size: int, generator: torch.Generator) -> EventBatch:
+    def sample_batch(self, batch_size: int, generator: torch.Generator) -> EventBatch:
         n = int(round(float(_log_uniform((), self.num_events, generator))))
         return self.sample_sized(batch_size, n, generator)
+
+    def heldout_batch(self, batch_size: int, generator: torch.Generator) -> EventBatch:
+        return self.sample_batch(batch_size, generator)
 
     def sample_sized(self, batch_size: int, num_events: int, generator: torch.Generator) -> EventBatch:
         """A batch whose windows hold ``num_events`` events in expectation."""
@@ -279,7 +283,7 @@ class EventSource:
     def heldout(self, num_batches: int, batch_size: int, seed: int = 12345) -> list[EventBatch]:
         """A fixed held-out set: the same batches for the same seed."""
         g = torch.Generator().manual_seed(seed)
-        return [self.sample(batch_size, g) for _ in range(num_batches)]
+        return [self.heldout_batch(batch_size, g) for _ in range(num_batches)]
 
 
 class HawkesSource(EventSource):

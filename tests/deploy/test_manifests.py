@@ -1,4 +1,4 @@
-"""Issue 22, acceptance 3: the Kubernetes manifests under deploy/ are valid and say what they must.
+"""The Kubernetes manifests under deploy/ are valid and say what they must.
 
 Every resource that deploy/base/kustomization.yaml lists validates against the Kubernetes 1.33
 schema (``kubernetes-validate``, which ships the schemas: no cluster, no network), in strict

@@ -55,3 +55,11 @@ def random_points(n: int, cfg: CMANPConfig, batch: int = 1, seed: int = 0) -> tu
     x = torch.rand(batch, n, cfg.dim_x, generator=g) * 4 - 2
     y = torch.sin(3 * x.sum(-1, keepdim=True)) + 0.1 * torch.randn(batch, n, cfg.dim_y, generator=g)
     return x, y
+
+
+@pytest.fixture(scope="module")
+def state(small):
+    """A state of two sessions of 20 points each, from the small model."""
+    x, y = random_points(20, small.cfg, batch=2)
+    with torch.no_grad():
+        return small.condition(x, y)

@@ -6,6 +6,7 @@ MultivariateNormal on manually conditioned copies of the state, and the Wishart 
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -140,7 +141,8 @@ def test_joint_training_loss_is_the_per_target_joint_ll():
         ll = net.log_likelihood(x, y, xt, yt)
         expected = net.joint_log_prob(net.condition(x, y), xt, yt) / 5
     assert torch.allclose(ll.double(), expected, atol=1e-5)
-    assert math.isfinite(net.loss(x[:, :0], y[:, :0], xt, yt).item())  # the empty context works too
+    empty_context = SimpleNamespace(xc=x[:, :0], yc=y[:, :0], xt=xt, yt=yt)
+    assert math.isfinite(net.loss(empty_context).item())  # the empty context works too
 
 
 def test_a_plain_cmanp_checkpoint_still_loads_as_cmanp(tmp_path):

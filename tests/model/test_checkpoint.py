@@ -1,6 +1,7 @@
 """Checkpoints carry their config, load without pickle, and detect corruption via the fingerprint."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -98,6 +99,6 @@ def test_image_completion_dims_work_end_to_end():
         a = net.predict(net.condition(x, y), xq)
         b = net.predict(net.merge(net.condition(x[:, :13], y[:, :13]), net.condition(x[:, 13:], y[:, 13:])), xq)
     assert a[0].shape == (1, 6, 3) and torch.allclose(a[0], b[0], atol=1e-5)
-    loss = net.loss(x[:, :30], y[:, :30], x[:, 30:], y[:, 30:])
+    loss = net.loss(SimpleNamespace(xc=x[:, :30], yc=y[:, :30], xt=x[:, 30:], yt=y[:, 30:]))
     loss.backward()
     assert torch.isfinite(loss)

@@ -149,7 +149,7 @@ def test_the_state_size_does_not_grow_with_the_history(net):
 # ---- the training pass ---------------------------------------------------------------------------
 @pytest.mark.parametrize("chunk_size", [1, 5, 64])
 def test_the_one_pass_likelihood_scores_each_event_against_the_state_before_it(net, chunk_size):
-    batch = HawkesSource(num_events=(15, 30)).sample(3, torch.Generator().manual_seed(8))
+    batch = HawkesSource(num_events=(15, 30)).sample_batch(3, torch.Generator().manual_seed(8))
     assert len(set(batch.lengths.tolist())) > 1  # padding is exercised
     with torch.no_grad():
         per_event, survival = net.event_log_likelihoods(batch, chunk_size)
@@ -190,7 +190,7 @@ def test_the_survival_term_is_the_probability_of_a_quiet_window_end(net):
 def test_a_few_adam_steps_lower_the_loss():
     """A smoke test of the training interface: the loss falls on a fixed batch, gradients reach the decay rates."""
     net = small_cmhp(seed=1).train()
-    batch = HawkesSource(num_events=(20, 40)).sample(6, torch.Generator().manual_seed(10))
+    batch = HawkesSource(num_events=(20, 40)).sample_batch(6, torch.Generator().manual_seed(10))
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     losses = []
     for _ in range(25):

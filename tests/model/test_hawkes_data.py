@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import stats
 
-from model.data import build_sampler
+from model.data import build_source
 from model.data.events import EventBatch
 from model.data.hawkes import (
     HawkesParams,
@@ -44,8 +44,8 @@ def test_a_prior_allowing_a_radius_of_one_is_refused():
 
 
 def test_the_same_seed_gives_the_same_batch_and_another_seed_another():
-    a, b = (HawkesSource(num_events=(20, 50)).sample(4, gen(3)) for _ in range(2))
-    c = HawkesSource(num_events=(20, 50)).sample(4, gen(4))
+    a, b = (HawkesSource(num_events=(20, 50)).sample_batch(4, gen(3)) for _ in range(2))
+    c = HawkesSource(num_events=(20, 50)).sample_batch(4, gen(4))
     assert torch.equal(a.times, b.times) and torch.equal(a.marks, b.marks) and torch.equal(a.lengths, b.lengths)
     assert not (a.times.shape == c.times.shape and torch.equal(a.times, c.times))
 
@@ -57,7 +57,7 @@ def test_the_heldout_set_is_fixed_by_its_seed():
 
 
 def test_sequences_are_sorted_inside_their_windows_with_valid_marks():
-    batch = HawkesSource(num_events=(30, 60)).sample(6, gen(1))
+    batch = HawkesSource(num_events=(30, 60)).sample_batch(6, gen(1))
     for i in range(batch.batch_size):
         t, k = batch.sequence(i)
         assert (t.diff() >= 0).all() and (t > 0).all() and (t <= batch.end[i]).all()
@@ -122,8 +122,8 @@ def test_sinusoidal_poisson_compensator_increments_are_exponential():
 
 
 def test_the_ten_times_rate_stream_is_the_same_process_on_a_faster_clock():
-    base = HawkesSource(num_events=(50, 50)).sample(3, gen(10))
-    fast = HawkesSource(num_events=(50, 50), rate_factor=10.0).sample(3, gen(10))
+    base = HawkesSource(num_events=(50, 50)).sample_batch(3, gen(10))
+    fast = HawkesSource(num_events=(50, 50), rate_factor=10.0).sample_batch(3, gen(10))
     assert torch.allclose(fast.params.mu, 10 * base.params.mu) and torch.allclose(
         fast.params.beta, 10 * base.params.beta
     )
@@ -133,17 +133,17 @@ def test_the_ten_times_rate_stream_is_the_same_process_on_a_faster_clock():
 
 def test_the_alternative_streams_yield_event_batches():
     for source in (SinusoidalPoissonSource(num_events=(20, 20)), SelfCorrectingSource(num_events=(20, 20))):
-        batch = source.sample(3, gen(11))
+        batch = source.sample_batch(3, gen(11))
         assert isinstance(batch, EventBatch) and batch.params is None and (batch.lengths > 5).all()
 
 
 def test_a_config_names_the_hawkes_source():
     spec = {"kind": "hawkes", "process": "hawkes", "num_events": [10, 20], "num_marks": 2, "radius_range": [0.1, 0.5]}
-    source = build_sampler(spec, 1, (-2.0, 2.0))
-    batch = source.sample(2, gen(12))
+    source = build_source(spec, cfg=None)  # an event source reads nothing from the model's config
+    batch = source.sample_batch(2, gen(12))
     assert batch.params.num_marks == 2 and (batch.params.spectral_radius() <= 0.5 + 1e-9).all()
     with pytest.raises(ValueError, match="unknown event process"):
-        build_sampler({"kind": "hawkes", "process": "poisson"}, 1, (-2.0, 2.0))
+        build_source({"kind": "hawkes", "process": "poisson"}, cfg=None)
 
 
 def test_a_batch_moves_and_pads():

@@ -1,89 +1,29 @@
-"""Real processes for the crash and scale-out tests: the API as ``python -m service`` (so it can be
-``kill -9``-ed), and a local Redis Cluster of bundled redis-servers.
+"""Real processes for the crash and scale-out tests: the settings of the API run as ``python -m
+service`` (``tools.service_process.ServiceProcess``, so it can be ``kill -9``-ed), and a local
+Redis Cluster of bundled redis-servers.
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import httpx
 import redis
 
-from service.embedded_redis import EmbeddedRedis, free_port, redis_cli_binary
-from tests.service.helpers import REPO
+from service.embedded_redis import EmbeddedRedis, redis_cli_binary
+from tests.service.helpers import API_KEYS
+from tools.service_process import service_env as tools_service_env
 
 
 def service_env(checkpoint_dir: Path, **settings: object) -> dict[str, str]:
-    """The environment of ``python -m service``: the test checkpoints, plus ``CMANP_<NAME>`` per setting.
-
-    Without ``redis_url`` the service starts its bundled Redis in ``redis_data_dir``.
-    """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CMANP_")}
-    options: dict[str, object] = {
-        "checkpoint_dir": checkpoint_dir,
-        "default_model": "tiny",
-        "workers": 1,  # one process, so that kill() (SIGKILL) takes the whole API down
-        "torch_threads": 1,
-        "inference_workers": 1,
-        "log_level": "warning",
-    }
-    return env | {f"CMANP_{name.upper()}": str(value) for name, value in (options | settings).items()}
+    """``tools.service_process.service_env`` serving the test checkpoints (default model "tiny")."""
+    return tools_service_env(checkpoint_dir, **({"default_model": "tiny"} | settings))
 
 
-class ApiProcess:
-    """``python -m service`` on a fixed free port; ``start()`` waits until ``/readyz`` answers 200, ``stop()``.
-
-    Restarting after ``kill()`` (SIGKILL, like a crash) reuses the port, so clients keep their URL.
-    """
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.port = free_port()
-        self.env = env | {"CMANP_PORT": str(self.port)}
-        self.log = log
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 60.0) -> None:
-        with open(self.log, "ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "service"], cwd=REPO, env=self.env, stdout=out, stderr=out
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the service exited; see {self.log}:\n{self.log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"the service was not ready within {timeout} s; see {self.log}")
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown code runs, as in a crash or an OOM kill."""
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait()
-
-    def stop(self, sig: signal.Signals = signal.SIGINT, timeout: float = 30.0) -> int:
-        """Graceful stop; the exit code."""
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else 0
-        self.process.send_signal(sig)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
+def with_api_keys(**settings: object) -> dict[str, object]:
+    """The settings plus the API keys of ``helpers.API_KEYS`` (tenants alice and bob)."""
+    return {"api_keys": ",".join(f"{tenant}:{key}" for tenant, key in API_KEYS.items())} | settings
 
 
 class LocalRedisCluster:

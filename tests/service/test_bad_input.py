@@ -1,4 +1,4 @@
-"""Acceptance 5: bad requests get a 4xx problem with a clear detail and leave the stored state byte-identical.
+"""Bad requests get a 4xx problem with a clear detail and leave the stored state byte-identical.
 
 The session under attack has a folded state and a non-empty log; every one of its Redis keys is
 compared (DUMP) before and after each request.

@@ -63,7 +63,7 @@ def stream(client: CMANPClient, session_id: str, x: np.ndarray, y: np.ndarray, p
         yield client.get_session(session_id)
 
 
-# ---- acceptance 1: calibrated data ------------------------------------------------------------------
+# ---- calibrated data --------------------------------------------------------------------------------
 
 # Stated bounds. 95% coverage: the issue's [0.92, 0.98]. PIT: "roughly flat" = every one of the 10
 # bins holds 3%-17% of the points (10% each when flat). The 1000 PITs of one function are not
@@ -95,7 +95,7 @@ def test_calibrated_gp_data_is_ok(shipped_server: str, seed: int) -> None:
     assert len(alarms) <= 1 and all(points < 500 for points, _ in alarms), alarms
 
 
-# ---- acceptance 2: miscalibrated data ---------------------------------------------------------------
+# ---- miscalibrated data -----------------------------------------------------------------------------
 
 
 def test_scaled_values_flip_to_miscalibrated_within_100_points(shipped_server: str) -> None:
@@ -153,7 +153,7 @@ def test_residuals_with_variance_near_2_6_over_100_points_are_flagged(shipped_se
     assert report["status"] == "miscalibrated", report
 
 
-# ---- acceptance 3: held out by construction ---------------------------------------------------------
+# ---- held out by construction -----------------------------------------------------------------------
 
 FOLD_EVERY = 40  # small, so that the test crosses several folds and also reads a pending log
 

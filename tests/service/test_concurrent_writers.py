@@ -1,4 +1,4 @@
-"""Acceptance 2: 8 concurrent clients each post 100 single-point contexts to one session; nothing is lost.
+"""8 concurrent clients each post 100 single-point contexts to one session; nothing is lost.
 
 Run against the default settings, and against a server that folds every 8 points and takes at
 most 4 points per request, so that folds race each other and the appends (commit conflicts, and

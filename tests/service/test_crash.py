@@ -1,4 +1,4 @@
-"""Issue 6, acceptance 2: ``kill -9`` the API, or redis-server, in the middle of a load of single-point
+"""``kill -9`` the API, or redis-server, in the middle of a load of single-point
 posts. Under ``appendfsync always`` no acknowledged point is lost, the stored state blob is whole
 (its crc32 holds), and once the in-doubt posts are retried with their Idempotency-Keys the session
 equals batch conditioning on exactly the posted points. See ``tests/service/history.py``.
@@ -6,7 +6,7 @@ equals batch conditioning on exactly the posted points. See ``tests/service/hist
 The same Redis crash under ``appendfsync everysec`` measures what that mode puts at risk; the
 figures are printed at the end of the run and discussed in docs/OPERATIONS.md. A SIGKILL leaves
 the kernel's page cache behind, so it only shows a process crash; the power-loss cases preload
-``power_loss.c`` into redis-server, which keeps AOF writes in the process until they are fsynced,
+``tools/power_loss.c`` into redis-server, which keeps AOF writes in the process until they are fsynced,
 so that the kill also loses what an OS crash or power cut would.
 
 Each check fails if a layer loses or doubles a point: an append acknowledged before it reached
@@ -17,8 +17,6 @@ accumulators differ from batch conditioning). A torn state blob fails its crc32 
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +29,9 @@ import redis
 from service.embedded_redis import EmbeddedRedis
 from tests.service.helpers import sample_points
 from tests.service.history import History, check_session, resolve, wait_for_acks, write
-from tests.service.processes import ApiProcess, service_env
+from tests.service.processes import service_env
+from tools import power_loss
+from tools.service_process import ServiceProcess
 
 WRITERS = 4
 POINTS = 4000  # more ids than a load ever gets through before its crash
@@ -65,7 +65,7 @@ def load_then_crash(
 def test_api_crash_loses_no_acknowledged_point(tmp_path: Path, checkpoint_dir: Path, tiny_net, figures) -> None:
     store = EmbeddedRedis(tmp_path / "redis", options={"appendfsync": "always"})
     store.start()
-    api = ApiProcess(service_env(checkpoint_dir, redis_url=store.url, **SETTINGS), tmp_path / "api.log")
+    api = ServiceProcess(service_env(checkpoint_dir, redis_url=store.url, **SETTINGS), tmp_path / "api.log")
     try:
         api.start()
         session_id = httpx.post(f"{api.url}/v1/sessions", json={}).json()["session_id"]
@@ -92,14 +92,11 @@ def test_api_crash_loses_no_acknowledged_point(tmp_path: Path, checkpoint_dir: P
 
 @pytest.fixture(scope="module")
 def power_loss_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tests/service/power_loss.c built as a shared library (LD_PRELOAD into redis-server)."""
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        pytest.skip("gcc is needed to build the power-loss shim")
-    library = tmp_path_factory.mktemp("power-loss") / "power_loss.so"
-    source = Path(__file__).with_name("power_loss.c")
-    subprocess.run([gcc, "-shared", "-fPIC", "-O2", "-o", str(library), str(source), "-ldl", "-pthread"], check=True)
-    return library
+    """The power-loss shim (tools/power_loss.c) built as a shared library (LD_PRELOAD into redis-server)."""
+    try:
+        return power_loss.build(tmp_path_factory.mktemp("power-loss"))
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
 
 
 SLOW = pytest.mark.slow
@@ -119,7 +116,7 @@ def test_redis_crash(
     env = {"LD_PRELOAD": str(request.getfixturevalue("power_loss_library"))} if power_loss else None
     store = EmbeddedRedis(tmp_path / "redis", options={"appendfsync": appendfsync}, env=env)
     store.start()
-    api = ApiProcess(service_env(checkpoint_dir, redis_url=store.url, **SETTINGS), tmp_path / "api.log")
+    api = ServiceProcess(service_env(checkpoint_dir, redis_url=store.url, **SETTINGS), tmp_path / "api.log")
     crash = "power loss (emulated)" if power_loss else "kill -9"
     lost_in_all_rounds = 0
     try:

@@ -24,8 +24,8 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from service.client import CMANPClient
-from tests.service.browser import chromium, click_plot, console_messages, missing_browser, plot, wait_for_points
 from tests.service.helpers import API_KEYS, logged_points
+from tools.browser import chromium, click_plot, console_messages, missing_browser, plot, wait_for_points
 
 # The plot's layout, as service/static/demo/chart.js and main.js draw it: margins around the
 # plotting area (CSS pixels) and the y range; x spans the model's range (the tiny model's [-2, 2]).

@@ -10,7 +10,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.service.browser import chromium, console_messages, missing_browser, resources
+from tools.browser import chromium, console_messages, missing_browser, resources
 
 RENDER_SECONDS = 30
 

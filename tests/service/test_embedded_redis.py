@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 
 from service.embedded_redis import MAX_CLUSTER_PORT, free_port
-from tests.service.processes import ApiProcess, service_env
+from tests.service.processes import service_env
+from tools.service_process import ServiceProcess
 
 
 def port_is_open(port: int) -> bool:
@@ -26,7 +27,9 @@ def port_is_open(port: int) -> bool:
 
 def test_bundled_redis_lifecycle(tmp_path: Path, checkpoint_dir: Path) -> None:
     data_dir = tmp_path / "var" / "redis"
-    api = ApiProcess(service_env(checkpoint_dir, redis_data_dir=data_dir, log_level="info"), tmp_path / "service.log")
+    api = ServiceProcess(
+        service_env(checkpoint_dir, redis_data_dir=data_dir, log_level="info"), tmp_path / "service.log"
+    )
     session_id = None
     for _ in range(2):
         log_start = api.log.stat().st_size if api.log.exists() else 0

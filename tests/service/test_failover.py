@@ -1,4 +1,4 @@
-"""Issue 22, acceptance 2: a master failover keeps every acknowledged point with
+"""A master failover keeps every acknowledged point with
 ``CMANP_REDIS_WAIT_REPLICAS=1``, and loses the unreplicated ones without it.
 
 A local Redis Cluster of 3 masters with one replica each (bundled redis-servers, a 1 s

@@ -1,4 +1,4 @@
-"""Acceptance 1 of the hardening issue: schemathesis fuzzes the OpenAPI schema, in process over ASGI.
+"""Schemathesis fuzzes the OpenAPI schema, in process over ASGI.
 
 Every operation gets schema-valid (positive) and schema-breaking (negative) requests, with a
 valid, a wrong or no API key, on random session ids or on a live session that has points. As

@@ -18,7 +18,8 @@ import orjson
 import pytest
 
 from tests.service.helpers import API_KEYS, assert_same_state, sample_points, stored_state
-from tests.service.service_process import service_env, service_process
+from tests.service.processes import service_env, with_api_keys
+from tools.service_process import ServiceProcess
 
 POINTS = 40
 HOLD_SECONDS = 3.0  # how long the body stays unfinished after SIGTERM (the grace period is 30 s)
@@ -27,7 +28,8 @@ HOLD_SECONDS = 3.0  # how long the body stays unfinished after SIGTERM (the grac
 def test_sigterm_lets_the_request_in_flight_finish_and_writes_it_whole(
     tmp_path: Path, redis_server, redis_client, checkpoint_dir: Path, tiny_net
 ) -> None:
-    env = service_env(redis_server.url, checkpoint_dir)
+    # Log level info: the test reads uvicorn's shutdown messages.
+    env = service_env(checkpoint_dir, **with_api_keys(redis_url=redis_server.url, log_level="info"))
     headers = {"Authorization": f"Bearer {API_KEYS['alice']}", "Content-Type": "application/json"}
     x, y = sample_points(POINTS, seed=21)
     body = orjson.dumps({"x": x, "y": y}, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -39,7 +41,7 @@ def test_sigterm_lets_the_request_in_flight_finish_and_writes_it_whole(
         finish_body.wait(30)
         yield body[10:]
 
-    with service_process(tmp_path, **env) as served:
+    with ServiceProcess(env, tmp_path / "service.stdout", stderr=tmp_path / "service.stderr") as served:
         session_id = httpx.post(served.url + "/v1/sessions", json={}, headers=headers).json()["session_id"]
         answer: list[httpx.Response] = []
         url = f"{served.url}/v1/sessions/{session_id}/context"

@@ -1,6 +1,6 @@
-"""Acceptance 1: over HTTP, predictions equal the model's own predictions on the same points (1e-4).
+"""Over HTTP, predictions equal the model's own predictions on the same points (1e-4).
 
-Every test runs on one redis-server and on a local 3-master Redis Cluster (acceptance 4 of issue 6).
+Every test runs on one redis-server and on a local 3-master Redis Cluster.
 
 Also: transforms, the session lifecycle, the model list, metrics, health, and the async client.
 """

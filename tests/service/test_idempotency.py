@@ -1,4 +1,4 @@
-"""Acceptance 3: one Idempotency-Key posted 5 times, 3 of them concurrently, is applied exactly once.
+"""One Idempotency-Key posted 5 times, 3 of them concurrently, is applied exactly once.
 
 Also: reusing a key with a different body is refused, and the remembered keys per session are bounded.
 """

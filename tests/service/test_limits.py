@@ -1,4 +1,4 @@
-"""Acceptance 5 of the hardening issue: the session quota and the rate limit behave as documented.
+"""The session quota and the rate limit behave as documented.
 
 (The 413 limits, CMANP_MAX_BODY_BYTES and CMANP_MAX_POINTS_PER_REQUEST, are in test_bad_input.py.)
 Both limits live in Redis, so each test runs two API replicas on the same Redis and spreads its

@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import orjson
 
-from tests.service.service_process import service_env, service_process
+from tests.service.processes import service_env
+from tools.service_process import ServiceProcess
 
 SECRET_KEY = "sk-live-7Hq2ZpX9"
 WRONG_KEY = "sk-wrong-Vb41Lm"
@@ -23,9 +24,10 @@ JSON = {"Content-Type": "application/json"}
 
 
 def test_logs_are_json_lines_with_request_ids_and_no_secrets(tmp_path: Path, redis_server, checkpoint_dir) -> None:
-    env = service_env(redis_server.url, checkpoint_dir) | {"api_keys": f"logs:{SECRET_KEY}", "log_level": "debug"}
+    env = service_env(checkpoint_dir, redis_url=redis_server.url, api_keys=f"logs:{SECRET_KEY}", log_level="debug")
     auth = {"Authorization": f"Bearer {SECRET_KEY}"}
-    with service_process(tmp_path, **env) as served, httpx.Client(base_url=served.url, headers=auth) as http:
+    served = ServiceProcess(env, tmp_path / "service.stdout", stderr=tmp_path / "service.stderr")
+    with served, httpx.Client(base_url=served.url, headers=auth) as http:
         created = http.post("/v1/sessions", json={"y_transform": {"shift": Y_VALUE, "scale": X_VALUE}})
         session_id = created.json()["session_id"]
         context = f"/v1/sessions/{session_id}/context"

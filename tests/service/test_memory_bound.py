@@ -1,5 +1,5 @@
 """A session's Redis memory (MEMORY USAGE over all its keys): small while it holds little, and
-constant in the number of points past its first fold (issue 22, acceptance 1; issue 6, acceptance 4).
+constant in the number of points past its first fold.
 
 Uses the shipped architecture ('realistic'), whose 104,512-byte state blob is what production
 stores, against the bundled redis-server. A new session is its meta hash alone: the empty state

@@ -1,4 +1,4 @@
-"""Issue 6, acceptance 4: the service on a local 3-master Redis Cluster (``CMANP_REDIS_CLUSTER=true``).
+"""The service on a local 3-master Redis Cluster (``CMANP_REDIS_CLUSTER=true``).
 
 The end-to-end, idempotency and bad-input modules run every test on the cluster too
 (``BOTH_BACKENDS``). Here: a session's keys share one hash slot, so its Lua scripts (which touch

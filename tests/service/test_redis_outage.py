@@ -1,4 +1,4 @@
-"""Acceptance 6: Redis dies mid-test (SIGKILL, like a crash). Requests get 503 + Retry-After and /readyz
+"""Redis dies mid-test (SIGKILL, like a crash). Requests get 503 + Retry-After and /readyz
 fails; Redis restarts from its append-only file on the same port; the service, never restarted,
 resumes, and no acknowledged point is lost. A client call made during the outage retries with
 the same Idempotency-Key and is applied exactly once.

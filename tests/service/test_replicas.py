@@ -1,4 +1,4 @@
-"""Issue 6, acceptance 3: two API processes share one Redis; clients alternate between them.
+"""Two API processes share one Redis; clients alternate between them.
 
 No update is lost: every post is acknowledged, and the session equals batch conditioning on all
 the points, although both replicas fold the same session's log concurrently (every 16 points).
@@ -23,7 +23,8 @@ from service.embedded_redis import EmbeddedRedis
 from service.store import session_keys
 from tests.service.helpers import sample_points
 from tests.service.history import History, check_session, post_point, write
-from tests.service.processes import ApiProcess, service_env
+from tests.service.processes import service_env
+from tools.service_process import ServiceProcess
 
 WRITERS, POINTS, SHARED_KEYS = 4, 400, 20
 
@@ -45,7 +46,7 @@ def test_two_replicas_lose_nothing_and_share_idempotency(
     tmp_path: Path, checkpoint_dir: Path, tiny_net, redis_server: EmbeddedRedis, redis_client, figures
 ) -> None:
     env = service_env(checkpoint_dir, redis_url=redis_server.url, fold_threshold_points=16)
-    replicas = [ApiProcess(env, tmp_path / f"replica-{i}.log") for i in range(2)]
+    replicas = [ServiceProcess(env, tmp_path / f"replica-{i}.log") for i in range(2)]
     x, y = sample_points(POINTS + SHARED_KEYS, seed=21)
     try:
         for replica in replicas:

@@ -27,7 +27,8 @@ from uvicorn.config import STARTUP_FAILURE
 
 from service.settings import Settings
 from tests.service.helpers import REPO, assert_same_state, expected_prediction, sample_points, stored_state
-from tests.service.processes import ApiProcess, service_env
+from tests.service.processes import service_env
+from tools.service_process import ServiceProcess
 
 POSTS = 60  # single-point context posts, each on a new connection, so both workers get some
 PREDICTS = 20
@@ -83,7 +84,7 @@ def value(samples: list, name: str, **labels: str) -> float:
 
 
 @pytest.fixture
-def two_workers(tmp_path: Path, checkpoint_dir: Path) -> Iterator[ApiProcess]:
+def two_workers(tmp_path: Path, checkpoint_dir: Path) -> Iterator[ServiceProcess]:
     env = service_env(
         checkpoint_dir,
         workers=2,
@@ -91,13 +92,13 @@ def two_workers(tmp_path: Path, checkpoint_dir: Path) -> Iterator[ApiProcess]:
         fold_threshold_points=FOLD_THRESHOLD,
         log_level="info",
     )
-    api = ApiProcess(env, tmp_path / "service.log")
+    api = ServiceProcess(env, tmp_path / "service.log")
     yield api
     if api.process is not None and api.process.poll() is None:
         api.stop(signal.SIGTERM)
 
 
-def start_both(api: ApiProcess) -> tuple[list[int], int]:
+def start_both(api: ServiceProcess) -> tuple[list[int], int]:
     """Start and wait until both workers have finished startup; (worker pids, redis-server pid)."""
     api.start(timeout=120)
     wait_for(lambda: api.log.read_text().count("Application startup complete.") >= 2)
@@ -109,7 +110,7 @@ def start_both(api: ApiProcess) -> tuple[list[int], int]:
 
 
 @pytest.mark.slow
-def test_two_workers_share_the_store_and_the_metrics_and_stop_cleanly(two_workers: ApiProcess, tiny_net) -> None:
+def test_two_workers_share_the_store_and_the_metrics_and_stop_cleanly(two_workers: ServiceProcess, tiny_net) -> None:
     api = two_workers
     workers, redis_pid = start_both(api)
     redis_url = re.search(r"bundled redis-server at (redis://127\.0\.0\.1:\d+)", api.log.read_text()).group(1)
@@ -178,7 +179,7 @@ def test_two_workers_share_the_store_and_the_metrics_and_stop_cleanly(two_worker
 
 
 @pytest.mark.slow
-def test_workers_and_redis_stop_when_the_parent_is_killed(two_workers: ApiProcess) -> None:
+def test_workers_and_redis_stop_when_the_parent_is_killed(two_workers: ServiceProcess) -> None:
     """kill -9 of the parent runs none of its code; the workers and the bundled redis-server still
     go (parent-death signal), so nothing keeps the port or the data directory. Regression: the
     redis-server used to be left behind."""
@@ -195,7 +196,7 @@ def test_workers_and_redis_stop_when_the_parent_is_killed(two_workers: ApiProces
 
 
 def test_a_port_in_use_stops_the_service_and_its_redis(tmp_path: Path, checkpoint_dir: Path) -> None:
-    api = ApiProcess(
+    api = ServiceProcess(
         service_env(checkpoint_dir, workers=2, redis_data_dir=tmp_path / "redis", log_level="info"), tmp_path / "log"
     )
     with socket.socket() as holder:

@@ -1,7 +1,7 @@
 """The README's screenshot of the demo page: clicks a few points on /demo of a running service.
 
 make run    # in another shell
-python -m tests.service.demo_screenshot [--url http://127.0.0.1:8000] [--model cmanp-and-gp-rbf] [--out docs/demo.png]
+python -m tools.demo_screenshot [--url http://127.0.0.1:8000] [--model cmanp-and-gp-rbf] [--out docs/demo.png]
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select
 
-from tests.service.browser import chromium, click_plot, wait_for_points
+from tools.browser import chromium, click_plot, wait_for_points
 
 # A smooth arc of clicks with a gap in the middle, where the band opens up.
 CLICKS = [(0.12, 0.55), (0.2, 0.42), (0.3, 0.35), (0.38, 0.38), (0.7, 0.62), (0.78, 0.55), (0.9, 0.4)]

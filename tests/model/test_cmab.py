@@ -1,11 +1,13 @@
-"""Acceptance 1: however a state is built, predictions equal single-batch conditioning."""
+"""The CMAB encoder (``model/cmab.py``): however a state is built (one point at a time, chunks
+of any size, any order, merged partitions), it predicts what conditioning on all the points at
+once predicts, and the training pass (one softmax over the whole context) is the same function.
+The accumulators are also checked against softmax attention computed directly from the weights."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from model import CMANP
-from model.state import add_point, merge_accumulators
 from tests.model.conftest import random_points, small_model
 
 N = 300
@@ -189,18 +191,17 @@ def test_training_forward_equals_streaming_prediction(net, n):
     assert ((train_std.square() - var).abs() / var).max().item() <= REL_VAR_TOL
 
 
-@pytest.mark.parametrize("empty", [False, True])
-def test_add_point_equals_general_merge(empty):
-    """The one-point merge gives what the general merge gives for a one-point summary (c = s,
-    o = v), on a non-empty and on an empty (-inf, 0) side."""
-    g = torch.Generator().manual_seed(13)
-    c = torch.randn(2, 3, 4, 5, generator=g) * 5
-    o = torch.randn(2, 3, 4, 5, 6, generator=g)
-    if empty:
-        c, o = torch.full_like(c, -torch.inf), torch.zeros_like(o)
-    s = torch.randn(2, 3, 4, 5, generator=g) * 5
-    v = torch.randn(2, 3, 4, 1, 6, generator=g)
-    got_c, got_o = add_point(c, o, s, v)
-    want_c, want_o = merge_accumulators(c, o, s, v.expand_as(o))
-    torch.testing.assert_close(got_c, want_c)
-    torch.testing.assert_close(got_o, want_o, rtol=1e-5, atol=1e-6)
+@torch.no_grad()
+def test_the_encoders_state_algebra_matches_its_training_path(small):
+    """At the encoder's own interface: update(empty) in chunks, merge and chunk_state all derive the
+    latents that encode (one softmax over every point) gives, and the empty state derives the prior."""
+    enc = small.encoder
+    emb = small.embed(*random_points(23, small.cfg, batch=2, seed=14))
+    direct = enc.encode(emb)
+    folded = enc.update(enc.update(enc.empty(2, "f"), emb[:, :1]), emb[:, 1:])  # the one-point path, then a chunk
+    merged = enc.merge(enc.chunk_state(emb[:, :9], "f"), enc.chunk_state(emb[:, 9:], "f"))
+    for state in (folded, merged, enc.chunk_state(emb, "f")):
+        assert state.num_points.tolist() == [23, 23]
+        torch.testing.assert_close(enc.derive(state), direct, rtol=1e-4, atol=1e-4)
+    assert folded.version == 2 and merged.version == 2
+    torch.testing.assert_close(enc.derive(enc.empty(3, "f")), enc.prior(3), rtol=0, atol=0)

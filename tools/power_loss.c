@@ -2,7 +2,8 @@
  *
  * Data written to files whose name ends in ".aof" is held in this process's memory until the
  * process calls fsync or fdatasync on them, as if the kernel's page cache were volatile. Killing the process then loses exactly what was never fsynced, which is what an
- * OS crash or power loss loses. Build: gcc -shared -fPIC -O2 -o power_loss.so power_loss.c -ldl -pthread
+ * OS crash or power loss loses. Build: python -m tools.power_loss (gcc -shared -fPIC -O2 -o power_loss.so
+ * power_loss.c -ldl -pthread).
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>

@@ -1,0 +1,70 @@
+"""The heads of ``model/heads.py``, checked against independent computations: the Gaussian head's
+std floor from its formula, the joint head's covariance spectrum with numpy, and the joint
+log-density with scipy's multivariate normal."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import multivariate_normal
+
+from model.heads import GaussianHead, JointHead, gaussian_log_prob
+
+
+def test_the_gaussian_head_gives_its_mean_and_a_std_above_its_floor():
+    head = GaussianHead(d_model=8, dim_y=2, min_std=0.01)
+    last = head[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([0.5, -1.0, 3.0, -40.0]))  # means (0.5, -1), raw stds (3, -40)
+    mean, std = head(torch.randn(1, 4, 8))
+    assert torch.equal(mean, torch.tensor([0.5, -1.0]).expand(1, 4, 2))
+    assert std[0, 0, 0].item() == pytest.approx(0.01 + math.log1p(math.exp(3.0)), rel=1e-6)
+    assert std[0, 0, 1].item() == pytest.approx(0.01, rel=1e-6)  # a huge negative raw value: the floor
+
+
+def test_the_gaussian_head_stays_float32_under_bf16_autocast():
+    head = GaussianHead(d_model=8, dim_y=1, min_std=1e-3)
+    z = torch.randn(2, 3, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mean, std = head(z.bfloat16())
+    assert mean.dtype == std.dtype == torch.float32
+    torch.testing.assert_close(mean, head(z.bfloat16().float())[0])
+
+
+def joint_head(seed: int = 0, dim_y: int = 2) -> JointHead:
+    torch.manual_seed(seed)
+    return JointHead(d_model=16, heads=2, ff_width=32, dim_y=dim_y, cov_features=3, cov_layers=1, min_cov_var=1e-4)
+
+
+@torch.no_grad()
+def test_the_joint_covariance_is_symmetric_with_eigenvalues_above_its_floor():
+    head = joint_head()
+    mean, cov = head(torch.randn(3, 7, 16))
+    assert mean.shape == (3, 7, 2) and cov.shape == (3, 2, 7, 7) and cov.dtype == torch.float64
+    c = cov.numpy()
+    assert np.array_equal(c, np.swapaxes(c, -1, -2))
+    # A A^T / P is positive semi-definite, so the diagonal floor bounds every eigenvalue from below.
+    assert np.linalg.eigvalsh(c).min() >= 1e-4 * (1 - 1e-9)
+
+
+@torch.no_grad()
+def test_the_joint_mean_can_start_from_a_gaussian_heads_mean():
+    torch.manual_seed(1)
+    gaussian, joint = GaussianHead(16, 2, 1e-3), joint_head(seed=2)
+    z = torch.randn(2, 5, 16)
+    assert not torch.allclose(joint(z)[0], gaussian(z)[0])
+    joint.init_mean_from(gaussian)
+    torch.testing.assert_close(joint(z)[0], gaussian(z)[0], rtol=0, atol=1e-6)
+
+
+def test_the_joint_log_density_matches_scipy():
+    rng = np.random.default_rng(3)
+    B, m, dy = 2, 4, 3
+    mean, y = rng.normal(size=(B, m, dy)), rng.normal(size=(B, m, dy))
+    a = rng.normal(size=(B, dy, m, m))
+    cov = a @ np.swapaxes(a, -1, -2) + 0.1 * np.eye(m)
+    got = gaussian_log_prob(torch.tensor(mean), torch.tensor(cov), torch.tensor(y))
+    want = [sum(multivariate_normal(mean[b, :, d], cov[b, d]).logpdf(y[b, :, d]) for d in range(dy)) for b in range(B)]
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-10)
