@@ -36,10 +36,10 @@ from redis.backoff import NoBackoff
 from service.body_limit import BodySizeLimit
 from service.dependencies import Services
 from service.embedded_redis import EmbeddedRedis
-from service.errors import install_error_handlers
 from service.inference import Inference
 from service.logs import REQUEST_ID_HEADER, RequestContext
 from service.metrics import Metrics
+from service.problems import install_error_handlers
 from service.quota import SessionQuota
 from service.rate_limit import RateLimiter
 from service.registry import ModelRegistry

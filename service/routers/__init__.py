@@ -25,7 +25,7 @@ def _problem(status: int, description: str | None = None, headers: dict | None =
 
 
 RETRY_AFTER = {"Retry-After": _header("whole seconds to wait before retrying")}
-# The error answers every /v1 route may give, for the OpenAPI docs (see service.errors).
+# The error answers every /v1 route may give, for the OpenAPI docs (see service.problems).
 PROBLEM_RESPONSES: dict[int | str, dict] = {
     400: _problem(400, "malformed JSON"),
     401: _problem(401, "missing or unknown API key", {"WWW-Authenticate": _header("always 'Bearer'")}),
