@@ -93,9 +93,10 @@ class PointsBody(Body):
             setattr(self, name, [[value] for value in getattr(self, name)])
         self._flat = frozenset(flat)
 
-    def flat(self, name: str) -> bool:
-        """Whether the field ``name`` was sent as a flat list."""
-        return name in self._flat
+    @property
+    def flat_fields(self) -> frozenset[str]:
+        """The fields sent as a flat list."""
+        return self._flat
 
 
 # ---- transforms ---------------------------------------------------------------------------------
