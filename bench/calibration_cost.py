@@ -91,7 +91,8 @@ def fold_cost(repeats: int) -> dict:
     and what scoring adds per point in the folds after the first."""
     import torch
 
-    from service.inference import Inference, log_entry
+    from service.inference import Inference
+    from service.kinds.regression import REGRESSION, RegressionParams, log_entry
     from service.registry import ServedModel
     from service.store import Session, Snapshot
     from service.transforms import AffineMap
@@ -105,7 +106,8 @@ def fold_cost(repeats: int) -> dict:
         empty = model.net.state_from_bytes(model.empty_state)
         after_first = model.net.update(empty, torch.from_numpy(x[None, :256]), torch.from_numpy(y[None, :256]))
     identity = AffineMap.identity(1)
-    session = Session("bench", "", MODEL, model.fingerprint, identity, identity, created_at=0.0, ttl_seconds=1)
+    params = RegressionParams(identity, identity).to_fields()
+    session = Session("bench", "", MODEL, model.fingerprint, REGRESSION.name, params, created_at=0.0, ttl_seconds=1)
     log = [log_entry(x[i : i + 1], y[i : i + 1]) for i in range(256, 512)]
     result = {}
     for name, state in (("first_fold", model.empty_state), ("later_fold", after_first.to_bytes())):
@@ -115,7 +117,7 @@ def fold_cost(repeats: int) -> dict:
             times = []
             for _ in range(repeats):
                 start = time.perf_counter()
-                asyncio.run(inference.fold(model, snapshot))
+                asyncio.run(inference.fold(REGRESSION, model, snapshot))
                 times.append(time.perf_counter() - start)
             # The minimum: on a shared CPU, it is the repeat least disturbed by other work.
             result[f"{name}_ms_scoring_{'on' if scoring else 'off'}"] = 1e3 * min(times)

@@ -3,9 +3,9 @@
     python -m bench.calibration_monitor --checkpoint checkpoints/cmanp-gp-general.safetensors --data broad
 
 For sessions of N points (one fold batch, as a session below the fold threshold has), each
-point is scored the way the service scores it (``service.inference._interpolation_scores``
+point is scored the way the service scores it (``service.kinds.regression._interpolation_scores``
 batched over tasks, and prequential forecast blocks), and the session's verdict is taken from
-``service.calibration.Scores``:
+``service.kinds.regression_calibration.Scores``:
   * false alarms: the share of sessions on data from the model's own training prior that are
     called ``miscalibrated`` (each session is one check);
   * alarms on sessions whose intervals are in fact fine: each session's function is also observed
@@ -31,15 +31,14 @@ import torch
 from bench.common import write_json
 from model import load_checkpoint
 from model.data import build_sampler
-from service.calibration import (
-    FOLDS,
+from service.calibration import FOLDS, prequential_blocks
+from service.kinds.regression_calibration import (
     STD_FACTOR,
     VARIANCE_TOLERANCE,
     Z_CLIP,
     Aggregates,
     Scores,
     clipped_square_moments,
-    prequential_blocks,
 )
 
 SIZES = (50, 100, 200)
@@ -104,18 +103,18 @@ def measure(checkpoint: str, data: dict, sessions: int, batch: int, seed: int, s
                 counts["fine"] += sum(fine)
                 for shrink, key in [(1.0, "false_alarms")] + [(f * f, f"flagged_at_{f:g}x") for f in FACTORS]:
                     for b, scores in enumerate(_scores(predictions, shrink)):
-                        report = scores.report(enabled=True)
-                        if shrink == 1.0 and fine[b] and report.status == "miscalibrated":
+                        status, verdict_reasons = scores.verdict()
+                        if shrink == 1.0 and fine[b] and status == "miscalibrated":
                             counts["alarms_when_fine"] += 1
                         if shrink in (1.0, 2.25):
                             a = scores.interpolation
                             stats["calibrated" if shrink == 1.0 else "too_narrow_1.5x"].append(
                                 [a.z_clipped_square_sum / a.values, a.covered[0] / a.values, a.covered[2] / a.values]
                             )
-                        if report.status == "miscalibrated":
+                        if status == "miscalibrated":
                             counts[key] += 1
                             if shrink == 1.0:
-                                for r in report.reasons:
+                                for r in verdict_reasons:
                                     short = r[:60]
                                     reasons[short] = reasons.get(short, 0) + 1
             done = math.ceil(sessions / batch) * batch

@@ -36,6 +36,7 @@ import redis
 from bench.common import CHECKPOINT, OUT_DIR, write_json
 from model import load_checkpoint
 from service.embedded_redis import EmbeddedRedis
+from service.kinds.regression import NAME, RegressionParams
 from service.store import _APPEND, _COMMIT_FOLD, _CREATE, Session, _digest, session_keys
 from service.transforms import AffineMap
 
@@ -71,7 +72,8 @@ class Writer:
         self.commit = client.register_script(_COMMIT_FOLD)
         self.state = state
         identity = AffineMap.identity(dim)
-        self.template = Session("", "bench", "cmanp-gp-rbf", "f" * 32, identity, identity, time.time(), TTL_MS // 1000)
+        params = RegressionParams(identity, identity).to_fields()
+        self.template = Session("", "bench", "cmanp-gp-rbf", "f" * 32, NAME, params, time.time(), TTL_MS // 1000)
         self.row = np.zeros(2 * dim, dtype="<f4").tobytes()
 
     def session(self, pipe: redis.client.Pipeline, session_id: str, points: int, per_post: int) -> None:
@@ -83,7 +85,17 @@ class Writer:
             n = min(per_post, points - start)
             entry = self.row * n
             key = _digest(f"{session_id}-{post}".encode())
-            args = [entry, n, key, _digest(entry), FOLD_THRESHOLD + MAX_POINTS_PER_REQUEST, IDEMPOTENCY_KEYS]
+            args = [
+                entry,
+                n,
+                key,
+                _digest(entry),
+                FOLD_THRESHOLD + MAX_POINTS_PER_REQUEST,
+                IDEMPOTENCY_KEYS,
+                "",
+                "",
+                "",
+            ]
             self.append(keys=keys, args=args, client=pipe)
             log_entries, log_points = log_entries + 1, log_points + n
             if log_points >= FOLD_THRESHOLD:  # the fold the service would run in the background

@@ -37,7 +37,6 @@ import redis
 from service.app import connect_redis
 from service.embedded_redis import EmbeddedRedis
 from service.store import Session, SessionStore, session_keys
-from service.transforms import AffineMap
 from tools.service_process import ServiceProcess, service_env
 
 MODES = ("always", "everysec", "no")
@@ -52,16 +51,8 @@ def percentiles(latencies: list[float]) -> dict[str, float]:
 async def store_appends(url: str, seconds: float, concurrency: int) -> dict[str, float]:
     client = connect_redis(url, timeout=5)
     store = SessionStore(client, fold_threshold=1 << 40, max_points_per_request=1, idempotency_keys=128)
-    identity = AffineMap.from_lists([0.0], [1.0])
     session = Session(
-        "bench",
-        tenant="",
-        model="m",
-        fingerprint="f",
-        x_transform=identity,
-        y_transform=identity,
-        created_at=0.0,
-        ttl_seconds=3600,
+        "bench", tenant="", model="m", fingerprint="f", kind="bench", params={}, created_at=0.0, ttl_seconds=3600
     )
     await store.create(session, b"state")
     entry = np.zeros(2, dtype="<f4").tobytes()

@@ -38,7 +38,6 @@ from bench.common import OUT_DIR, write_json
 from service.app import connect_redis
 from service.embedded_redis import EmbeddedRedis
 from service.store import Session, SessionStore
-from service.transforms import AffineMap
 from tools.service_process import ServiceProcess, service_env
 
 SESSIONS = 100
@@ -100,10 +99,9 @@ async def store_round(
         wait_replicas=wait_replicas,
         wait_timeout_ms=WAIT_TIMEOUT_MS,
     )
-    identity = AffineMap.identity(1)
     sessions = []
     for s in range(SESSIONS):
-        session = Session(f"{tag}-{s}", "", "m", "f", identity, identity, created_at=0.0, ttl_seconds=3600)
+        session = Session(f"{tag}-{s}", "", "m", "f", "bench", {}, created_at=0.0, ttl_seconds=3600)
         sessions.append(await store.create(session, b"state"))
 
     async def post(i: int) -> None:

@@ -36,14 +36,14 @@ from redis.backoff import NoBackoff
 from service.body_limit import BodySizeLimit
 from service.dependencies import Services
 from service.embedded_redis import EmbeddedRedis
-from service.errors import install_error_handlers
 from service.inference import Inference
 from service.logs import REQUEST_ID_HEADER, RequestContext
 from service.metrics import Metrics
+from service.problems import install_error_handlers
 from service.quota import SessionQuota
 from service.rate_limit import RateLimiter
 from service.registry import ModelRegistry
-from service.routers import demo, docs, health, models, sessions
+from service.routers import demo, docs, health, kinds, models, sessions
 from service.schemas import OrjsonResponse
 from service.settings import Settings
 from service.store import SessionStore
@@ -142,6 +142,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(sessions.router)
+    for kind in kinds.SERVED.values():
+        app.include_router(kind.router)
     app.include_router(demo.router)
     app.include_router(docs.router)
     return app

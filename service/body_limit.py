@@ -11,7 +11,7 @@ from __future__ import annotations
 from fastapi import HTTPException  # FastAPI re-raises its own subclass from body parsing; others become 400
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import problem
+from service.problems import problem
 
 
 class BodySizeLimit:

@@ -1,6 +1,6 @@
-"""Calibration of a session's predictions, from held-out scores of its own points.
+"""Calibration of a session's predictions, from held-out scores of its own points: what every kind shares.
 
-Every context point is scored twice, each time by a state that does not contain it:
+Every context point is scored, each time by a state that does not contain it:
 - **interpolation** (the headline): the points of a fold batch are split into ``FOLDS``
   interleaved shares (by arrival order); each share is scored by the state holding everything
   before the batch and the *other* shares. In a stream that arrives in time order, later points
@@ -10,48 +10,40 @@ Every context point is scored twice, each time by a state that does not contain 
   fold batches and powers of two, ``prequential_blocks``): one-step-ahead intervals.
 The exact merge makes this cheap: each share's state is built once and merged with the rest.
 
-The sums of both are constant-size (``Aggregates``) and are committed with the fold that scored
-them, exactly once. The verdict is ``miscalibrated`` when either set fails a test (coverage of
-the 50% or 95% intervals beyond a 1.5x std tolerance; for the interpolation set also the clipped
-variance of z above what std off by ``VARIANCE_TOLERANCE`` allows), ``insufficient_data`` below
-``MIN_POINTS``. The tests,
-their power and false-alarm rates are in docs/SERVICE.md ("Calibration").
+What a score is depends on the kind of session (a Gaussian z-score for regression,
+``service.kinds.regression_calibration``): each kind keeps its own constant-size sums
+(``Calibration``), which are committed with the fold that scored them, exactly once
+(``Fold.sums``). A verdict needs ``MIN_POINTS`` scored points; its tests use intervals at
+``CONFIDENCE``. The tests, their power and false-alarm rates are in docs/SERVICE.md ("Calibration").
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
 from statistics import NormalDist
-from typing import Literal
+from typing import Literal, Protocol, Self
 
-import torch
-from torch import Tensor
-
-from service.schemas import CalibrationReport, ScoreReport
-
-LEVELS = (0.5, 0.9, 0.95)  # central predictive intervals whose coverage is counted
-PIT_BINS = 10
+FOLDS = 4  # interleaved shares of a fold batch in interpolation scoring
 MIN_POINTS = 50
 CONFIDENCE = 0.999  # of the Wilson interval in the verdict
-STD_FACTOR = 1.5
-TESTED_LEVELS = (0.5, 0.95)
-FOLDS = 4  # interleaved shares of a fold batch in interpolation scoring
-# The variance test: mean of min(z^2, Z_CLIP^2) against its value for a Gaussian forecast whose
-# std is VARIANCE_TOLERANCE times too small, one-sided at VARIANCE_Z (0.1%). Clipping keeps a few
-# heavy-tailed outliers from deciding it; one-sided because over-confidence is the harm to catch
-# (intervals that are too wide are caught by the coverage test).
-Z_CLIP = 3.0
-VARIANCE_TOLERANCE = 1.15
-
-_NORMAL = NormalDist()
-_HALF_WIDTHS = tuple(_NORMAL.inv_cdf((1 + level) / 2) for level in LEVELS)  # 0.674, 1.645, 1.960
-_WILSON_Z = _NORMAL.inv_cdf((1 + CONFIDENCE) / 2)  # 3.29
-VARIANCE_Z = _NORMAL.inv_cdf(CONFIDENCE)  # 3.09, one-sided
-_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+_WILSON_Z = NormalDist().inv_cdf((1 + CONFIDENCE) / 2)  # 3.29
 
 Status = Literal["ok", "insufficient_data", "miscalibrated"]
+
+
+class Calibration(Protocol):
+    """A kind's scores of a session (or of a fold batch): constant-size sums that add up exactly."""
+
+    def __add__(self, other: Self) -> Self: ...
+
+    def to_sums(self) -> dict[str, float]:
+        """Flat sums for the session record (the fold commit adds them atomically)."""
+        ...
+
+    def report(self, enabled: bool) -> dict[str, object]:
+        """What the session's record says about its calibration, as plain data (the wire edge
+        validates it against its response schema); ``enabled``: whether this server scores points."""
+        ...
 
 
 def prequential_blocks(start: int, count: int) -> list[tuple[int, int]]:
@@ -69,28 +61,6 @@ def prequential_blocks(start: int, count: int) -> list[tuple[int, int]]:
     return list(zip(cuts[:-1], cuts[1:], strict=True))
 
 
-def clipped_square_moments(std_ratio: float, clip: float = Z_CLIP) -> tuple[float, float]:
-    """Mean and variance of min(z^2, clip^2) for z ~ N(0, std_ratio^2) (closed form)."""
-    a = clip / std_ratio
-    inside = 2 * _NORMAL.cdf(a) - 1
-    density = _NORMAL.pdf(a)
-    m1 = inside - 2 * a * density + a * a * (1 - inside)  # E[min(g^2, a^2)], g ~ N(0, 1)
-    m2 = 3 * inside - 2 * density * (a**3 + 3 * a) + a**4 * (1 - inside)
-    return std_ratio**2 * m1, std_ratio**4 * (m2 - m1 * m1)
-
-
-def variance_threshold(values: int) -> float:
-    """The largest mean clipped z^2 over ``values`` scores that the variance test accepts."""
-    mean, variance = clipped_square_moments(VARIANCE_TOLERANCE)
-    return mean + VARIANCE_Z * math.sqrt(variance / values)
-
-
-def tolerated_coverage(level: float) -> tuple[float, float]:
-    """Coverage of the central ``level`` interval when the true std is the predicted one times 1/f .. f."""
-    half_width = _NORMAL.inv_cdf((1 + level) / 2)
-    return 2 * _NORMAL.cdf(half_width / STD_FACTOR) - 1, 2 * _NORMAL.cdf(half_width * STD_FACTOR) - 1
-
-
 def wilson_interval(successes: int, trials: int, z: float = _WILSON_Z) -> tuple[float, float]:
     """Wilson score interval of a binomial proportion."""
     p = successes / trials
@@ -98,149 +68,3 @@ def wilson_interval(successes: int, trials: int, z: float = _WILSON_Z) -> tuple[
     centre = (p + z * z / (2 * trials)) / denominator
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
     return max(0.0, centre - half), min(1.0, centre + half)
-
-
-@dataclass(frozen=True)
-class Aggregates:
-    """Running sums over a session's scored points; adding two gives the sums over both."""
-
-    points: int = 0
-    values: int = 0
-    log_density: float = 0.0
-    z_sum: float = 0.0
-    z_square_sum: float = 0.0
-    z_clipped_square_sum: float = 0.0  # of min(z^2, Z_CLIP^2)
-    covered: tuple[int, ...] = (0,) * len(LEVELS)
-    pit: tuple[int, ...] = (0,) * PIT_BINS
-    out_of_range: int = 0
-
-    @classmethod
-    def of_scores(cls, y: Tensor, mean: Tensor, variance: Tensor) -> Aggregates:
-        """Score points y [n, dim_y] against predictive means and variances of the same shape."""
-        y, mean, variance = (t.double() for t in (y, mean, variance))
-        z = (y - mean) / variance.sqrt()
-        log_density = -0.5 * z.square() - 0.5 * variance.log() - _LOG_SQRT_2PI
-        pit_bins = (torch.special.ndtr(z) * PIT_BINS).long().clamp_(0, PIT_BINS - 1)
-        return cls(
-            points=y.shape[0],
-            values=y.numel(),
-            log_density=float(log_density.sum()),
-            z_sum=float(z.sum()),
-            z_square_sum=float(z.square().sum()),
-            z_clipped_square_sum=float(z.square().clamp_max(Z_CLIP**2).sum()),
-            covered=tuple(int((z.abs() <= h).sum()) for h in _HALF_WIDTHS),
-            pit=tuple(torch.bincount(pit_bins.flatten(), minlength=PIT_BINS).tolist()),
-        )
-
-    def __add__(self, other: Aggregates) -> Aggregates:
-        def add(a: int | float | tuple, b: int | float | tuple) -> int | float | tuple:
-            return tuple(u + v for u, v in zip(a, b, strict=True)) if isinstance(a, tuple) else a + b
-
-        return Aggregates(**{f.name: add(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)})
-
-    # ---- as the store's sums: flat names -> numbers ----------------------------------------------
-    def to_sums(self) -> dict[str, float]:
-        """Flat, non-zero sums for the session record (the fold commit adds them atomically)."""
-        sums: dict[str, float] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            items = enumerate(value) if isinstance(value, tuple) else [(None, value)]
-            sums |= {f.name if i is None else f"{f.name}_{i}": float(v) for i, v in items if v}
-        return sums
-
-    @classmethod
-    def from_sums(cls, sums: Mapping[str, float]) -> Aggregates:
-        """Inverse of ``to_sums``; missing names are zero."""
-        values: dict[str, object] = {}
-        for f in fields(cls):
-            default = f.default
-            if isinstance(default, tuple):
-                values[f.name] = tuple(int(sums.get(f"{f.name}_{i}", 0)) for i in range(len(default)))
-            else:
-                values[f.name] = type(default)(sums.get(f.name, 0))
-        return cls(**values)  # type: ignore[arg-type]
-
-    # ---- what the numbers say ----------------------------------------------------------------------
-    def coverage(self) -> tuple[float, ...] | None:
-        return tuple(c / self.values for c in self.covered) if self.values else None
-
-    def verdict(self, variance_test: bool = True) -> tuple[Status, list[str]]:
-        """The status and, when miscalibrated, why (see the module docstring for the tests)."""
-        if self.points < MIN_POINTS:
-            return "insufficient_data", []
-        reasons = []
-        clipped = self.z_clipped_square_sum / self.values
-        if variance_test and clipped > variance_threshold(self.values):
-            reasons.append(
-                f"the standardised residuals are too large: mean min(z^2, {Z_CLIP:g}^2) is {clipped:.2f} over "
-                f"{self.values} values, above {variance_threshold(self.values):.2f}, the most that standard deviations "
-                f"{VARIANCE_TOLERANCE}x too small would give at 99.9% confidence: the intervals are too narrow"
-            )
-        for level in TESTED_LEVELS:
-            covered = self.covered[LEVELS.index(level)]
-            low, high = wilson_interval(covered, self.values)
-            allowed_low, allowed_high = tolerated_coverage(level)
-            if high < allowed_low or low > allowed_high:
-                reasons.append(
-                    f"the central {level:.0%} intervals covered {covered / self.values:.1%} of {self.values} values "
-                    f"({CONFIDENCE:.1%} interval {low:.1%}-{high:.1%}); standard deviations off by less than "
-                    f"{STD_FACTOR}x would cover {allowed_low:.1%}-{allowed_high:.1%}"
-                )
-        return ("miscalibrated" if reasons else "ok"), reasons
-
-    def report(self, variance_test: bool = True) -> ScoreReport:
-        status, reasons = self.verdict(variance_test)
-        coverage = self.coverage()
-        z_mean = self.z_sum / self.values if self.values else None
-        return ScoreReport(
-            status=status,
-            reasons=reasons,
-            scored_points=self.points,
-            mean_log_density=self.log_density / self.points if self.points else None,
-            standardised_residual_mean=z_mean,
-            standardised_residual_variance=self.z_square_sum / self.values - z_mean**2 if self.values else None,
-            coverage={f"{level:g}": c for level, c in zip(LEVELS, coverage, strict=True)} if coverage else {},
-            pit_histogram=list(self.pit),
-        )
-
-
-SUMS_PREFIX = "cv_"  # the interpolation scores' sums; the forecast ones keep the original names
-
-
-@dataclass(frozen=True)
-class Scores:
-    """Both score sets of a session (or of a fold batch); adding two gives the scores over both."""
-
-    interpolation: Aggregates = Aggregates()
-    forecast: Aggregates = Aggregates()  # also holds the out-of-range count
-
-    @property
-    def out_of_range(self) -> int:
-        return self.forecast.out_of_range
-
-    def __add__(self, other: Scores) -> Scores:
-        return Scores(self.interpolation + other.interpolation, self.forecast + other.forecast)
-
-    def to_sums(self) -> dict[str, float]:
-        prefixed = {SUMS_PREFIX + k: v for k, v in self.interpolation.to_sums().items()}
-        return self.forecast.to_sums() | prefixed
-
-    @classmethod
-    def from_sums(cls, sums: Mapping[str, float]) -> Scores:
-        prefixed = {k.removeprefix(SUMS_PREFIX): v for k, v in sums.items() if k.startswith(SUMS_PREFIX)}
-        return cls(Aggregates.from_sums(prefixed), Aggregates.from_sums(sums))
-
-    def report(self, enabled: bool) -> CalibrationReport:
-        """The session's report: the interpolation scores' figures, the forecast ones beside them,
-        and a status that is miscalibrated when either set is."""
-        # The forecast set skips the variance test: its first points are scored by states of one or
-        # two points (or the prior), whose spread is legitimately off; it keeps the coverage tests.
-        head, forecast = self.interpolation.report(), self.forecast.report(variance_test=False)
-        statuses = {head.status, forecast.status}
-        status: Status = (
-            "miscalibrated" if "miscalibrated" in statuses else "ok" if statuses == {"ok"} else "insufficient_data"
-        )
-        reasons = [f"interpolation: {r}" for r in head.reasons] + [f"forecast: {r}" for r in forecast.reasons]
-        return CalibrationReport(
-            enabled=enabled, **(head.model_dump() | {"status": status, "reasons": reasons}), forecast=forecast
-        )

@@ -8,7 +8,7 @@ the workers, including workers that have exited since the service started.
 Requests are labelled by route template (``/v1/sessions/{session_id}``), never by raw path, so
 session ids cannot blow up the label cardinality.
 
-Calibration (``service.calibration``) is aggregated across sessions per model, from the folds
+Calibration (``service.kinds.regression_calibration``) is aggregated across sessions per model, from the folds
 this process committed: counters of scored values, interval hits and PIT bins (sum them across
 processes), and coverage gauges, this process's hits / scored values since it started. A ratio
 cannot be summed, and the max or the latest of the workers' ratios would pass one worker's share
@@ -27,7 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.calibration import LEVELS, PIT_BINS, Aggregates
+from service.kinds.regression_calibration import LEVELS, PIT_BINS, Aggregates
 
 MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus-client when it is imported
 

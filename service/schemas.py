@@ -7,7 +7,7 @@ that need the session's model (feature dimensions, point limits) happen in the r
 Fields that take one of two shapes (a number or a list of them; a list of points or a flat list)
 pick the shape from the value itself (``Discriminator``), so a value that fits neither is
 reported against the shape it was meant to have, with the one constraint it broke, rather than
-once per shape. The shape's tag is dropped from error locations (``BRANCH_TAGS``, service.errors).
+once per shape. The shape's tag is dropped from error locations (``BRANCH_TAGS``, service.problems).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from service.text import plural
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 PositiveFloat = Annotated[float, Field(strict=True, allow_inf_nan=False, gt=0)]
 
-# The tags of the two-shape fields below; error locations leave them out (service.errors).
+# The tags of the two-shape fields below; error locations leave them out (service.problems).
 BRANCH_TAGS = frozenset({"number", "list", "points", "flat", "affine", "bounds"})
 
 
@@ -93,9 +93,10 @@ class PointsBody(Body):
             setattr(self, name, [[value] for value in getattr(self, name)])
         self._flat = frozenset(flat)
 
-    def flat(self, name: str) -> bool:
-        """Whether the field ``name`` was sent as a flat list."""
-        return name in self._flat
+    @property
+    def flat_fields(self) -> frozenset[str]:
+        """The fields sent as a flat list."""
+        return self._flat
 
 
 # ---- transforms ---------------------------------------------------------------------------------

@@ -14,18 +14,16 @@ import asyncio
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import orjson
 import redis.exceptions
 from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
 
-from service.errors import CorruptStateError, NotFoundError, UnavailableError, UnprocessableError
+from service.errors import ConflictError, CorruptStateError, NotFoundError, UnavailableError, UnprocessableError
 from service.text import plural
-from service.transforms import AffineMap
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +54,8 @@ return {meta, redis.call('STRLEN', KEYS[2])}
 """
 )
 
-# ARGV: entry, points, key digest ('' = none), request digest, log capacity, ring slots.
+# ARGV: entry, points, key digest ('' = none), request digest, log capacity, ring slots, then the
+# post's order: a meta field ('' = none), the post's first and last value of it (see ``Order``).
 # A ring record is found by a plain substring search for the key digest, accepted only at a
 # record boundary; the slot for the next record is meta's `idem_next`, modulo the ring size. The
 # ring grows one record at a time (SETRANGE past its end) and is copied into an exactly sized
@@ -77,9 +76,14 @@ if ARGV[3] ~= '' then
     return {{'replay', string.sub(ring, at + {DIGEST_BYTES}, at + record_bytes - 1)}}
   end
 end
+if ARGV[7] ~= '' then
+  local last = redis.call('HGET', KEYS[1], ARGV[7])
+  if last and tonumber(ARGV[8]) < tonumber(last) then return {{'out_of_order', last}} end
+end
 local points = tonumber(ARGV[2])
 if tonumber(redis.call('HGET', KEYS[1], 'log_points')) + points > tonumber(ARGV[5]) then return {{'full'}} end
 redis.call('RPUSH', KEYS[3], ARGV[1])
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], ARGV[7], ARGV[9]) end
 local num_points = redis.call('HINCRBY', KEYS[1], 'num_points', points)
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
 local log_points = redis.call('HINCRBY', KEYS[1], 'log_points', points)
@@ -129,59 +133,62 @@ def _digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
 
 
-def _affine_meta(t: AffineMap) -> str:
-    return orjson.dumps({"shift": t.shift, "scale": t.scale}, option=orjson.OPT_SERIALIZE_NUMPY).decode()
-
-
-def fixed_y_fields(y_map: AffineMap) -> dict[str, str]:
-    """The meta fields that fix an auto-scaled session's y map (set by its first fold's commit)."""
-    return {"y_transform": _affine_meta(y_map), "y_fixed": "1"}
+# Sessions stored before kinds were recorded have no 'kind' field: they were all regression sessions.
+LEGACY_KIND = "regression"
+# The store's own meta fields. Every other field, bar the sums, is a parameter of the session's kind.
+OWN_FIELDS = frozenset(
+    {
+        "tenant",
+        "model",
+        "fingerprint",
+        "kind",
+        "created_at",
+        "ttl_ms",
+        "num_points",
+        "version",
+        "log_points",
+        "fold_epoch",
+        "idem_next",
+        "state_bytes",
+    }
+)
 
 
 @dataclass(frozen=True)
 class Session:
-    """A session's metadata: fixed at creation, plus the counters at the time it was read."""
+    """A session's metadata: fixed at creation, plus the counters at the time it was read.
+
+    ``kind`` names the session kind (``service.kinds``) and ``params`` are its parameters as
+    meta fields, opaque here: the kind encodes and decodes them, and a fold may set some of them
+    (``Fold.fields``) or an append one (``Order``).
+    """
 
     session_id: str
     tenant: str
     model: str
     fingerprint: str
-    x_transform: AffineMap
-    y_transform: AffineMap
+    kind: str
+    params: Mapping[str, str]
     created_at: float  # unix seconds
     ttl_seconds: int
     num_points: int = 0
     version: int = 0  # context posts applied
     state_bytes: int = 0  # the size of its state blob, stored or not (the model's empty state before a fold)
     sums: dict[str, float] = field(default_factory=dict)  # what the committed folds added up (Fold.sums)
-    # "y_transform": "auto": the log holds y in user units, and y_transform is a placeholder until
-    # the first fold fixes it (service.transforms.auto_y_map).
-    y_auto: bool = False
-    y_fixed: bool = True
 
-    @property
-    def y_provisional(self) -> bool:
-        """True while the y map is recomputed from the session's points on every read."""
-        return self.y_auto and not self.y_fixed
-
-    @property
-    def dim_x(self) -> int:
-        return len(self.x_transform.shift)
-
-    @property
-    def dim_y(self) -> int:
-        return len(self.y_transform.shift)
+    def __post_init__(self) -> None:
+        clashes = OWN_FIELDS.intersection(self.params)
+        if clashes or any(name.startswith(SUM_PREFIX) for name in self.params):
+            raise ValueError(f"session parameters may not be named like the store's meta fields: {sorted(clashes)}")
 
     def initial_meta(self) -> dict[str, str]:
-        """The meta hash of a new session: its fixed fields, and counters at zero."""
-
-        affine = _affine_meta
+        """The meta hash of a new session: its fixed fields, its kind's parameters, and counters at zero."""
         return {
             "tenant": self.tenant,
             "model": self.model,
             "fingerprint": self.fingerprint,
-            "x_transform": affine(self.x_transform),
-            "y_transform": affine(self.y_transform),
+            "kind": self.kind,
+            **self.params,
             "created_at": repr(self.created_at),
             "ttl_ms": str(self.ttl_seconds * 1000),
             "num_points": "0",
@@ -189,75 +196,54 @@ class Session:
             "log_points": "0",
             "fold_epoch": "0",
             "idem_next": "0",
-            "y_auto": "1" if self.y_auto else "0",
-            "y_fixed": "1" if self.y_fixed else "0",
             "state_bytes": str(self.state_bytes),
         }
 
     def fixed_fields(self) -> tuple:
-        """The fields fixed at creation, as a plain tuple of strings, numbers and arrays.
+        """The fields fixed at creation (the kind's parameters last, name then value), as a plain,
+        flat tuple of strings and numbers.
 
         Such a tuple holds no reference the garbage collector follows, so after one collection it
         stops tracking it. The session cache keeps these, not Session objects: 10,000 cached
-        Sessions (and their AffineMaps) made every full collection walk 20,000 more objects, which
+        Sessions (and what they hold) made every full collection walk 20,000 more objects, which
         stalled a worker for 20-50 ms under load.
         """
-        x, y = self.x_transform, self.y_transform
-        return (
-            self.tenant,
-            self.model,
-            self.fingerprint,
-            x.shift,
-            x.scale,
-            y.shift,
-            y.scale,
-            self.created_at,
-            self.ttl_seconds,
-            self.y_auto,
-            self.y_fixed,
-        )
+        params = (item for pair in self.params.items() for item in pair)  # flat: a nested tuple stays tracked longer
+        return (self.tenant, self.model, self.fingerprint, self.kind, self.created_at, self.ttl_seconds, *params)
 
     @classmethod
     def from_fixed_fields(cls, session_id: str, fields: tuple) -> Session:
-        """A Session from ``fixed_fields()``; its counters are zero. Its y map may be older than the
-        stored one (an auto map fixed by a fold since), so ``y_fixed`` is only ever a lower bound."""
-        tenant, model, fingerprint, x_shift, x_scale, y_shift, y_scale, created_at, ttl, y_auto, y_fixed = fields
+        """A Session from ``fixed_fields()``; its counters are zero. Its parameters may be older than
+        the stored ones (a fold or an append may set some: e.g. an auto-scaled session's y map)."""
+        tenant, model, fingerprint, kind, created_at, ttl, *params = fields
         return cls(
             session_id,
             tenant,
             model,
             fingerprint,
-            AffineMap(x_shift, x_scale),
-            AffineMap(y_shift, y_scale),
+            kind,
+            dict(zip(params[::2], params[1::2], strict=True)),
             created_at,
             ttl,
-            y_auto=y_auto,
-            y_fixed=y_fixed,
         )
 
     @classmethod
     def from_meta(cls, session_id: str, meta: dict[str, str], stored_bytes: int) -> Session:
         """The session its meta hash describes; ``stored_bytes``: the length of its stored state blob
         (0 where there is none yet: then the size recorded at creation)."""
-
-        def affine(raw: str) -> AffineMap:
-            return AffineMap.from_lists(**orjson.loads(raw))
-
         return cls(
             session_id=session_id,
             tenant=meta["tenant"],
             model=meta["model"],
             fingerprint=meta["fingerprint"],
-            x_transform=affine(meta["x_transform"]),
-            y_transform=affine(meta["y_transform"]),
+            kind=meta.get("kind", LEGACY_KIND),
+            params={k: v for k, v in meta.items() if k not in OWN_FIELDS and not k.startswith(SUM_PREFIX)},
             created_at=float(meta["created_at"]),
             ttl_seconds=int(meta["ttl_ms"]) // 1000,
             num_points=int(meta["num_points"]),
             version=int(meta["version"]),
             state_bytes=stored_bytes or int(meta.get("state_bytes", 0)),
             sums={k.removeprefix(SUM_PREFIX): float(v) for k, v in meta.items() if k.startswith(SUM_PREFIX)},
-            y_auto=meta.get("y_auto") == "1",  # sessions created before auto scaling have neither field
-            y_fixed=meta.get("y_fixed", "1") == "1",
         )
 
 
@@ -290,6 +276,20 @@ class Fold:
     state: bytes
     sums: dict[str, float] = field(default_factory=dict)
     fields: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Order:
+    """A post's values of a parameter that must never go back across posts (e.g. event times).
+
+    The append refuses the post (409, nothing applied) if ``first`` is below the value the session
+    stored last, and otherwise stores ``last`` in the same script, so that concurrent posts cannot
+    interleave out of order. ``field`` is a meta field of the session's kind (``Session.params``).
+    """
+
+    field: str
+    first: float
+    last: float
 
 
 @dataclass(frozen=True)
@@ -522,8 +522,10 @@ class SessionStore:
         idempotency_key: str | None,
         compute: FoldFn,
         on_commit: OnCommit = _ignore,
+        order: Order | None = None,
     ) -> Appended:
-        """Append one context post (float32 points in model units) to the session's log, exactly once.
+        """Append one context post (a log entry of ``points`` points, encoded by the session's kind)
+        to the session's log, exactly once; with ``order``, only if it does not go back (else 409).
 
         A post that takes the log past the fold threshold starts the fold in the background and
         answers at once: its points are durable in the log already, and a fold takes tens of ms
@@ -533,6 +535,7 @@ class SessionStore:
         key_digest = _digest(idempotency_key.encode()) if idempotency_key is not None else b""
         request_digest = _digest(entry)
         args = [entry, points, key_digest, request_digest, self.log_capacity, self.idempotency_keys]
+        args += [order.field, repr(order.first), repr(order.last)] if order is not None else ["", "", ""]
         for _ in range(MAX_ATTEMPTS):
             reply, confirmed = await self._write_unconfirmed(self._append, session_keys(session.session_id), args)
             status = reply[0].decode()
@@ -547,6 +550,11 @@ class SessionStore:
                 counters = record[DIGEST_BYTES:]
                 num_points, version = int(counters[:COUNTER_DIGITS]), int(counters[COUNTER_DIGITS:])
                 return Appended(num_points, version, replayed=True)
+            if status == "out_of_order" and order is not None:
+                raise ConflictError(
+                    f"this post starts at {order.field}={order.first!r}, before the session's last posted "
+                    f"{order.field}={reply[1].decode()}: posts must not go back; nothing was applied"
+                )
             if status == "full":  # concurrent writers outran the folds: make room (or wait for it), then try again
                 await self.fold(session, compute, on_commit)
                 continue

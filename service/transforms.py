@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.errors import UnprocessableError
-from service.schemas import Affine, Bounds
 from service.text import plural
 
 # Largest magnitude accepted in the model's units. The models are trained on O(1) values; far
@@ -57,23 +56,22 @@ def _per_dim(value: float | list[float], dim: int, name: str) -> np.ndarray:
     return np.asarray(value, dtype=np.float64)
 
 
-def resolve_x(spec: Affine | Bounds | None, dim: int, x_range: tuple[float, float]) -> AffineMap:
-    if spec is None:
-        return AffineMap.identity(dim)
-    if isinstance(spec, Affine):
-        return AffineMap(_per_dim(spec.shift, dim, "x_transform.shift"), _per_dim(spec.scale, dim, "x_transform.scale"))
-    low, high = _per_dim(spec.low, dim, "x_transform.low"), _per_dim(spec.high, dim, "x_transform.high")
-    if not np.all(high > low):
+def affine_map(shift: float | list[float], scale: float | list[float], dim: int, name: str) -> AffineMap:
+    """The map ``(user - shift) / scale`` of a ``dim``-dimensional quantity ``name``; a number applies
+    to every dimension, a list gives one per dimension (422 if its length is not ``dim``)."""
+    return AffineMap(_per_dim(shift, dim, f"{name}.shift"), _per_dim(scale, dim, f"{name}.scale"))
+
+
+def bounds_map(
+    low: float | list[float], high: float | list[float], dim: int, x_range: tuple[float, float]
+) -> AffineMap:
+    """The x map that takes user-unit bounds [low, high] (per dimension) onto the model's ``x_range``."""
+    lows, highs = _per_dim(low, dim, "x_transform.low"), _per_dim(high, dim, "x_transform.high")
+    if not np.all(highs > lows):
         raise UnprocessableError("x_transform bounds need high > low in every dimension")
     model_low, model_high = x_range
-    scale = (high - low) / (model_high - model_low)
-    return AffineMap(low - model_low * scale, scale)
-
-
-def resolve_y(spec: Affine | None, dim: int) -> AffineMap:
-    if spec is None:
-        return AffineMap.identity(dim)
-    return AffineMap(_per_dim(spec.shift, dim, "y_transform.shift"), _per_dim(spec.scale, dim, "y_transform.scale"))
+    scale = (highs - lows) / (model_high - model_low)
+    return AffineMap(lows - model_low * scale, scale)
 
 
 # Raw y of an auto-scaled session is stored as float32 before it is scaled: keep it far from

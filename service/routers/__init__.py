@@ -25,13 +25,13 @@ def _problem(status: int, description: str | None = None, headers: dict | None =
 
 
 RETRY_AFTER = {"Retry-After": _header("whole seconds to wait before retrying")}
-# The error answers every /v1 route may give, for the OpenAPI docs (see service.errors).
+# The error answers every /v1 route may give, for the OpenAPI docs (see service.problems).
 PROBLEM_RESPONSES: dict[int | str, dict] = {
     400: _problem(400, "malformed JSON"),
     401: _problem(401, "missing or unknown API key", {"WWW-Authenticate": _header("always 'Bearer'")}),
     403: _problem(403, "the tenant's session quota is full (CMANP_MAX_SESSIONS_PER_TENANT)"),
     404: _problem(404, "no such session (or another tenant's), or no such model"),
-    409: _problem(409, "the session's model is no longer served with the same weights"),
+    409: _problem(409, "the session's model was replaced or is gone, or the session is of another kind"),
     413: _problem(413, "body over CMANP_MAX_BODY_BYTES, or points over CMANP_MAX_POINTS_PER_REQUEST"),
     415: _problem(415, "the body was not sent as JSON (header 'Content-Type: application/json')"),
     422: _problem(422, "the request does not fit the schema or the session"),

@@ -20,7 +20,7 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", responses={503: PROBLEM_RESPONSES[503]})
 async def readyz(services: ServicesDep) -> dict[str, object]:
     """Redis answers and the default model is loaded; 503 otherwise."""
-    await services.store.ping()  # a Redis outage becomes 503 + Retry-After in service.errors
+    await services.store.ping()  # a Redis outage becomes 503 + Retry-After in service.problems
     if not services.registry.ready:
         raise UnavailableError(f"default model {services.registry.default!r} is not loaded")
     return {"status": "ready", "models": sorted(services.registry.models)}

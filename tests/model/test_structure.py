@@ -1,6 +1,6 @@
 """Structure of ``model/``, checked from the source with ``ast``: no module reaches into another
-class's private members, the modules import each other without cycles, and callers ask a model
-what it can do instead of testing its class."""
+class's private members, and callers ask a model what it can do instead of testing its class.
+(Import cycles among the modules of ``model/`` and ``service/``: ``tests/test_structure.py``.)"""
 
 import ast
 import re
@@ -11,14 +11,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "model"
 SOURCES = sorted(PACKAGE.rglob("*.py"))
-
-
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-MODULES = {module_name(p): p for p in SOURCES}
 
 
 def parse(path: Path) -> ast.Module:
@@ -100,47 +92,6 @@ class Child(Base):
 """
     found = [what for _, what in private_uses(ast.parse(source))]
     assert found == ["self._helper is not defined by its own class", "other._helper"]
-
-
-def imports(name: str, tree: ast.Module) -> set[str]:
-    """The modules of ``model`` that module ``name`` imports, anywhere in its body."""
-    package = name if MODULES[name].name == "__init__.py" else name.rpartition(".")[0]
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            targets = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*anchor, *([base] if base else [])])
-            # "from model.x import y" imports the module model.x.y when there is one, else model.x
-            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names]
-        else:
-            continue
-        found |= {t for t in targets if t in MODULES and t != name}
-    return found
-
-
-def test_no_import_cycles_in_model():
-    graph = {name: imports(name, parse(path)) for name, path in MODULES.items()}
-    state: dict[str, str] = {}  # "visiting" or "done"
-    cycles = []
-
-    def visit(name: str, stack: list[str]) -> None:
-        state[name] = "visiting"
-        for dep in sorted(graph[name]):
-            if state.get(dep) == "visiting":
-                cycles.append(" -> ".join([*stack[stack.index(dep) :], dep]))
-            elif dep not in state:
-                visit(dep, [*stack, dep])
-        state[name] = "done"
-
-    for name in sorted(graph):
-        if name not in state:
-            visit(name, [name])
-    assert cycles == []
-    assert graph["model.cmanp_and"] >= {"model.cmanp", "model.heads"}  # the parser sees real edges
 
 
 def test_callers_ask_a_model_what_it_can_do_instead_of_testing_its_class():

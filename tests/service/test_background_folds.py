@@ -16,7 +16,6 @@ import pytest
 from redis.asyncio import Redis
 
 from service.store import Fold, Session, SessionStore, Snapshot, session_keys
-from service.transforms import AffineMap
 
 THRESHOLD, PER_REQUEST = 4, 8  # the log is full at 12 points
 POINT = b"\0" * 8  # one (x, y) row of float32
@@ -50,8 +49,7 @@ class HeldFold:
 async def one_session(redis_server, session_id: str) -> AsyncIterator[tuple[Redis, SessionStore, Session]]:
     redis = Redis.from_url(redis_server.url)
     store = SessionStore(redis, fold_threshold=THRESHOLD, max_points_per_request=PER_REQUEST, idempotency_keys=2)
-    identity = AffineMap.identity(1)
-    session = await store.create(Session(session_id, "t", "m", "f", identity, identity, 0.0, 60), b"state")
+    session = await store.create(Session(session_id, "t", "m", "f", "test", {}, 0.0, 60), b"state")
     try:
         yield redis, store, session
     finally:

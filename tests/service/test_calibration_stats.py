@@ -11,9 +11,9 @@ import pytest
 import torch
 from redis.asyncio import Redis
 
-from service.calibration import Aggregates, prequential_blocks, tolerated_coverage, wilson_interval
+from service.calibration import prequential_blocks, wilson_interval
+from service.kinds.regression_calibration import Aggregates, tolerated_coverage
 from service.store import Fold, Session, SessionStore
-from service.transforms import AffineMap
 
 
 @pytest.mark.parametrize("start", [0, 1, 5, 256, 300, 1000, 4000])
@@ -104,8 +104,7 @@ def test_a_dropped_fold_adds_nothing(redis_server) -> None:
         # Another process on the same Redis: folds are single-flight per process, so only another
         # one's fold can race this process's (its commit then fails the epoch check).
         other = SessionStore(redis, fold_threshold=4, max_points_per_request=8, idempotency_keys=2)
-        identity = AffineMap.identity(1)
-        session = Session("dropped-fold", "t", "m", "f", identity, identity, created_at=0.0, ttl_seconds=60)
+        session = Session("dropped-fold", "t", "m", "f", "test", {}, created_at=0.0, ttl_seconds=60)
         session = await store.create(session, b"empty state")
         calls = 0
 

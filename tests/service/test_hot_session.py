@@ -20,6 +20,7 @@ import torch
 from service.app import create_app
 from service.client import CMANPClient, CMANPError, RetryPolicy
 from service.inference import Inference
+from service.kinds.regression import REGRESSION, Predict
 from service.store import KEY_PREFIX
 from tests.service import helpers
 from tests.service.helpers import API_KEYS, expected_prediction, sample_points
@@ -43,9 +44,9 @@ def hot_server(redis_server, checkpoint_dir) -> Iterator[tuple[str, list[int]]]:
         inference = app.state.services.inference
         fold = inference.fold
 
-        async def counting_fold(model, snapshot):  # noqa: ANN001, ANN202 - Inference.fold's signature
+        async def counting_fold(kind, model, snapshot):  # noqa: ANN001, ANN202 - Inference.fold's signature
             computed.append(snapshot.log_points)
-            return await fold(model, snapshot)
+            return await fold(kind, model, snapshot)
 
         inference.fold = counting_fold
         yield url, computed
@@ -155,7 +156,7 @@ def test_a_predict_folds_only_the_entries_appended_since_the_last(tiny_net) -> N
     xq = QUERIES.astype(np.float32)
 
     def predict(snapshot) -> np.ndarray:  # noqa: ANN001
-        return asyncio.run(inference.predict(model, snapshot, xq)).mean
+        return asyncio.run(inference.answer(REGRESSION, model, Predict(snapshot, xq))).mean
 
     base = _snapshot(model, x[:15], y[:15], logged=10)  # 5 points in the blob, 10 in the log
     assert _updated_points(tiny_net, lambda: predict(base)) == [10]
@@ -185,4 +186,4 @@ def test_the_cache_off_folds_from_scratch(tiny_net) -> None:
     snapshot = _snapshot(model, x, y, logged=3)
     for _ in range(2):
         with torch.inference_mode():
-            assert _updated_points(tiny_net, lambda: inference.folded.state(model, snapshot)) == [3]
+            assert _updated_points(tiny_net, lambda: REGRESSION.folded_state(model, snapshot, inference.folded)) == [3]

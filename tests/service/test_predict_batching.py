@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from service.errors import CorruptStateError
-from service.inference import Inference, Predicted, log_entry
+from service.inference import Inference
+from service.kinds.regression import REGRESSION, Predict, Predicted, RegressionParams, log_entry
 from service.registry import ServedModel
 from service.store import Session, Snapshot
 from service.training_range import TrainingRange
@@ -27,9 +28,14 @@ def _snapshot(
     if split:
         state = net.update(state, *(np.asarray(a, np.float32)[None] for a in (x[:split], y[:split])))
     identity = AffineMap.identity(1)
-    session = Session(session_id, "", model.name, model.fingerprint, identity, identity, 0.0, 60, len(x), version)
+    params = RegressionParams(identity, identity).to_fields()
+    session = Session(session_id, "", model.name, model.fingerprint, REGRESSION.name, params, 0.0, 60, len(x), version)
     log = [log_entry(x[i : i + 1], y[i : i + 1]) for i in range(split, len(x))]
     return Snapshot(session, state.to_bytes(), log, logged, 0)
+
+
+async def predict(inference: Inference, model: ServedModel, snapshot: Snapshot, xq: np.ndarray) -> Predicted:
+    return await inference.answer(REGRESSION, model, Predict(snapshot, xq))
 
 
 def tiny_model(net) -> ServedModel:
@@ -56,7 +62,7 @@ def test_batched_predicts_equal_single_predicts(tiny_net, max_batch: int) -> Non
 
     async def one(i: int) -> None:
         _, _, xq, snapshot = requests[i]
-        got[i] = await inference.predict(model, snapshot, xq.astype(np.float32))
+        got[i] = await predict(inference, model, snapshot, xq.astype(np.float32))
 
     async def run() -> None:
         async with anyio.create_task_group() as tg:
@@ -89,7 +95,7 @@ def test_a_broken_state_fails_only_its_own_request(tiny_net) -> None:
 
     async def one(name: str, snapshot: Snapshot) -> None:
         try:
-            outcomes[name] = await inference.predict(model, snapshot, xq)
+            outcomes[name] = await predict(inference, model, snapshot, xq)
         except CorruptStateError as e:
             outcomes[name] = e
 
@@ -124,7 +130,7 @@ def test_predicts_on_one_session_share_its_newest_snapshot(tiny_net) -> None:
     got: dict[int, Predicted] = {}
 
     async def one(i: int, snapshot: Snapshot) -> None:
-        got[i] = await inference.predict(model, snapshot, xq)
+        got[i] = await predict(inference, model, snapshot, xq)
 
     async def run() -> None:
         async with anyio.create_task_group() as tg:  # one worker: they queue and batch

@@ -88,7 +88,7 @@ def test_a_dead_master_gives_503_and_the_service_recovers(tmp_path: Path, checkp
             assert httpx.get(f"{url}/readyz").status_code == 503
             with pytest.raises(CMANPError) as err:
                 client.add_context(victim, [0.1], [0.1])
-            # A 500 here would mean a cluster error escaped the 503 mapping in service.errors.
+            # A 500 here would mean a cluster error escaped the 503 mapping in service.problems.
             assert err.value.status == 503 and "Redis" in err.value.detail
 
             cluster.nodes[1].start()  # same port and data dir: its AOF and its nodes.conf

@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from service.client import CMANPClient, CMANPError
 from service.errors import NotFoundError
+from service.kinds.regression import REGRESSION, RegressionParams
 from service.store import Session, SessionStore, session_keys
 from service.transforms import AffineMap
 from tests.service.helpers import API_KEYS, session_keys_in_redis
@@ -47,8 +48,7 @@ def test_the_cache_is_bounded_and_evicted_sessions_are_read_again(redis_server) 
         store = SessionStore(redis, fold_threshold=8, max_points_per_request=4, idempotency_keys=2, cached_sessions=2)
         ids = [f"cache-test-{i}" for i in range(3)]
         for sid in ids:
-            identity = AffineMap.identity(1)
-            await store.create(Session(sid, "alice", "m", "f" * 32, identity, identity, 0.0, 60), b"state")
+            await store.create(Session(sid, "alice", "m", "f" * 32, "test", {}, 0.0, 60), b"state")
         assert list(store._fixed) == ids[1:]  # the oldest was evicted
         await redis.hset(session_keys(ids[0])[0], "num_points", "7")  # only a real read can see this
         assert (await store.fixed(ids[0], "alice")).num_points == 7
@@ -69,14 +69,17 @@ def test_cached_sessions_are_not_tracked_by_the_garbage_collector(redis_server) 
         redis = Redis.from_url(redis_server.url)
         store = SessionStore(redis, fold_threshold=8, max_points_per_request=4, idempotency_keys=2, cached_sessions=8)
         x_map, y_map = AffineMap.from_lists([1.5, -2.0], [0.5, 3.0]), AffineMap.from_lists([4.0], [2.5])
-        created = Session("gc-test", "alice", "m", "f" * 32, x_map, y_map, 1234.5, 60)
+        params = RegressionParams(x_map, y_map, y_auto=True, y_fixed=False).to_fields()
+        created = Session("gc-test", "alice", "m", "f" * 32, REGRESSION.name, params, 1234.5, 60)
         await store.create(created, b"state")
         gc.collect()
         assert store._fixed and not any(gc.is_tracked(fields) for fields in store._fixed.values())
         cached = await store.fixed("gc-test", "alice")  # a hit: rebuilt from the tuple
         assert (cached.tenant, cached.model, cached.fingerprint) == ("alice", "m", "f" * 32)
-        assert (cached.created_at, cached.ttl_seconds, cached.dim_x, cached.dim_y) == (1234.5, 60, 2, 1)
-        for got, want in ((cached.x_transform, x_map), (cached.y_transform, y_map)):
+        assert (cached.kind, cached.created_at, cached.ttl_seconds) == ("regression", 1234.5, 60)
+        got_params = REGRESSION.params(cached)
+        assert (got_params.dim_x, got_params.dim_y, got_params.y_provisional) == (2, 1, True)
+        for got, want in ((got_params.x_transform, x_map), (got_params.y_transform, y_map)):
             assert got.shift.tolist() == want.shift.tolist() and got.scale.tolist() == want.scale.tolist()
         await redis.delete(*session_keys("gc-test"))
         await redis.aclose()

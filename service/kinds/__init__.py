@@ -1,0 +1,1 @@
+"""Session kinds: what a session's opaque state, log and sums mean (``service.kinds.base``)."""
