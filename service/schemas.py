@@ -87,7 +87,8 @@ class PointsBody(Body):
 
     _flat: frozenset[str] = PrivateAttr(frozenset())
 
-    def _as_points(self, *names: str) -> None:
+    def as_points(self, *names: str) -> None:
+        """Turn the flat lists among ``names`` into one point per number (subclasses' validators call it)."""
         flat = {name for name in names if getattr(self, name) and not isinstance(getattr(self, name)[0], list)}
         for name in flat:
             setattr(self, name, [[value] for value in getattr(self, name)])
@@ -208,7 +209,7 @@ class Context(PointsBody):
 
     @model_validator(mode="after")
     def _rectangular(self) -> Context:
-        self._as_points("x", "y")
+        self.as_points("x", "y")
         _check_points(self.x, "x")
         _check_points(self.y, "y")
         if len(self.x) != len(self.y):
@@ -242,7 +243,7 @@ class Query(PointsBody):
 
     @model_validator(mode="after")
     def _rectangular(self) -> Query:
-        self._as_points("x")
+        self.as_points("x")
         _check_points(self.x, "x")
         if self.seed is not None and self.num_samples is None:
             raise ValueError("seed is only used with num_samples")

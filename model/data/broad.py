@@ -201,9 +201,9 @@ class BroadPrior:
             **self._hetero_params(B, g),
         }
 
-    def _hetero_params(self, b: int, g: torch.Generator) -> dict[str, Tensor]:
+    def _hetero_params(self, batch_size: int, g: torch.Generator) -> dict[str, Tensor]:
         """The heteroscedastic envelope's parameters (``noise_scale``): drawn for every task, used where ``hetero``."""
-        B, J = b, HETERO_FEATURES  # noqa: N806 - shape names, as elsewhere in this module
+        B, J = batch_size, HETERO_FEATURES
         length = self._log_uniform(self.het_length_range, B, g)
         return {
             "hetero": torch.rand(B, generator=g, dtype=torch.float64) < self.p_hetero,
