@@ -11,12 +11,14 @@ from __future__ import annotations
 import math
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
 import pytest
+import redis
 import torch
 
 from model import CMANP, load_checkpoint
@@ -306,8 +308,16 @@ def test_scoring_can_be_turned_off(redis_server, checkpoint_dir: Path) -> None:
         session_id = client.create_session().session_id
         for start in range(0, 300, 100):  # the third post folds (default threshold 256)
             client.add_context(session_id, x[start : start + 100], np.sin(x[start : start + 100]))
+        # The fold runs in the background and counts the out-of-range points once it has committed.
+        raw = redis.Redis.from_url(redis_server.url)
+        wait_for_folds(raw, session_id, settings.fold_threshold_points)
+        raw.close()
         info = client.get_session(session_id)
-        metrics = client._http.get("/metrics").text
+        deadline = time.monotonic() + 10.0
+        while 'out_of_range_points_total{model="tiny"} ' not in (metrics := client._http.get("/metrics").text):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
     expected_outside = np.sum(np.abs(x) > 2.0)
     assert info.out_of_range_fraction == pytest.approx(expected_outside / 300)
     report = info.calibration
