@@ -486,8 +486,9 @@ class CMHP(FingerprintedModel):
         return log_norm, value_sum, anchors[:, : N + 1]
 
     def event_log_likelihoods(self, batch: EventBatch, chunk_size: int = 32) -> tuple[Tensor, Tensor]:
-        """Each event's log-density given the events before it [B, N] (0 at padding), and each
-        window's survival term [B] (0 without ``batch.end``). Causal, differentiable, one pass."""
+        """Each event's log-density given the events before it [B, N] (0 at padding and at events
+        outside ``batch.scored``), and each window's survival term [B] (0 without ``batch.end``).
+        Causal, differentiable, one pass; latents are derived only where a density is read."""
         times, marks, lengths = batch.times.to(self.device), batch.marks.to(self.device), batch.lengths.to(self.device)
         B, N = times.shape
         t = self._times(times, "times")
@@ -495,32 +496,41 @@ class CMHP(FingerprintedModel):
         if ((t.diff(dim=1) < 0) & mask[:, 1:]).any():
             raise ValueError("event times must be sorted (non-decreasing) within each sequence")
         k = self._marks(torch.where(mask, marks, torch.zeros_like(marks)), "marks")
+        scored = mask if batch.scored is None else mask & batch.scored.to(self.device)
         log_norm, value_sum, anchors = self._prefix_accumulators(t, k, lengths, chunk_size)
-        K, H, L, Dh = self.encoder.state_dims
-        latents = self.encoder.derive_accumulators(log_norm.reshape(-1, K, H, L), value_sum.reshape(-1, K, H, L, Dh))
-        mixture, mark_logp = self._decode(latents)  # [B (N+1), C], [B (N+1), M]
-        mixture = LogNormalMixture(*(x.view(B, N + 1, -1) for x in (mixture.log_weights, mixture.loc, mixture.scale)))
-        waits = (t - anchors[:, :N]).float()  # [B, N]
-        first = LogNormalMixture(mixture.log_weights[:, :N], mixture.loc[:, :N], mixture.scale[:, :N])
-        per_event = first.log_prob(waits.unsqueeze(-1)).squeeze(-1)
-        per_event = per_event + mark_logp.view(B, N + 1, -1)[:, :N].gather(-1, k.unsqueeze(-1)).squeeze(-1)
-        per_event = torch.where(mask[:, :N], per_event, torch.zeros_like(per_event))
+        # The positions read: the state before each scored event, then each window's end state.
+        rows, cols = scored.nonzero(as_tuple=True)  # [S]
+        rows = torch.cat([rows, torch.arange(B, device=self.device)])
+        cols = torch.cat([cols, lengths])
+        latents = self.encoder.derive_accumulators(log_norm[rows, cols], value_sum[rows, cols])
+        mixture, mark_logp = self._decode(latents)  # [S + B, C], [S + B, M]
+        S = rows.shape[0] - B
+        waits = (t - anchors[:, :N]).float()[rows[:S], cols[:S]]  # [S]
+        first = LogNormalMixture(mixture.log_weights[:S], mixture.loc[:S], mixture.scale[:S])
+        density = first.log_prob(waits.unsqueeze(-1)).squeeze(-1)
+        density = density + mark_logp[:S].gather(-1, k[rows[:S], cols[:S]].unsqueeze(-1)).squeeze(-1)
+        per_event = torch.zeros(B, N, dtype=density.dtype, device=self.device).index_put((rows[:S], cols[:S]), density)
         if batch.end is None:
             return per_event, torch.zeros(B, device=self.device)
         end = self._times(batch.end, "end")
-        pick = lengths.view(B, 1, 1).expand(B, 1, mixture.loc.shape[-1])
-        at_end = LogNormalMixture(*(x.gather(1, pick) for x in (mixture.log_weights, mixture.loc, mixture.scale)))
+        at_end = LogNormalMixture(mixture.log_weights[S:], mixture.loc[S:], mixture.scale[S:])
         quiet = end - anchors.gather(1, lengths.unsqueeze(1)).squeeze(1)  # [B]
         if (quiet < 0).any():
             raise ValueError("a window's end is before its last event")
-        survival = at_end.log_survival(quiet.float().view(B, 1, 1)).view(B)
+        survival = at_end.log_survival(quiet.float().view(B, 1)).view(B)
         return per_event, survival
 
-    def loss(self, batch: EventBatch, chunk_size: int = 32) -> Tensor:
+    def loss(self, batch: EventBatch, chunk_size: int = 16) -> Tensor:
         """Minus the log-likelihood per event over the batch (each event scored against the events
-        before it, plus each window's quiet end): a scalar to minimise."""
+        before it, plus each window's quiet end): a scalar to minimise. With ``batch.scored``, each
+        scored event stands for length / scored events of its sequence (unbiased)."""
         per_event, survival = self.event_log_likelihoods(batch, chunk_size)
-        return -(per_event.sum() + survival.sum()) / batch.lengths.sum().clamp_min(1).to(per_event.device)
+        lengths = batch.lengths.to(per_event.device)
+        total = per_event.sum(1)
+        if batch.scored is not None:
+            scored = (batch.scored.to(per_event.device) & batch.mask.to(per_event.device)).sum(1)
+            total = total * lengths / scored.clamp_min(1)
+        return -(total.sum() + survival.sum()) / lengths.sum().clamp_min(1)
 
     def log_likelihood(self, batch: EventBatch, chunk_size: int = 32) -> Tensor:
         """Per-sequence log-likelihood per event [B] (the survival term included)."""

@@ -26,6 +26,10 @@ class EventBatch:
     # The true process when the data are simulated from one (a model.data.hawkes.HawkesParams; not
     # imported here, which would make an import cycle), for the oracle.
     params: Any = None
+    # [B, N] bool: the events whose log-density a training loss reads (None: every event). A random
+    # subset per sequence keeps a step's cost at the cheap prefix pass plus S decodes per sequence;
+    # the loss weights each scored event by length / scored, an unbiased estimate of the full sum.
+    scored: Tensor | None = None
 
     @property
     def mask(self) -> Tensor:
@@ -39,9 +43,23 @@ class EventBatch:
     def to(self, device: torch.device | str) -> EventBatch:
         """The same batch on ``device`` (the true parameters stay where they are: the oracle is CPU code)."""
         end = None if self.end is None else self.end.to(device)
+        scored = None if self.scored is None else self.scored.to(device)
         return replace(
-            self, times=self.times.to(device), marks=self.marks.to(device), lengths=self.lengths.to(device), end=end
+            self,
+            times=self.times.to(device),
+            marks=self.marks.to(device),
+            lengths=self.lengths.to(device),
+            end=end,
+            scored=scored,
         )
+
+    def with_scored(self, per_sequence: int, generator: torch.Generator) -> EventBatch:
+        """The batch with ``scored`` set to min(per_sequence, length) events of each sequence, drawn uniformly."""
+        if per_sequence < 1:
+            raise ValueError(f"per_sequence must be >= 1, got {per_sequence}")
+        keys = torch.rand(self.times.shape, generator=generator, dtype=torch.float64).masked_fill(~self.mask, 2.0)
+        rank = keys.argsort(dim=1).argsort(dim=1)  # each event's rank among its sequence's keys
+        return replace(self, scored=(rank < per_sequence) & self.mask)
 
     def sequence(self, i: int) -> tuple[Tensor, Tensor]:
         """Times [n] and marks [n] of sequence ``i``, without padding."""

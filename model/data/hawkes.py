@@ -260,21 +260,30 @@ class EventSource:
 
     Per batch a target count n is drawn log-uniformly in ``num_events``; each sequence is observed
     on a window whose expected number of events is n (capped at 4 n), so lengths vary within a
-    batch and the likelihood includes each window's survival term.
+    batch and the likelihood includes each window's survival term. With ``scored_events`` a
+    training batch marks that many random events per sequence for the loss (``EventBatch.scored``);
+    held-out batches score every event.
     """
 
-    def __init__(self, num_events: tuple[int, int] = (10, 200)) -> None:
+    def __init__(self, num_events: tuple[int, int] = (10, 200), scored_events: int | None = None) -> None:
         lo, hi = num_events
         if not 1 <= lo <= hi:
             raise ValueError(f"num_events must be 1 <= lo <= hi, got {num_events}")
+        if scored_events is not None and scored_events < 1:
+            raise ValueError(f"scored_events must be >= 1, got {scored_events}")
         self.num_events = (int(lo), int(hi))
+        self.scored_events = scored_events
 
-    def sample_batch(self, batch_size: int, generator: torch.Generator) -> EventBatch:
+    def _draw(self, batch_size: int, generator: torch.Generator) -> EventBatch:
         n = int(round(float(_log_uniform((), self.num_events, generator))))
         return self.sample_sized(batch_size, n, generator)
 
+    def sample_batch(self, batch_size: int, generator: torch.Generator) -> EventBatch:
+        batch = self._draw(batch_size, generator)
+        return batch if self.scored_events is None else batch.with_scored(self.scored_events, generator)
+
     def heldout_batch(self, batch_size: int, generator: torch.Generator) -> EventBatch:
-        return self.sample_batch(batch_size, generator)
+        return self._draw(batch_size, generator)
 
     def sample_sized(self, batch_size: int, num_events: int, generator: torch.Generator) -> EventBatch:
         """A batch whose windows hold ``num_events`` events in expectation."""
@@ -289,8 +298,14 @@ class EventSource:
 class HawkesSource(EventSource):
     """Sequences of Hawkes processes from ``HawkesPrior``, optionally on a ``rate_factor``-times faster clock."""
 
-    def __init__(self, num_events: tuple[int, int] = (10, 200), rate_factor: float = 1.0, **prior: object) -> None:
-        super().__init__(num_events)
+    def __init__(
+        self,
+        num_events: tuple[int, int] = (10, 200),
+        rate_factor: float = 1.0,
+        scored_events: int | None = None,
+        **prior: object,
+    ) -> None:
+        super().__init__(num_events, scored_events)
         self.prior = HawkesPrior(**{k: tuple(v) if isinstance(v, list) else v for k, v in prior.items()})  # type: ignore[arg-type]
         self.rate_factor = rate_factor
 

@@ -172,6 +172,23 @@ def test_the_one_pass_likelihood_scores_each_event_against_the_state_before_it(n
     assert (per_event[~batch.mask] == 0).all()
 
 
+def test_a_scored_subset_reads_the_same_densities_and_weights_them_to_the_full_loss(net):
+    """Training scores a random subset of events per sequence (``EventBatch.scored``): each read
+    density is the full pass's, and averaged over many subsets the loss is the full loss."""
+    batch = HawkesSource(num_events=(20, 40)).sample_batch(3, torch.Generator().manual_seed(11))
+    g = torch.Generator().manual_seed(12)
+    with torch.no_grad():
+        full, survival = net.event_log_likelihoods(batch)
+        sub = batch.with_scored(5, g)
+        assert (sub.scored.sum(1) == torch.clamp(batch.lengths, max=5)).all() and not sub.scored[~batch.mask].any()
+        part, part_survival = net.event_log_likelihoods(sub)
+        assert torch.allclose(part[sub.scored], full[sub.scored], atol=TOL)
+        assert (part[~sub.scored] == 0).all() and torch.allclose(part_survival, survival, atol=TOL)
+        losses = torch.stack([net.loss(batch.with_scored(5, g)) for _ in range(400)])
+        # The unbiased estimate's mean, within 4 standard errors of the full loss.
+        assert abs(losses.mean() - net.loss(batch)) < 4 * losses.std() / 20
+
+
 def test_the_survival_term_is_the_probability_of_a_quiet_window_end(net):
     t, k = hawkes_events(n=10, batch=1, seed=9)
     batch = EventBatch(t, k, torch.tensor([10]), end=t[:, -1] + 2.0)
