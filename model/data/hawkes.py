@@ -71,6 +71,15 @@ class HawkesParams:
         """The parameters of sequence ``i`` alone (batch of one)."""
         return HawkesParams(self.mu[i : i + 1], self.alpha[i : i + 1], self.beta[i : i + 1])
 
+    def intensity(self, times: Tensor, marks: Tensor, at: Tensor) -> Tensor:
+        """lambda_k at the times ``at`` [G] of a batch-of-one process with history (times [n], marks [n]):
+        [G, M], counting only events strictly before each time (the intensity is left-continuous)."""
+        if self.mu.shape[0] != 1:
+            raise ValueError("intensity is for one sequence: take .sequence(i) first")
+        dt = at.unsqueeze(1) - times.unsqueeze(0)  # [G, n]
+        decay = torch.where(dt > 0, self.beta * torch.exp(-self.beta * dt.clamp_min(0)), torch.zeros_like(dt))
+        return self.mu + decay @ self.alpha[0].T[marks]  # alpha[k, k_j] summed over events j
+
 
 def _log_uniform(shape: tuple[int, ...], bounds: tuple[float, float], g: torch.Generator) -> Tensor:
     lo, hi = math.log(bounds[0]), math.log(bounds[1])
