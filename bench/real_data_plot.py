@@ -26,6 +26,7 @@ import torch  # noqa: E402
 from bench.baselines.fitted_gp import by_evidence, fit_both  # noqa: E402
 from model import load_checkpoint  # noqa: E402
 from model.data.real_series import Window, real_windows  # noqa: E402
+from model.plot import save_figure  # noqa: E402
 
 SHOWN = ("datasets/AirPassengers/0", "datasets/Nile/0", "datasets/lynx/0", "MASS/mcycle/0")
 Z95 = 1.959964
@@ -72,10 +73,7 @@ def main() -> None:
         ax.set_title(f"{w.package}/{w.name}: {len(w.x_context)} points in context")
     axes.flat[0].legend(fontsize=7, loc="upper left")
     fig.suptitle(f"{args.checkpoint.stem} on real series it never saw, beside a GP fitted to the same context")
-    fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=110)
-    print(f"wrote {args.out}")
+    save_figure(fig, args.out)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,14 @@ from model.data.gp import NOISE_STD, GPBatch, kernel_matrix  # noqa: E402
 from model.gp_oracle import gp_predict  # noqa: E402
 
 
+def save_figure(fig: plt.Figure, out: Path) -> None:
+    """Lay out and write a figure at the size the cards and README use."""
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--checkpoint", type=Path, required=True)
@@ -77,10 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         ax.scatter(xc[0, :n, 0], yc[0, :n, 0], s=10, color="tab:red", zorder=3, label="context")
         ax.set_title(f"{n} points, state {len(state.to_bytes()) / 1024:.0f} KiB")
     axes[0].legend(loc="lower left", fontsize=7)
-    fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=110)
-    print(f"wrote {args.out}")
+    save_figure(fig, args.out)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from torch import Tensor  # noqa: E402
 from model.checkpoint import load_checkpoint  # noqa: E402
 from model.cmhp import CMHP  # noqa: E402
 from model.data.hawkes import HawkesPrior, simulate_hawkes  # noqa: E402
+from model.plot import save_figure  # noqa: E402
 
 
 @torch.no_grad()
@@ -96,10 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     axes[0].legend(fontsize=7, loc="upper right")
     axes[1].set_ylabel("next mark: share")
     axes[1].set_xlabel("time (model units); solid: true process, dashed: CMHP")
-    fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=110)
-    print(f"wrote {args.out}")
+    save_figure(fig, args.out)
 
 
 if __name__ == "__main__":
