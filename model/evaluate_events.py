@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from model.card import read_card, write_card
 from model.checkpoint import load_checkpoint
@@ -165,16 +166,16 @@ def mle_scores(
 ) -> tuple[Scores, float]:
     """Per-sequence maximum-likelihood fits on each first ``history`` events, scored like the oracle;
     also the fraction of fits whose optimiser reported convergence. ``workers`` > 1: a process pool."""
-    M = batch.params.num_marks
+    M, desc = batch.params.num_marks, f"fits h={history}"
     tasks = [
         (*(x[: history + predicted].numpy() for x in batch.sequence(i)), M, history, restarts, i, fit_fn)
         for i in range(batch.batch_size)
     ]
     if workers > 1:
         with ProcessPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            results = list(pool.map(_fit_task, tasks, chunksize=4))
+            results = list(tqdm(pool.map(_fit_task, tasks, chunksize=4), desc, len(tasks), mininterval=5, leave=False))
     else:
-        results = [_fit_task(task) for task in tasks]
+        results = [_fit_task(task) for task in tqdm(tasks, desc, mininterval=5, leave=False)]
     return _stack([s for s, _ in results]), float(np.mean([c for _, c in results]))
 
 
