@@ -98,6 +98,7 @@ def _p90_us(values: list[float]) -> float:
 
 def run(checkpoint: str, config: str, sizes: list[int], transformer_events: int, rounds: int, per_round: int) -> dict:
     torch.set_num_threads(1)
+    load_before = os.getloadavg()
     net, weights = load_model(checkpoint, config)
     thp = TransformerHawkes(THPConfig(net.cfg.num_marks, net.cfg.d_model, net.cfg.n_heads, net.cfg.n_blocks,
                                       net.cfg.ff_width, net.cfg.components, net.cfg.min_log_std)).eval()  # fmt: skip
@@ -119,6 +120,7 @@ def run(checkpoint: str, config: str, sizes: list[int], transformer_events: int,
         forecasts: dict[int, list[float]] = {n: [] for n in sizes}
         totals: dict[int, list[float]] = {n: [] for n in sizes}
         thp_times: list[float] = []
+        paired: list[float] = []  # per round: the transformer's step over the round's CMHP median at its N
         for r in range(rounds):
             order = sizes[r % len(sizes) :] + sizes[: r % len(sizes)]
             for n in order:
@@ -128,6 +130,7 @@ def run(checkpoint: str, config: str, sizes: list[int], transformer_events: int,
                     forecasts[n].append(f)
                     totals[n].append(u + f)
             thp_times.append(transformer_step(thp, history_t, history_k))
+            paired.append(thp_times[-1] / statistics.median(totals[transformer_events][-per_round:]))
     rows = [
         {
             "n": n,
@@ -168,6 +171,7 @@ def run(checkpoint: str, config: str, sizes: list[int], transformer_events: int,
         "cmhp": rows,
         "transformer": transformer,
         "transformer_over_cmhp": ratio,
+        "transformer_over_cmhp_by_round": paired,
         "acceptance": {
             "step_ratio_max": UPDATE_RATIO_MAX,
             "transformer_ratio_min": ADD_RATIO_MIN,
@@ -177,7 +181,12 @@ def run(checkpoint: str, config: str, sizes: list[int], transformer_events: int,
             "state_bytes_constant": len({r["state_bytes"] for r in rows}) == 1,
             "transformer_ratio_ok": ratio >= ADD_RATIO_MIN,
         },
-        "machine": machine() | {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": _commit()},
+        "machine": machine()
+        | {
+            "load_average_start": load_before,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "commit": _commit(),
+        },
     }
 
 
@@ -193,9 +202,10 @@ def report(result: dict) -> None:
     for r in result["cmhp"]:
         print(f"{r['n']:>9} {r['update_median_us']:>10.1f} {r['forecast_median_us']:>12.1f} {r['step_median_us']:>9.1f}"
               f" {r['step_p90_us']:>8.1f} {r['ratio_to_smallest']:>11.3f} {r['state_bytes']:>8}")  # fmt: skip
-    t = result["transformer"]
+    t, by_round = result["transformer"], result["transformer_over_cmhp_by_round"]
     print(f"transformer re-encoding {t['n'] + 1} events: {t['step_median_ms']:.1f} ms (median of {t['repeats']}); "
-          f"{result['transformer_over_cmhp']:,.0f}x the CMHP step at N = {t['n']:,}")  # fmt: skip
+          f"{result['transformer_over_cmhp']:,.0f}x the CMHP step at N = {t['n']:,} (per round: "
+          f"{min(by_round):,.0f}x to {max(by_round):,.0f}x)")  # fmt: skip
     print("acceptance:", result["acceptance"])
 
 
@@ -205,11 +215,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--config", default=EVENT_CONFIG, help="the architecture when the checkpoint is absent")
     p.add_argument("--quick", action="store_true", help="small sizes, for CI: checks the harness, not the numbers")
     p.add_argument("--out", type=Path, default=OUT_DIR / "event_costs.json")
+    p.add_argument("--note", default="", help="what else ran on the machine, for the report")
     args = p.parse_args(argv)
     if args.quick:
         result = run(args.checkpoint, args.config, [10, 1000, 10_000], 300, rounds=3, per_round=10)
     else:
         result = run(args.checkpoint, args.config, [10, 1000, 10**6], 10_000, rounds=15, per_round=100)
+    result["note"] = args.note
     report(result)
     write_json(args.out, result)
     return result

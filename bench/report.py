@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 import matplotlib
@@ -534,11 +535,15 @@ def event_costs_section(costs: dict | None, command: str | None) -> list[str]:
         return [title, "", "Not run.", ""]
     cfg, thp, m = costs["config"], costs["transformer"], costs["machine"]
     load = ", ".join(f"{x:.1f}" for x in m["load_average"])
+    start = ", ".join(f"{x:.1f}" for x in m.get("load_average_start", ()))
+    note = f" {costs['note'].rstrip('.')}." if costs.get("note") else ""
+    by_round = costs["transformer_over_cmhp_by_round"]
     lines = [
         title,
         "",
         f"`{command or 'python -m bench.event_costs'}`, {m['date']} (commit {m['commit']}; {m['cpu_model']}, "
-        f"{m['cpu_count']} CPUs, load average {load} at the end). CMHP: {costs['weights']}, d_model "
+        f"{m['cpu_count']} CPUs; load average {start} at the start, {load} at the end).{note} "
+        f"CMHP: {costs['weights']}, d_model "
         f"{cfg['d_model']}, {cfg['n_heads']} heads, {cfg['n_blocks']} blocks, {cfg['n_latents']} latents, "
         f"{costs['torch_threads']} torch thread. A step is one `update` with one event on a state already holding "
         f"N events (built in chunks of 4,096 at {costs['build_events_per_s']:,.0f} events/s), then one "
@@ -564,7 +569,9 @@ def event_costs_section(costs: dict | None, command: str | None) -> list[str]:
         f"{thp['config']['n_layers']} layers, the CMHP's head; random weights, a cost baseline): adding an event to "
         f"a history of N = {thp['n']:,} means encoding all {thp['n'] + 1:,} events again: "
         f"{thp['step_median_ms']:,.1f} ms (median of {thp['repeats']}, range {thp['step_min_ms']:,.0f} to "
-        f"{thp['step_max_ms']:,.0f}) against the CMHP's {at['step_median_us']:.1f} µs at the same N. Its memory "
+        f"{thp['step_max_ms']:,.0f}) against the CMHP's {at['step_median_us']:.1f} µs at the same N; the ratio of "
+        f"each round's transformer step to that round's CMHP median: {min(by_round):,.0f}× to "
+        f"{max(by_round):,.0f}× (median {statistics.median(by_round):,.0f}×). Its memory "
         "grows with the history (the events themselves, and O(N) activations per layer); the CMHP state does not.",
         "",
         f"- Acceptance 3 (a step at N = {ok['largest_n']:,} within {ok['step_ratio_max']} × N = "

@@ -11,7 +11,7 @@ from bench.report import event_costs_section
 
 def test_quick_event_costs_write_every_field_and_a_constant_state(tmp_path):
     out = tmp_path / "event_costs.json"
-    main(["--quick", "--checkpoint", str(tmp_path / "absent.safetensors"), "--out", str(out)])
+    main(["--quick", "--checkpoint", str(tmp_path / "absent.safetensors"), "--out", str(out), "--note", "Shared."])
     result = json.loads(out.read_text())
     assert result["weights"].startswith("random init") and result["torch_threads"] == 1
     rows = result["cmhp"]
@@ -26,7 +26,9 @@ def test_quick_event_costs_write_every_field_and_a_constant_state(tmp_path):
     assert thp["config"]["n_layers"] == result["config"]["n_blocks"] == 3
     at = next(r for r in rows if r["n"] == 300)
     assert abs(result["transformer_over_cmhp"] - thp["step_median_ms"] * 1e3 / at["step_median_us"]) < 1e-6
+    assert len(result["transformer_over_cmhp_by_round"]) == result["rounds"]
     assert result["acceptance"]["state_bytes_constant"] is True
     section = "\n".join(event_costs_section(result, "python -m bench.event_costs --quick"))
     assert section.startswith("## 10. Event model") and "quick mode: N = 10^6 not run" in section
     assert "quick mode: N = 10^4 not run" in section and "**FAIL**" in section  # quick mode never passes
+    assert " Shared. " in section
