@@ -639,11 +639,32 @@ def write_report(out: Path, report_dir: Path) -> Path:
     return path
 
 
+def replace_section(report: Path, section: list[str]) -> None:
+    """Put ``section`` (its first line a ``## N.`` heading) in place of the report's section with
+    that heading, or at the end: one benchmark's figures refreshed where the other benchmarks'
+    JSON is not at hand (the rest of the report, and its machine header, stay as they were)."""
+    lines = report.read_text().split("\n")
+    number = section[0].split()[1]  # "10."
+    start = next((i for i, line in enumerate(lines) if line.startswith(f"## {number} ")), None)
+    if start is None:
+        lines = [*lines, "", *section] if lines[-1] else [*lines, *section]
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        lines[start:end] = section
+    report.write_text("\n".join(lines))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out-dir", type=Path, default=Path("bench/out"))
     p.add_argument("--report-dir", type=Path, default=Path("bench"))
+    p.add_argument("--event-costs-command", help="refresh only section 10 from event_costs.json, run by this command")
     args = p.parse_args()
+    if args.event_costs_command:
+        report = args.report_dir / "RESULTS.md"
+        replace_section(report, event_costs_section(_load(args.out_dir, "event_costs"), args.event_costs_command))  # type: ignore[arg-type]
+        print(f"wrote section 10 of {report}")
+        return
     print(f"wrote {write_report(args.out_dir, args.report_dir)}")
 
 

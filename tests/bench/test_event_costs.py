@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from bench.event_costs import main
-from bench.report import event_costs_section
+from bench.report import event_costs_section, replace_section
 
 
 def test_quick_event_costs_write_every_field_and_a_constant_state(tmp_path):
@@ -32,3 +32,13 @@ def test_quick_event_costs_write_every_field_and_a_constant_state(tmp_path):
     assert section.startswith("## 10. Event model") and "quick mode: N = 10^6 not run" in section
     assert "quick mode: N = 10^4 not run" in section and "**FAIL**" in section  # quick mode never passes
     assert " Shared. " in section
+
+
+def test_one_section_is_replaced_or_appended_and_the_rest_kept(tmp_path):
+    report = tmp_path / "RESULTS.md"
+    report.write_text("# R\n\n## 9. Nine\n\nkeep\n\n## 10. Old\n\nstale\n\n## 11. Eleven\n\nkeep too\n")
+    replace_section(report, ["## 10. New", "", "fresh", ""])
+    assert report.read_text() == "# R\n\n## 9. Nine\n\nkeep\n\n## 10. New\n\nfresh\n\n## 11. Eleven\n\nkeep too\n"
+    report.write_text("# R\n\n## 9. Nine\n\nkeep\n")
+    replace_section(report, ["## 10. New", "", "fresh", ""])
+    assert report.read_text() == "# R\n\n## 9. Nine\n\nkeep\n\n## 10. New\n\nfresh\n"
