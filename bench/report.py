@@ -555,8 +555,8 @@ def event_costs_section(costs: dict | None, command: str | None) -> list[str]:
     lines += _table(
         ["N", "update (µs)", "forecast (µs)", "step (µs)", "step p90 (µs)", "÷ smallest N", "state bytes"],
         [
-            [f"{r['n']:,}", f"{r['update_median_us']:.1f}", f"{r['forecast_median_us']:.1f}",
-             f"{r['step_median_us']:.1f}", f"{r['step_p90_us']:.1f}", f"{r['ratio_to_smallest']:.3f}",
+            [f"{r['n']:,}", f"{r['update_median_us']:,.1f}", f"{r['forecast_median_us']:,.1f}",
+             f"{r['step_median_us']:,.1f}", f"{r['step_p90_us']:,.1f}", f"{r['ratio_to_smallest']:.3f}",
              f"{r['state_bytes']:,}"]
             for r in costs["cmhp"]
         ],
@@ -569,7 +569,7 @@ def event_costs_section(costs: dict | None, command: str | None) -> list[str]:
         f"{thp['config']['n_layers']} layers, the CMHP's head; random weights, a cost baseline): adding an event to "
         f"a history of N = {thp['n']:,} means encoding all {thp['n'] + 1:,} events again: "
         f"{thp['step_median_ms']:,.1f} ms (median of {thp['repeats']}, range {thp['step_min_ms']:,.0f} to "
-        f"{thp['step_max_ms']:,.0f}) against the CMHP's {at['step_median_us']:.1f} µs at the same N; the ratio of "
+        f"{thp['step_max_ms']:,.0f}) against the CMHP's {at['step_median_us']:,.1f} µs at the same N; the ratio of "
         f"each round's transformer step to that round's CMHP median: {min(by_round):,.0f}× to "
         f"{max(by_round):,.0f}× (median {statistics.median(by_round):,.0f}×). Its memory "
         "grows with the history (the events themselves, and O(N) activations per layer); the CMHP state does not.",
