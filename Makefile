@@ -8,7 +8,7 @@ CHECKPOINT := checkpoints/cmanp-gp-rbf.safetensors
 AND_CHECKPOINT := checkpoints/cmanp-and-gp-rbf.safetensors
 GENERAL_CHECKPOINT := checkpoints/cmanp-gp-general.safetensors
 
-.PHONY: install run test lint train train-and train-general eval eval-and eval-general bench bench-quick bench-setup bench-memory plot plot-and plot-general clean
+.PHONY: install run test lint train train-and train-general eval eval-and eval-general eval-events bench bench-quick bench-setup bench-memory plot plot-and plot-general clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -62,6 +62,12 @@ eval: $(STAMP)
 	$(PY) -m model.evaluate --checkpoint $(CHECKPOINT) --kernel matern --out runs/eval-matern.json --card-json $(CARD_JSON)
 	$(PY) -m model.evaluate --checkpoint $(CHECKPOINT) --context-sizes 10,50,100,200,500,1000 \
 		--out runs/eval-streaming.json --card-json $(CARD_JSON)
+
+# The event model beside the true process and a per-sequence MLE fit (model/evaluate_events.py; ~3 min on 2 cores).
+EVENT_CHECKPOINT := checkpoints/cmhp-hawkes-exp.safetensors
+eval-events: $(STAMP)
+	$(PY) -m model.evaluate --checkpoint $(EVENT_CHECKPOINT) --out runs/eval-cmhp-hawkes-exp.json \
+		--card-json $(EVENT_CHECKPOINT:.safetensors=.json)
 
 # wrk drives the service benchmark (Debian package; needs root or sudo the first time).
 bench-setup:

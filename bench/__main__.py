@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import CHECKPOINT, GENERAL_CHECKPOINT, OUT_DIR, machine, write_json
+from bench.common import CHECKPOINT, EVENT_CHECKPOINT, GENERAL_CHECKPOINT, OUT_DIR, machine, write_json
 from bench.report import write_report
 
 QUICK_DIR = OUT_DIR / "quick"
@@ -89,6 +89,13 @@ def commands(out: Path, quick: bool) -> dict[str, list[str]]:
         ],
         "replication_wait": [*py, "bench.replication_wait", *ckpt, *quick_flag, *json_out("replication_wait")],
         "capacity": [*py, "bench.capacity", *ckpt, *quick_flag, *json_out("capacity")],
+        "event_costs": [
+            *py,
+            "bench.event_costs",
+            *["--checkpoint", EVENT_CHECKPOINT],
+            *quick_flag,
+            *json_out("event_costs"),
+        ],
     }
 
 

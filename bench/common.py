@@ -15,6 +15,7 @@ CHECKPOINT = (
     "checkpoints/cmanp-gp-rbf.safetensors"  # the paper model: cost benchmarks (same architecture as the default)
 )
 GENERAL_CHECKPOINT = "checkpoints/cmanp-gp-general.safetensors"  # the default model: quality benchmarks
+EVENT_CHECKPOINT = "checkpoints/cmhp-hawkes-exp.safetensors"  # the event model (CMHP): its cost benchmark
 OUT_DIR = Path("bench/out")
 
 

@@ -4,6 +4,7 @@
     python -m model.evaluate --checkpoint C --context-sizes 10,50,100,200,500,1000   # streaming curve
     python -m model.evaluate --checkpoint C --kernel rbf --joint   # joint LL (a CMANP-AND), oracle joint too
     python -m model.evaluate --checkpoint C --kernel broad --context-sizes 10,50,200,1000   # the broad prior
+    python -m model.evaluate --checkpoint runs/cmhp/best.safetensors   # an event model: model.evaluate_events
 
 For the broad prior the oracle is the exact GP with each task's true kernel and noise. It is the
 Bayes-optimal predictor only for the tasks with Gaussian noise of one variance (not Student-t, not
@@ -21,13 +22,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from model.checkpoint import load_checkpoint
+from model import evaluate_events
+from model.card import read_card, write_card
+from model.checkpoint import ARCHITECTURES, load_checkpoint, read_metadata
 from model.data import TaskBatch
 from model.data.eval_sets import DEFAULT_CACHE, broad_streaming_set, protocol_set, streaming_set
 from model.data.gp import KERNELS
@@ -46,6 +50,11 @@ def model_log_likelihood(
     mean, var = net.predict(state, batch.xt)
     ll = -0.5 * (math.log(2 * math.pi) + var.log() + (batch.yt.to(mean) - mean).square() / var)
     return ll.sum(-1).mean(-1).cpu()
+
+
+def session_kind(checkpoint: Path) -> str:
+    """The kind of data a checkpoint's model reads ("regression", "events"), from its metadata."""
+    return ARCHITECTURES[read_metadata(checkpoint)["architecture"]][0].session_kind
 
 
 def summarise(values: torch.Tensor) -> dict[str, float]:
@@ -69,6 +78,12 @@ def score(net: NeuralProcess, batches: list[TaskBatch], desc: str, joint: bool =
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--checkpoint", type=Path)
+    checkpoint = first.parse_known_args(argv)[0].checkpoint
+    if checkpoint is not None and checkpoint.exists() and session_kind(checkpoint) == "events":
+        return evaluate_events.main(argv)  # its own flags: python -m model.evaluate_events --help
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--kernel", choices=(*KERNELS, "broad"), default="rbf", help="broad: streaming mode only")
@@ -139,12 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def update_card_json(path: Path, result: dict) -> None:
     """Merge one run's headline numbers into a checkpoint's sidecar (what GET /v1/models serves)."""
-    card = json.loads(path.read_text()) if path.exists() else {}
-    if card.get("fingerprint") not in (None, result["fingerprint"]):
-        # Numbers of other weights are stale; the training output range and the session default
-        # are facts about the data and the recipe, not about these weights.
-        card = {k: v for k, v in card.items() if k in ("y_range", "y_transform_default")}
-    card["fingerprint"] = result["fingerprint"]
+    card = read_card(path, result["fingerprint"])
     # Joint numbers are keyed "<kernel>_joint_..." beside the marginal "<kernel>_...".
     kernel = result["kernel"] + ("_joint" if result.get("joint") else "")
     if result["mode"] == "protocol":
@@ -157,7 +167,7 @@ def update_card_json(path: Path, result: dict) -> None:
         curve = result["curve"]
         card[f"streaming_{kernel}_ll"] = {n: round(r["model"]["ll"], 4) for n, r in curve.items()}
         card[f"streaming_{kernel}_oracle_ll"] = {n: round(r["oracle"]["ll"], 4) for n, r in curve.items()}
-    path.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    write_card(path, card)
 
 
 if __name__ == "__main__":

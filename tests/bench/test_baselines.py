@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.baselines.incremental_gp import IncrementalGP
+from bench.baselines.transformer_hawkes import THPConfig, TransformerHawkes
 from bench.baselines.transformer_np import TNPConfig, TransformerNP
 from model.data.gp import GPSampler
 from model.gp_oracle import gp_predict
@@ -78,3 +79,41 @@ def test_transformer_np_equals_the_masked_single_pass():
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert math.isfinite(float(got[1].min()))
+
+
+def _dense_causal_reference(net: TransformerHawkes, times: torch.Tensor, marks: torch.Tensor) -> torch.Tensor:
+    """The encoder with an explicit lower-triangular mask over materialised attention weights."""
+    x = net.mark_embed(marks)
+    d = net.cfg.d_model
+    j = torch.arange(d // 2, dtype=torch.float64)
+    angle = times.unsqueeze(-1) / 10000.0 ** (2 * j / d)  # THP: z(t)_{2j} = sin, z(t)_{2j+1} = cos
+    encoding = torch.zeros(*times.shape, d, dtype=torch.float64)
+    encoding[..., 0::2], encoding[..., 1::2] = angle.sin(), angle.cos()
+    x = x + encoding.float()
+    n = times.shape[1]
+    allowed = torch.ones(n, n, dtype=torch.bool).tril()
+    for layer in net.layers:
+        q, k, v = (t.unflatten(-1, (layer.heads, -1)).transpose(1, 2) for t in layer.qkv(layer.norm(x)).chunk(3, -1))
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+        weights = scores.masked_fill(~allowed, -math.inf).softmax(-1)
+        x = x + layer.out((weights @ v).transpose(1, 2).flatten(-2))
+        x = x + layer.ff(x)
+    return net.norm(x)
+
+
+def test_transformer_hawkes_is_a_causal_thp_encoder():
+    """The fused causal encoder equals a dense masked one; an event's encoding ignores later events,
+    so re-encoding a longer history gives the shorter one's forecast at the shorter one's end."""
+    torch.manual_seed(1)
+    net = TransformerHawkes(THPConfig(num_marks=3, d_model=32, n_heads=4, n_layers=2, ff_width=48)).eval()
+    times = torch.cumsum(torch.rand(2, 30, dtype=torch.float64), 1) + 1e5  # late times keep their resolution
+    marks = torch.randint(0, 3, (2, 30))
+    with torch.no_grad():
+        got = net.encode(times, marks)
+        torch.testing.assert_close(got, _dense_causal_reference(net, times, marks), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(net.encode(times[:, :20], marks[:, :20]), got[:, :20], rtol=1e-5, atol=1e-5)
+        quantiles, mean, probs = net.forecast(times[:, :20], marks[:, :20])
+        mixture, mark_logp = net.head(got[:, 19])
+    assert quantiles.shape == (2, 3) and (quantiles.diff(dim=1) > 0).all() and (mean > 0).all()
+    torch.testing.assert_close(probs, mark_logp.exp())
+    torch.testing.assert_close(mean, mixture.double().mean_residual(torch.zeros(2, dtype=torch.float64)))

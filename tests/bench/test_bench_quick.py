@@ -79,18 +79,21 @@ def test_quick_bench_writes_every_result():
     assert capacity["by_kind"]["new"]["mean_bytes"] < capacity["by_kind"]["large"]["mean_bytes"]
     assert capacity["by_kind"]["large"]["mean_bytes"] > capacity["state_bytes"]  # folded: a stored blob
 
+    events = load("event_costs")
+    assert len({r["state_bytes"] for r in events["cmhp"]}) == 1 and events["transformer"]["step_median_ms"] > 0
+
     runs = load("runs")
     names = [
         "model_costs", "constant_memory", "peers", "train_throughput", "service_load", "calibration_cost", "real_data",
         "calibration_monitor", "calibration_monitor_rbf",
-        "replication_wait", "capacity",
+        "replication_wait", "capacity", "event_costs",
     ]  # fmt: skip
     assert [r["name"] for r in runs] == names
     report = (OUT / "RESULTS.md").read_text()
     headings = (
         "## Machine", "## Commands", "## 1. Model", "## 2. Against peers", "## 3. Service under load", "## 5.", "## 6.",
         "## 7.",
-        "## 8.", "## 9.",
+        "## 8.", "## 9.", "## 10.",
     )  # fmt: skip
     for heading in headings:
         assert heading in report

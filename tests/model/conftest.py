@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import CMANP, CMANPANDConfig, CMANPConfig, load_checkpoint
+from model import CMANP, CMHP, CMANPANDConfig, CMANPConfig, CMHPConfig, load_checkpoint
 from model.checkpoint import build_model
 
 CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "cmanp-gp-rbf.safetensors"
@@ -13,6 +13,7 @@ CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "cmanp-gp-rbf
 GENERAL = CHECKPOINT.with_name("cmanp-gp-general.safetensors")
 SMALL = CMANPConfig(d_model=32, n_heads=4, n_blocks=3, n_latents=16, ff_width=64, embed_depth=2)
 SMALL_AND = CMANPANDConfig(**SMALL.to_dict(), block_size=8, cov_features=4, cov_layers=1)  # with a joint head
+SMALL_EVENTS = CMHPConfig(num_marks=3, d_model=32, n_heads=4, n_blocks=2, n_latents=8, ff_width=64, components=4)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -28,6 +29,11 @@ def small_model(seed: int = 0, cfg: CMANPConfig = SMALL) -> CMANP:
         net.encoder.data_attn.null_score.normal_()
         net.encoder.data_attn.null_value.normal_()
     return net
+
+
+def small_cmhp(seed: int = 0) -> CMHP:
+    """A random-init event model with perturbed null points (the small model, events config)."""
+    return small_model(seed, cfg=SMALL_EVENTS)
 
 
 @pytest.fixture(scope="session")

@@ -7,19 +7,13 @@ import math
 import pytest
 import torch
 
-from model import CMHP, CMHPConfig, CMHPState, load_checkpoint, save_checkpoint
+from model import CMHP, CMHPState, load_checkpoint, save_checkpoint
 from model.checkpoint import read_metadata
 from model.data.events import EventBatch
 from model.data.hawkes import HawkesPrior, HawkesSource, simulate_hawkes
-from tests.model.conftest import small_model
+from tests.model.conftest import SMALL_EVENTS, small_cmhp
 
-SMALL_EVENTS = CMHPConfig(num_marks=3, d_model=32, n_heads=4, n_blocks=2, n_latents=8, ff_width=64, components=4)
 TOL = 1e-4
-
-
-def small_cmhp(seed: int = 0) -> CMHP:
-    """A random-init event model with perturbed null points (conftest's small model, events config)."""
-    return small_model(seed, cfg=SMALL_EVENTS)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from model.hawkes_mle import (
     event_log_likelihoods,
     fit,
     log_likelihood,
+    next_event_forecasts,
     oracle_event_log_likelihoods,
 )
 
@@ -76,6 +77,42 @@ def test_the_oracle_of_a_batch_matches_each_sequence_and_leaves_padding_at_zero(
         expected, tail = event_log_likelihoods(p.sequence(i), t, k, float(batch.end[i]))
         assert np.allclose(per_event[i, : len(t)].numpy(), expected) and survival[i].item() == pytest.approx(tail)
     assert (per_event[~batch.mask] == 0).all()
+
+
+def test_the_forecasts_equal_the_survival_integrals_by_quadrature():
+    """E[wait] = int S and P(mark k) = int lambda_k S from each event's predecessor on, with the
+    intensity summed over the past events and S = exp(-int lambda) by nested quadrature."""
+    t, k, _ = simulated(TRUE, 30.0, seed=8)
+    mean_wait, probs = next_event_forecasts(TRUE, t, k)
+    t, k = t.numpy(), k.numpy()
+    mu, alpha, beta = TRUE.mu[0].numpy(), TRUE.alpha[0].numpy(), 1.5
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-12)
+    for i in (0, 1, len(t) // 2, len(t) - 1):
+        start = t[i - 1] if i else 0.0
+
+        def intensity(s: float, i: int = i, start: float = start) -> np.ndarray:
+            return mu + alpha[:, k[:i]] @ (beta * np.exp(-beta * (start + s - t[:i])))
+
+        def survival(s: float) -> float:
+            return np.exp(-integrate.quad(lambda x: intensity(x).sum(), 0, s, epsabs=1e-13)[0])
+
+        assert mean_wait[i] == pytest.approx(integrate.quad(survival, 0, np.inf, limit=200)[0], rel=1e-7)
+        for m in range(2):
+            want = integrate.quad(lambda s, m=m: intensity(s)[m] * survival(s), 0, np.inf, limit=200)[0]
+            assert probs[i, m] == pytest.approx(want, rel=1e-6)
+
+
+def test_the_forecasts_stay_finite_under_a_huge_excitation():
+    """A fitted matrix may hold large entries and still be stationary (nilpotent): no overflow."""
+    params = HawkesParams(
+        torch.tensor([[1e-4, 1e-4]], dtype=torch.float64),
+        torch.tensor([[[0.0, 500.0], [0.0, 0.0]]], dtype=torch.float64),
+        torch.tensor([0.01], dtype=torch.float64),
+    )
+    t, k = np.array([1.0, 2.0, 2.5]), np.array([1, 1, 1])
+    mean_wait, probs = next_event_forecasts(params, t, k)
+    assert np.isfinite(mean_wait).all() and (mean_wait > 0).all() and np.allclose(probs.sum(-1), 1.0)
+    assert probs[1:, 0].min() > 0.999  # after a mark-1 event a mark-0 child is all but certain
 
 
 def test_the_fit_recovers_the_parameters_of_a_long_sequence():
