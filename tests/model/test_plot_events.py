@@ -10,7 +10,7 @@ from model import save_checkpoint
 from model.data.hawkes import HawkesPrior, simulate_hawkes
 from model.hawkes_mle import compensator_increments
 from model.plot_events import main, model_intensity
-from tests.model.test_cmhp import small_cmhp
+from tests.model.conftest import small_cmhp
 
 
 def stream(n: int = 30, seed: int = 4):
