@@ -10,16 +10,19 @@ the state of the events before it, read at the previous event (``service.kinds.e
 When the model's forecasts are right, the prequential PITs ``u_i`` are independent and uniform
 (each is the conditional CDF of the next value given everything before it: Rosenblatt's
 transform, the time-rescaling theorem of point processes), so the ``Lambda_i`` are independent
-Exp(1); and the mark residuals ``1{k_i = j} - p_ij`` are martingale differences. Three tests,
-each at ``ALPHA / 3`` two-sided (Bonferroni), so a calibrated session is flagged with probability
-at most ``ALPHA`` per check:
+Exp(1); and the mark residuals ``1{k_i = j} - p_ij`` are martingale differences. Four tests,
+each at ``ALPHA / 4`` (Bonferroni), so a calibrated session is flagged with probability at most
+``ALPHA`` per check:
 
 1. **rate**: ``sum Lambda_i ~ Gamma(n, 1)`` exactly. Events that come faster than forecast make it
    small, slower ones large.
 2. **dispersion**: ``sum (u_i - 1/2)^2`` has mean ``n / 12`` and variance ``n / 180``, a z-test
    (bounded terms: the normal limit holds early). Waits more regular than forecast (PITs heaped
    in the middle) make it small; burstier ones (PITs at both ends) large.
-3. **marks**: with ``O_j`` the events of mark j, ``E_j = sum_i p_ij`` and
+3. **shape**: Pearson's chi-square of the 10-bin PIT histogram against flat, 9 degrees of freedom:
+   any other departure from uniform (e.g. a regular stream's missing short waits, which leave the
+   first bins empty without moving the dispersion much).
+4. **marks**: with ``O_j`` the events of mark j, ``E_j = sum_i p_ij`` and
    ``V = sum_i (diag p_i - p_i p_i^T)``, ``(O - E)^T V^+ (O - E)`` is chi-square with rank(V)
    degrees of freedom (martingale central limit theorem). It is order-free: a PIT of a mark would
    depend on an arbitrary order of the marks.
@@ -43,11 +46,19 @@ from torch import Tensor
 from service.calibration import MIN_POINTS, Status
 
 ALPHA = 1e-3  # false-alarm probability of one check of a calibrated session
-TESTS = 3
+TESTS = 4
 PIT_BINS = 10
 PIT_MAX = 1 - 1e-16  # u is clipped here, so a wait the model deemed impossible adds 36.8 to sum Lambda, not inf
-_DISPERSION_Z = NormalDist().inv_cdf(1 - ALPHA / TESTS / 2)  # 3.59
 _VECTORS = ("pit", "observed", "expected", "covariance")  # tuple fields, summed element by element
+
+
+def _f64(value: float) -> Tensor:
+    return torch.tensor(float(value), dtype=torch.float64)
+
+
+def _chi_square_p_value(statistic: float, degrees: int) -> float:
+    """P(chi-square with ``degrees`` degrees of freedom >= statistic)."""
+    return float(torch.special.gammaincc(_f64(degrees / 2), _f64(statistic / 2)))
 
 
 @dataclass(frozen=True)
@@ -121,14 +132,16 @@ class EventScores:
 
     # ---- what the numbers say ----------------------------------------------------------------------
     def p_values(self) -> dict[str, float]:
-        """Two-sided p-values of the rate and dispersion tests, and the marks' chi-square p-value."""
-        n = torch.tensor(float(self.events), dtype=torch.float64)
-        total = torch.tensor(self.compensator, dtype=torch.float64)
-        below = float(torch.special.gammainc(n, total))  # P(Gamma(n, 1) <= sum Lambda)
+        """Two-sided p-values of the rate and dispersion tests, and the chi-square p-values of the
+        PIT histogram and of the marks."""
+        below = float(torch.special.gammainc(_f64(self.events), _f64(self.compensator)))  # P(Gamma(n, 1) <= sum)
         z = (self.pit_dispersion - self.events / 12) / math.sqrt(self.events / 180)
+        expected = self.events / PIT_BINS
+        shape = sum((count - expected) ** 2 for count in self.pit) / expected
         return {
             "rate": min(1.0, 2 * min(below, 1 - below)),
             "dispersion": 2 * NormalDist().cdf(-abs(z)),
+            "shape": _chi_square_p_value(shape, PIT_BINS - 1),
             "marks": self._marks_p_value(),
         }
 
@@ -140,8 +153,7 @@ class EventScores:
         if rank == 0:
             return 1.0
         statistic = float(residual @ np.linalg.pinv(covariance, rcond=1e-9, hermitian=True) @ residual)
-        half = torch.tensor(rank / 2, dtype=torch.float64)
-        return float(torch.special.gammaincc(half, torch.tensor(statistic / 2, dtype=torch.float64)))
+        return _chi_square_p_value(statistic, rank)
 
     def verdict(self) -> tuple[Status, list[str]]:
         """The status and, when miscalibrated, why (see the module docstring for the tests)."""
@@ -163,6 +175,11 @@ class EventScores:
             reasons.append(
                 f"waits are {shape} than forecast: the mean (PIT - 1/2)^2 over {n} events is {variance:.4f}, where "
                 f"calibrated forecasts give 1/12 = 0.0833 (p = {p['dispersion']:.1e} < {level:.1e})"
+            )
+        if p["shape"] < level:
+            reasons.append(
+                f"the waits' PITs are not uniform: histogram {list(self.pit)} over {n} events, where calibrated "
+                f"forecasts give {n / PIT_BINS:g} per bin (chi-square p = {p['shape']:.1e} < {level:.1e})"
             )
         if p["marks"] < level:
             counts = ", ".join(f"{o:.0f} vs {e:.1f}" for o, e in zip(self.observed, self.expected, strict=True))
