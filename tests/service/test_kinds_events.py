@@ -16,13 +16,16 @@ from service.folded_states import FoldedStates
 from service.kinds.events import EVENTS, EventParams, EventPost, Forecast, Forecasted
 from service.kinds.events_calibration import EventScores
 from service.registry import ModelRegistry, ServedModel
-from service.store import Session, Snapshot
+from service.store import Session, Snapshot, session_keys
 from tests.service.helpers import (
+    API_KEYS,
     AUTH,
+    DEFAULT_FOLD_THRESHOLD,
     assert_same_event_state,
     event_stream,
     raw_session,
     stored_event_state,
+    wait_for_folds,
 )
 
 MODEL = "tiny-events"
@@ -322,3 +325,23 @@ def test_metrics_count_event_posts_and_forecasts(server: str, client: CMANPClien
     client.forecast(session.session_id)
     after = httpx.get(f"{server}/metrics").text
     assert [_metric(after, n) - _metric(before, n) for n in names] == [2, 4, 1]
+
+
+def test_the_state_stays_the_same_size_and_other_tenants_see_no_session(
+    server: str, client: CMANPClient, session: EventSessionInfo, redis_client, model: ServedModel
+) -> None:
+    t, k = user_stream(600, seed=6)
+    for i in range(0, 600, 200):
+        client.add_events(session.session_id, t[i : i + 200], k[i : i + 200])
+    wait_for_folds(redis_client, session.session_id, DEFAULT_FOLD_THRESHOLD)
+    blob = redis_client.get(session_keys(session.session_id)[1])
+    assert blob is not None and len(blob) == len(model.empty_state) == session.state_bytes  # folded, same size
+    assert client.get_session(session.session_id).state_bytes == len(blob)
+    bob = {"Authorization": f"Bearer {API_KEYS['bob']}"}
+    for method, route, body in (
+        ("GET", "", None),
+        ("POST", "/events", {"times": [1e4], "marks": [0]}),
+        ("POST", "/forecast", {}),
+    ):
+        r = httpx.request(method, f"{server}/v1/sessions/{session.session_id}{route}", json=body, headers=bob)
+        assert r.status_code == 404
