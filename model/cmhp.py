@@ -362,6 +362,30 @@ class CMHP(FingerprintedModel):
         out = log_density + mark_logp.double().gather(-1, k_next)
         return out.squeeze(-1) if single else out
 
+    def waiting_time_cdf(self, state: CMHPState, t_next: Tensor, now: Tensor | float | None = None) -> Tensor:
+        """P(next event at or before t_next | none in (latest event, now]) = 1 - S(t_next - a) / S(now - a).
+
+        t_next: [B] or [B, m]; ``now`` as in ``log_prob_next``. Read at the observed next event, this
+        is its waiting time's probability integral transform: uniform, and independent from event to
+        event, when the model is calibrated (what the service's calibration of event sessions tests).
+        Returns float64 of t_next's shape.
+        """
+        self.check_state(state)
+        now = self._now(state, now)
+        t_next = self._times(t_next, "t_next")
+        single = t_next.ndim == 1
+        t_next = t_next.unsqueeze(-1) if single else t_next
+        if t_next.ndim != 2 or t_next.shape[0] != state.batch_size:
+            raise ValueError(f"t_next must have shape [{state.batch_size}] or [{state.batch_size}, m]")
+        if (t_next < now.unsqueeze(-1)).any():
+            raise ValueError("t_next is before now: the next event is after the forecast time")
+        mixture, _, anchor = self._next(state, now)
+        log_ratio = mixture.log_survival(t_next - anchor.unsqueeze(-1)) - mixture.log_survival(
+            (now - anchor).unsqueeze(-1)
+        )
+        out = -torch.expm1(log_ratio.clamp_max(0))
+        return out.squeeze(-1) if single else out
+
     def next_event(
         self, state: CMHPState, now: Tensor | float | None = None, quantiles: Sequence[float] = (0.05, 0.5, 0.95)
     ) -> NextEvent:

@@ -55,6 +55,13 @@ class CMHPState:
     def fingerprint(self) -> str:
         return self.acc.fingerprint
 
+    @staticmethod
+    def concat(states: list[CMHPState]) -> CMHPState:
+        """One batch of the states' histories, in order (a single state is returned as it is)."""
+        if len(states) == 1:
+            return states[0]
+        return CMHPState(CMANPState.concat([s.acc for s in states]), torch.cat([s.last_time for s in states]))
+
     def tile(self, copies: int) -> CMHPState:
         """``copies`` independent copies of the batch, copy-major ([copies * B]); self is untouched."""
         return CMHPState(self.acc.tile(copies), self.last_time.repeat(copies))

@@ -1,13 +1,15 @@
 """Python clients for the service: ``CMANPClient`` (blocking) and ``AsyncCMANPClient`` (asyncio), on httpx.
 
 Results are typed dataclasses; points and predictions are numpy arrays (a 1-D array means one
-feature per point). Failures come back as ``CMANPError`` carrying the problem details.
+feature per point). Failures come back as ``CMANPError`` carrying the problem details. Sessions of
+regression models take points (``add_context``, ``predict``), sessions of event models take events
+(``add_events``, ``forecast``).
 
 Transient failures (connection errors, timeouts, 502/503/504, and 429 from the rate limit) are
-retried with exponential backoff, honouring ``Retry-After``. Each ``add_context`` call generates one Idempotency-Key and
-sends it with every retry, so a retry whose first attempt did reach the server applies nothing
-twice. ``create_session`` is only retried when the server cannot have acted on the request (it
-could not be reached, or it answered 429 or 503).
+retried with exponential backoff, honouring ``Retry-After``. Each ``add_context`` and ``add_events``
+call generates one Idempotency-Key and sends it with every retry, so a retry whose first attempt
+did reach the server applies nothing twice. ``create_session`` is only retried when the server
+cannot have acted on the request (it could not be reached, or it answered 429 or 503).
 """
 
 from __future__ import annotations
@@ -55,6 +57,26 @@ class SessionInfo:
     out_of_range_fraction: float
     calibration: dict[str, Any]  # status, coverage, PIT histogram, ... (see the API docs)
     y_scaling: str = "given"  # or "auto-provisional" / "auto-fixed" ("y_transform": "auto")
+    kind: str = "regression"
+
+
+@dataclass(frozen=True)
+class EventSessionInfo:
+    session_id: str
+    model: str
+    model_fingerprint: str
+    num_events: int
+    version: int
+    state_bytes: int
+    ttl_seconds: int
+    created_at: str
+    expires_at: str
+    time_origin: float
+    time_scale: float  # user time units per model time unit
+    num_marks: int
+    last_time: float | None  # the latest event time posted; None before the first
+    calibration: dict[str, Any]  # status, PIT histogram, compensator, marks, ... (see the API docs)
+    kind: str = "events"
 
 
 @dataclass(frozen=True)
@@ -62,6 +84,35 @@ class ContextResult:
     num_points: int
     version: int  # context posts applied to the session so far
     replayed: bool  # the server had seen this Idempotency-Key: nothing was applied
+
+
+@dataclass(frozen=True)
+class EventsResult:
+    num_events: int
+    version: int  # event posts applied to the session so far
+    last_time: float  # the session's latest event time
+    replayed: bool  # the server had seen this Idempotency-Key: nothing was applied
+
+
+@dataclass(frozen=True)
+class EventForecast:
+    """The next event after ``now`` (user units); with a horizon, the expected events in it."""
+
+    now: float
+    last_time: float | None
+    num_events: int
+    version: int
+    quantiles: np.ndarray  # [Q] levels
+    wait_quantiles: np.ndarray  # [Q] waiting times from now
+    mean_wait: float
+    mark_probabilities: np.ndarray  # [num_marks]
+    warnings: list[str]
+    horizon: float | None = None
+    expected_events: float | None = None  # in (now, now + horizon], from count_samples sampled futures
+    expected_events_std_error: float | None = None
+    count_samples: int | None = None
+    seed: int | None = None
+    samples: list[tuple[np.ndarray, np.ndarray]] | None = None  # (times, marks) per sampled future
 
 
 @dataclass(frozen=True)
@@ -79,14 +130,16 @@ class Prediction:
 class ModelInfo:
     name: str
     fingerprint: str
-    dim_x: int
-    dim_y: int
-    x_range: tuple[float, float]
+    dim_x: int | None  # dim_x, dim_y and x_range: regression models only
+    dim_y: int | None
+    x_range: tuple[float, float] | None
     config: dict[str, Any]
     metrics: dict[str, Any] | None
     default: bool
     joint_block_size: int | None = None  # set for models with a joint head (covariances, samples)
     y_transform_default: str | None = None  # "auto": sessions without a y_transform scale themselves
+    session_kind: str = "regression"  # or "events"
+    num_marks: int | None = None  # event models: marks 0..num_marks-1
 
 
 def _from_json(cls: type[T], data: dict[str, Any]) -> T:
@@ -122,20 +175,28 @@ class _Call:
 # ---- requests and results, shared by both clients ------------------------------------------------
 
 
-def _create_call(
-    model: str | None,
-    x_transform: dict[str, Any] | None,
-    y_transform: dict[str, Any] | str | None,
-    ttl_seconds: int | None,
-) -> _Call:
-    body = {"model": model, "x_transform": x_transform, "y_transform": y_transform, "ttl_seconds": ttl_seconds}
-    return _Call("POST", "/v1/sessions", {k: v for k, v in body.items() if v is not None}, idempotent=False)
+def _create_call(**fields: Any) -> _Call:
+    return _Call("POST", "/v1/sessions", {k: v for k, v in fields.items() if v is not None}, idempotent=False)
 
 
 def _context_call(session_id: str, x: ArrayLike, y: ArrayLike, idempotency_key: str | None) -> _Call:
     body = {"x": _points(x, "x"), "y": _points(y, "y")}
     headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
     return _Call("POST", f"/v1/sessions/{session_id}/context", body, headers)
+
+
+def _events_call(session_id: str, times: ArrayLike, marks: ArrayLike, idempotency_key: str | None) -> _Call:
+    t = np.asarray(times, dtype=np.float64).reshape(-1)
+    if not np.isfinite(t).all():
+        raise ValueError("times contains NaN or Inf")
+    body = {"times": t, "marks": np.asarray(marks, dtype=np.int64).reshape(-1)}
+    headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+    return _Call("POST", f"/v1/sessions/{session_id}/events", body, headers)
+
+
+def _forecast_call(session_id: str, **fields: Any) -> _Call:
+    body = {k: v for k, v in fields.items() if v is not None}
+    return _Call("POST", f"/v1/sessions/{session_id}/forecast", body)
 
 
 def _predict_call(session_id: str, x: ArrayLike, joint: bool, num_samples: int | None, seed: int | None) -> _Call:
@@ -146,14 +207,32 @@ def _predict_call(session_id: str, x: ArrayLike, joint: bool, num_samples: int |
     return _Call("POST", f"/v1/sessions/{session_id}/predict", body)
 
 
-def _session(response: httpx.Response) -> SessionInfo:
-    return _from_json(SessionInfo, response.json())
+def _session(response: httpx.Response) -> SessionInfo | EventSessionInfo:
+    data = response.json()
+    return _from_json(EventSessionInfo if data.get("kind") == "events" else SessionInfo, data)
 
 
 def _context_result(response: httpx.Response) -> ContextResult:
     data = response.json()
     replayed = response.headers.get("Idempotent-Replayed") == "true"
     return ContextResult(data["num_points"], data["version"], replayed)
+
+
+def _events_result(response: httpx.Response) -> EventsResult:
+    data = response.json()
+    replayed = response.headers.get("Idempotent-Replayed") == "true"
+    return EventsResult(data["num_events"], data["version"], data["last_time"], replayed)
+
+
+def _event_forecast(response: httpx.Response) -> EventForecast:
+    data = response.json()
+    arrays = {k: np.asarray(data[k], dtype=np.float64) for k in ("quantiles", "wait_quantiles", "mark_probabilities")}
+    samples = data.get("samples")
+    if samples is not None:
+        data["samples"] = [
+            (np.asarray(s["times"], dtype=np.float64), np.asarray(s["marks"], np.int64)) for s in samples
+        ]
+    return _from_json(EventForecast, data | arrays)
 
 
 def _prediction(response: httpx.Response) -> Prediction:
@@ -246,8 +325,20 @@ class CMANPClient:
         x_transform: dict[str, Any] | None = None,
         y_transform: dict[str, Any] | str | None = None,
         ttl_seconds: int | None = None,
-    ) -> SessionInfo:
-        return _session(self._send(_create_call(model, x_transform, y_transform, ttl_seconds)))
+        *,
+        time_origin: float | None = None,
+        time_scale: float | None = None,
+    ) -> SessionInfo | EventSessionInfo:
+        """A session of the kind ``model`` serves: x/y transforms for regression, the clock for events."""
+        call = _create_call(
+            model=model,
+            x_transform=x_transform,
+            y_transform=y_transform,
+            ttl_seconds=ttl_seconds,
+            time_origin=time_origin,
+            time_scale=time_scale,
+        )
+        return _session(self._send(call))
 
     def add_context(
         self, session_id: str, x: ArrayLike, y: ArrayLike, idempotency_key: str | None = None
@@ -266,7 +357,28 @@ class CMANPClient:
         (``seed`` makes them reproducible). Both need a model with a joint head."""
         return _prediction(self._send(_predict_call(session_id, x, joint, num_samples, seed)))
 
-    def get_session(self, session_id: str) -> SessionInfo:
+    def add_events(
+        self, session_id: str, times: ArrayLike, marks: ArrayLike, idempotency_key: str | None = None
+    ) -> EventsResult:
+        """Post events (times non-decreasing, none before the session's last event; 409 otherwise)."""
+        return _events_result(self._send(_events_call(session_id, times, marks, idempotency_key)))
+
+    def forecast(
+        self,
+        session_id: str,
+        now: float | None = None,
+        quantiles: ArrayLike | None = None,
+        horizon: float | None = None,
+        num_samples: int | None = None,
+        seed: int | None = None,
+    ) -> EventForecast:
+        """The next event after ``now`` (default: the last event); with ``horizon``, the expected number of
+        events in (now, now + horizon]; with ``num_samples``, sampled futures (``seed``: reproducible)."""
+        q = None if quantiles is None else np.asarray(quantiles, dtype=np.float64).reshape(-1)
+        call = _forecast_call(session_id, now=now, quantiles=q, horizon=horizon, num_samples=num_samples, seed=seed)
+        return _event_forecast(self._send(call))
+
+    def get_session(self, session_id: str) -> SessionInfo | EventSessionInfo:
         return _session(self._send(_Call("GET", f"/v1/sessions/{session_id}")))
 
     def delete_session(self, session_id: str) -> None:
@@ -326,8 +438,20 @@ class AsyncCMANPClient:
         x_transform: dict[str, Any] | None = None,
         y_transform: dict[str, Any] | str | None = None,
         ttl_seconds: int | None = None,
-    ) -> SessionInfo:
-        return _session(await self._send(_create_call(model, x_transform, y_transform, ttl_seconds)))
+        *,
+        time_origin: float | None = None,
+        time_scale: float | None = None,
+    ) -> SessionInfo | EventSessionInfo:
+        """See ``CMANPClient.create_session``."""
+        call = _create_call(
+            model=model,
+            x_transform=x_transform,
+            y_transform=y_transform,
+            ttl_seconds=ttl_seconds,
+            time_origin=time_origin,
+            time_scale=time_scale,
+        )
+        return _session(await self._send(call))
 
     async def add_context(
         self, session_id: str, x: ArrayLike, y: ArrayLike, idempotency_key: str | None = None
@@ -345,7 +469,27 @@ class AsyncCMANPClient:
         """See ``CMANPClient.predict``."""
         return _prediction(await self._send(_predict_call(session_id, x, joint, num_samples, seed)))
 
-    async def get_session(self, session_id: str) -> SessionInfo:
+    async def add_events(
+        self, session_id: str, times: ArrayLike, marks: ArrayLike, idempotency_key: str | None = None
+    ) -> EventsResult:
+        """See ``CMANPClient.add_events``."""
+        return _events_result(await self._send(_events_call(session_id, times, marks, idempotency_key)))
+
+    async def forecast(
+        self,
+        session_id: str,
+        now: float | None = None,
+        quantiles: ArrayLike | None = None,
+        horizon: float | None = None,
+        num_samples: int | None = None,
+        seed: int | None = None,
+    ) -> EventForecast:
+        """See ``CMANPClient.forecast``."""
+        q = None if quantiles is None else np.asarray(quantiles, dtype=np.float64).reshape(-1)
+        call = _forecast_call(session_id, now=now, quantiles=q, horizon=horizon, num_samples=num_samples, seed=seed)
+        return _event_forecast(await self._send(call))
+
+    async def get_session(self, session_id: str) -> SessionInfo | EventSessionInfo:
         return _session(await self._send(_Call("GET", f"/v1/sessions/{session_id}")))
 
     async def delete_session(self, session_id: str) -> None:

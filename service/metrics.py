@@ -8,13 +8,15 @@ the workers, including workers that have exited since the service started.
 Requests are labelled by route template (``/v1/sessions/{session_id}``), never by raw path, so
 session ids cannot blow up the label cardinality.
 
-Calibration (``service.kinds.regression_calibration``) is aggregated across sessions per model, from the folds
-this process committed: counters of scored values, interval hits and PIT bins (sum them across
-processes), and coverage gauges, this process's hits / scored values since it started. A ratio
-cannot be summed, and the max or the latest of the workers' ratios would pass one worker's share
-of the traffic off as the service's; so with several workers each live worker's gauge is shown,
-labelled by its ``pid`` (multiprocess mode ``liveall``), and the service-wide coverage is the
-ratio of the summed counters (``cmanp_calibration_covered_values_total / cmanp_calibration_scored_values_total``).
+Calibration is aggregated across sessions per model, from the folds this process committed. Event
+sessions (``service.kinds.events_calibration``): counters of scored events and of their waiting-time
+PIT bins. Regression sessions (``service.kinds.regression_calibration``): counters of scored values,
+interval hits and PIT bins (sum them across processes), and coverage gauges, this process's hits /
+scored values since it started. A ratio cannot be summed, and the max or the latest of the
+workers' ratios would pass one worker's share of the traffic off as the service's; so with
+several workers each live worker's gauge is shown, labelled by its ``pid`` (multiprocess mode
+``liveall``), and the service-wide coverage is the ratio of the summed counters
+(``cmanp_calibration_covered_values_total / cmanp_calibration_scored_values_total``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.kinds.events_calibration import EventScores
 from service.kinds.regression_calibration import LEVELS, PIT_BINS, Aggregates
 
 MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus-client when it is imported
@@ -49,6 +52,9 @@ class Metrics:
         self.idempotent_replays = counter("idempotent_replays", "context posts answered from an idempotency record")
         self.predictions = counter("predictions", "predict requests served")
         self.predicted_points = counter("predicted_points", "query points predicted")
+        self.event_posts = counter("event_posts", "event posts applied to a session state (updates)")
+        self.events = counter("events", "events applied")
+        self.forecasts = counter("forecasts", "forecast requests served")
         self.sessions_created = counter("sessions_created", "sessions created")
         self.sessions_deleted = counter("sessions_deleted", "sessions deleted")
         self.scored_values = counter("calibration_scored_values", "context values scored before folding", ("model",))
@@ -66,6 +72,10 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="liveall",
         )
+        self.scored_events = counter("event_calibration_scored_events", "events scored before folding", ("model",))
+        self.event_pit = counter(
+            "event_calibration_pit_events", "scored events per waiting-time PIT bin [bin, bin + 0.1)", ("model", "bin")
+        )
         self._calibration: dict[str, Aggregates] = {}  # per model, this process's folds
 
     def record_fold(self, model: str, folded: Aggregates) -> None:
@@ -81,6 +91,12 @@ class Metrics:
         if coverage is not None:  # None until this process has scored a value of the model
             for level, fraction in zip(LEVELS, coverage, strict=True):
                 self.coverage.labels(model, f"{level:g}").set(fraction)
+
+    def record_event_fold(self, model: str, folded: EventScores) -> None:
+        """Add a committed fold's event calibration sums to the model's counters."""
+        self.scored_events.labels(model).inc(folded.events)
+        for i, count in enumerate(folded.pit):
+            self.event_pit.labels(model, f"{i / len(folded.pit):.1f}").inc(count)
 
     def middleware(self, app: ASGIApp) -> ASGIApp:
         """Pure ASGI middleware that counts and times every HTTP request.

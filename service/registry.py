@@ -1,7 +1,9 @@
 """The served models: every ``*.safetensors`` in the checkpoint directory, named by file stem.
 
-A model card sidecar ``<stem>.json`` (headline eval numbers) is served as the model's metrics
-when present; its ``y_range``, the training output range, feeds the range guard
+Models of every kind are served side by side: regression models (``NeuralProcess``) and event
+models (``CMHP``); each declares the kind of session it serves (``session_kind``). A model card
+sidecar ``<stem>.json`` (headline eval numbers) is served as the model's metrics when present;
+for a regression model its ``y_range``, the training output range, feeds the range guard
 (``service.training_range``). Sessions pin a model's name and fingerprint; ``pinned`` refuses a session whose
 model is gone or was replaced by different weights, so a session never gets silently wrong
 predictions from a model that did not build its state.
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from model import NeuralProcess, load_checkpoint
+from model.checkpoint import Model
 from service.errors import ConflictError, NotFoundError
 from service.training_range import TrainingRange
 
@@ -25,10 +28,12 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ServedModel:
     name: str
-    net: NeuralProcess
+    net: Model
     metrics: dict[str, Any] | None
     empty_state: bytes  # the state blob of a new session
-    training_range: TrainingRange
+    # The inputs and outputs a regression model was trained on; None for a model whose data are not
+    # points (x, y), such as an event model.
+    training_range: TrainingRange | None
     # The card's "y_transform_default": "auto" for a model trained on standardised data (sessions that
     # give no y_transform are scaled from their own points); None: the identity, as for the paper model.
     y_transform_default: str | None = None
@@ -38,7 +43,12 @@ class ServedModel:
         return self.net.fingerprint
 
     @property
-    def dim_x(self) -> int:
+    def session_kind(self) -> str:
+        """The kind of session the model serves (``service.kinds``)."""
+        return self.net.session_kind
+
+    @property
+    def dim_x(self) -> int:  # regression models only, as dim_y and training_range
         return self.net.cfg.dim_x
 
     @property
@@ -57,7 +67,9 @@ class ServedModel:
         metrics = json.loads(card.read_text()) if card.is_file() else None
         y_range = (metrics or {}).pop("y_range", None)
         y_default = (metrics or {}).pop("y_transform_default", None)
-        training_range = TrainingRange(net.cfg.x_range, tuple(y_range) if y_range else None)
+        training_range = None
+        if isinstance(net, NeuralProcess):
+            training_range = TrainingRange(net.cfg.x_range, tuple(y_range) if y_range else None)
         return cls(path.stem, net, metrics, net.empty_state(batch_size=1).to_bytes(), training_range, y_default)
 
 

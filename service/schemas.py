@@ -151,9 +151,18 @@ class AffineOut(BaseModel):
 
 
 class CreateSession(Body):
+    """A new session of the kind its model serves; each kind takes its own parameters (regression:
+    x_transform, y_transform; events: time_origin, time_scale), and refuses the others'."""
+
     model: str | None = Field(None, description="a name from GET /v1/models; default: the default model")
     x_transform: XTransform | None = None
     y_transform: YTransform | None = None
+    time_origin: FiniteFloat | None = Field(
+        None, description="event sessions: the user time that is the model's time 0 (e.g. an epoch second); default 0"
+    )
+    time_scale: PositiveFloat | None = Field(
+        None, description="event sessions: user time units per model time unit; default 1"
+    )
     ttl_seconds: int | None = Field(None, ge=1, description="idle expiry; default: CMANP_SESSION_TTL_SECONDS")
 
 
@@ -180,6 +189,7 @@ class CalibrationReport(ScoreReport):
 
 
 class SessionInfo(BaseModel):
+    kind: Literal["regression"] = "regression"
     session_id: str
     model: str
     model_fingerprint: str
@@ -201,6 +211,118 @@ class SessionInfo(BaseModel):
         description="fraction of the points whose x or y lies outside the model's training range (model units)"
     )
     calibration: CalibrationReport
+
+
+class EventCalibrationReport(BaseModel):
+    """An event session's calibration: each event (but the first) scored by the forecast made at the
+    event before it (docs/SERVICE.md, "Event sessions")."""
+
+    enabled: bool = Field(description="whether this server scores events (CMANP_CALIBRATION)")
+    status: Literal["ok", "insufficient_data", "miscalibrated"]
+    reasons: list[str] = Field(description="why the status is miscalibrated; empty otherwise")
+    scored_events: int
+    mean_log_likelihood: float | None = Field(description="per event, of its wait and mark (model time units)")
+    mean_mark_log_likelihood: float | None
+    mean_compensator: float | None = Field(description="mean time-rescaled wait -log(1 - PIT); calibrated: 1")
+    pit_mean: float | None = Field(description="of the waits' PITs; calibrated: 0.5")
+    pit_variance: float | None = Field(description="of the waits' PITs; calibrated: 1/12 = 0.0833")
+    pit_histogram: list[int] = Field(
+        description="counts of the waits' PITs in 10 equal bins of [0, 1]; calibrated: flat"
+    )
+    mark_observed: list[int] = Field(description="scored events per mark")
+    mark_expected: list[float] = Field(description="per mark, the sum of its forecast probabilities")
+
+
+class EventSessionInfo(BaseModel):
+    kind: Literal["events"] = "events"
+    session_id: str
+    model: str
+    model_fingerprint: str
+    num_points: int = Field(description="events applied (the same as num_events)")
+    num_events: int
+    version: int = Field(description="number of event posts applied")
+    state_bytes: int
+    ttl_seconds: int
+    created_at: str
+    expires_at: str
+    time_origin: float
+    time_scale: float
+    num_marks: int = Field(description="marks are 0..num_marks-1")
+    last_time: float | None = Field(description="the latest event time posted (user units); null before the first")
+    calibration: EventCalibrationReport
+
+
+AnySessionInfo = Annotated[SessionInfo | EventSessionInfo, Field(discriminator="kind")]
+
+
+class Events(Body):
+    times: list[FiniteFloat] = Field(
+        min_length=1, description="event times in the session's units, non-decreasing, none before its last event"
+    )
+    marks: list[Annotated[int, Field(strict=True)]] = Field(description="one mark per event, 0..num_marks-1")
+
+    @model_validator(mode="after")
+    def _same_length(self) -> Events:
+        if len(self.times) != len(self.marks):
+            raise ValueError(f"times has {plural(len(self.times), 'event')} but marks has {len(self.marks)}")
+        return self
+
+
+class EventsResult(BaseModel):
+    num_events: int
+    version: int
+    last_time: float = Field(description="the latest event time of the session (user units)")
+
+
+Probability = Annotated[float, Field(strict=True, gt=0, lt=1)]
+
+
+class ForecastQuery(Body):
+    now: FiniteFloat | None = Field(
+        None, description="when the forecast is made (user units), at or after the last event; default: the last event"
+    )
+    quantiles: list[Probability] = Field(
+        [0.05, 0.5, 0.95], min_length=1, max_length=99, description="levels of the waiting-time quantiles"
+    )
+    horizon: PositiveFloat | None = Field(
+        None, description="also estimate the number of events in (now, now + horizon] from sampled futures"
+    )
+    num_samples: int | None = Field(
+        None, strict=True, ge=1, description="also return this many sampled futures up to the horizon (needs horizon)"
+    )
+    seed: int | None = Field(
+        None, strict=True, ge=0, lt=2**63, description="seed of the sampled futures, for reproducible draws"
+    )
+
+    @model_validator(mode="after")
+    def _sampling_needs_a_horizon(self) -> ForecastQuery:
+        for name in ("num_samples", "seed"):
+            if getattr(self, name) is not None and self.horizon is None:
+                raise ValueError(f"{name} is only used with horizon")
+        return self
+
+
+class SampledEvents(BaseModel):
+    times: list[float]
+    marks: list[int]
+
+
+class EventForecast(BaseModel):
+    now: float
+    last_time: float | None
+    num_events: int
+    version: int
+    quantiles: list[float]
+    wait_quantiles: list[float] = Field(description="waiting times from now (user units) at the quantile levels")
+    mean_wait: float
+    mark_probabilities: list[float] = Field(description="of the next event's mark, 0..num_marks-1")
+    horizon: float | None = None
+    expected_events: float | None = Field(None, description="mean number of sampled events in (now, now + horizon]")
+    expected_events_std_error: float | None = Field(None, description="its Monte-Carlo standard error")
+    count_samples: int | None = Field(None, description="the number of sampled futures behind expected_events")
+    seed: int | None = Field(None, description="the seed of the sampled futures (reuse it to draw them again)")
+    samples: list[SampledEvents] | None = Field(None, description="num_samples only: sampled futures")
+    warnings: list[str]
 
 
 class Context(PointsBody):
@@ -270,19 +392,25 @@ class Prediction(BaseModel):
 class ModelInfo(BaseModel):
     name: str
     fingerprint: str
-    dim_x: int
-    dim_y: int
-    x_range: tuple[float, float]
-    y_range: tuple[float, float] | None = Field(description="training output range (model card); None: not stated")
+    session_kind: str = Field(description="the kind of session the model serves: regression or events")
     config: dict[str, Any]
     metrics: dict[str, Any] | None = Field(description="headline eval numbers from the model card, if any")
     default: bool
+    # regression models
+    dim_x: int | None = None
+    dim_y: int | None = None
+    x_range: tuple[float, float] | None = Field(None, description="training input range (regression models)")
+    y_range: tuple[float, float] | None = Field(
+        None, description="training output range (model card); None: not stated, or not a regression model"
+    )
     y_transform_default: str | None = Field(
-        description='"auto": sessions that give no y_transform are scaled from their own points; null: identity'
+        None, description='"auto": sessions that give no y_transform are scaled from their own points; null: identity'
     )
     joint_block_size: int | None = Field(
-        description="targets per joint block (b_Q) of a model with a joint head (joint, num_samples); else null"
+        None, description="targets per joint block (b_Q) of a model with a joint head (joint, num_samples); else null"
     )
+    # event models
+    num_marks: int | None = Field(None, description="event models: marks are 0..num_marks-1")
 
 
 class ModelList(BaseModel):

@@ -14,7 +14,7 @@ and numbers it never interprets. A kind gives them meaning, for the models that 
   that does not hold it (``service.calibration``); the scores become the fold's sums.
 - **calibration** (``score_log``, ``calibration``): the scores of the unfolded log, computed
   without writing, and the kind's scores read back from the committed sums. Each kind has its own
-  (Gaussian z-scores for regression; time-rescaled residuals would suit event streams).
+  (Gaussian z-scores for regression; waiting-time PITs and time-rescaled waits for events).
 - **queries** (``answer``): a batch of queries, each on its own session's snapshot; the service
   batches concurrent ones (``service.batcher``) and caches folded states (``service.folded_states``).
 

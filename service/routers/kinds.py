@@ -18,7 +18,7 @@ from service.calibration import Calibration
 from service.errors import ConflictError
 from service.kinds.base import SessionKind
 from service.registry import ServedModel
-from service.routers import regression
+from service.routers import events, regression
 from service.schemas import CreateSession
 from service.store import Session, Snapshot
 
@@ -29,17 +29,40 @@ ParamsFn = Callable[[CreateSession, ServedModel], dict[str, str]]
 InfoFn = Callable[[dict[str, Any], Session, Calibration, bool, ServedModel | None, Snapshot | None], BaseModel]
 
 
+# The kind's fields of a served model's entry in GET /v1/models (e.g. dim_x for regression).
+DescribeFn = Callable[[ServedModel], dict[str, Any]]
+
+
 @dataclass(frozen=True)
 class KindRoutes:
     kind: SessionKind
     router: APIRouter  # the kind's own routes, e.g. POST /v1/sessions/{id}/context
+    create_fields: frozenset[str]  # the fields of CreateSession that are the kind's parameters
     params: ParamsFn
     info: InfoFn
+    describe: DescribeFn
 
 
 SERVED: dict[str, KindRoutes] = {
     routes.kind.name: routes
-    for routes in (KindRoutes(regression.REGRESSION, regression.router, regression.session_params, regression.info),)
+    for routes in (
+        KindRoutes(
+            regression.REGRESSION,
+            regression.router,
+            frozenset({"x_transform", "y_transform"}),
+            regression.session_params,
+            regression.info,
+            regression.describe,
+        ),
+        KindRoutes(
+            events.EVENTS,
+            events.router,
+            frozenset({"time_origin", "time_scale"}),
+            events.session_params,
+            events.info,
+            events.describe,
+        ),
+    )
 }
 
 

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from service.dependencies import ServicesDep, TenantDep
 from service.routers import API_PREFIX, PROBLEM_RESPONSES
+from service.routers.kinds import routes_of
 from service.schemas import ModelInfo, ModelList
 
 router = APIRouter(prefix=f"{API_PREFIX}/models", tags=["models"], responses=PROBLEM_RESPONSES)
@@ -18,15 +19,11 @@ async def list_models(services: ServicesDep, _: TenantDep) -> ModelList:
         ModelInfo(
             name=m.name,
             fingerprint=m.fingerprint,
-            dim_x=m.dim_x,
-            dim_y=m.dim_y,
-            x_range=m.training_range.x,
-            y_range=m.training_range.y,
+            session_kind=m.session_kind,
             config=m.net.cfg.to_dict(),
             metrics=m.metrics,
             default=m.name == registry.default,
-            joint_block_size=m.joint_block_size,
-            y_transform_default=m.y_transform_default,
+            **routes_of(m.session_kind).describe(m),
         )
         for m in registry.models.values()
     ]

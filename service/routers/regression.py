@@ -7,20 +7,20 @@ from these routes, and nothing changes.
 
 from __future__ import annotations
 
-import functools
-from typing import Annotated, Any, cast
+from typing import Any, cast
 
 import numpy as np
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Response
 
 from service.calibration import Calibration
 from service.dependencies import ServicesDep, TenantDep
-from service.errors import TooLargeError, UnprocessableError
+from service.errors import UnprocessableError
 from service.kinds.base import require_kind
 from service.kinds.regression import NAME, REGRESSION, Points, Predict, Predicted, RegressionParams
 from service.kinds.regression_calibration import Scores
 from service.registry import ServedModel
 from service.routers import API_PREFIX, PROBLEM_RESPONSES
+from service.routers.posts import IdempotencyKey, append, check_count
 from service.schemas import (
     Affine,
     AffineOut,
@@ -46,16 +46,6 @@ router = APIRouter(
     responses=PROBLEM_RESPONSES,
 )
 
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        min_length=1,
-        max_length=128,
-        description="repeats of a key (per session, the last keys are remembered) apply nothing "
-        "and return the original answer",
-    ),
-]
-
 
 # ---- what the common session routes ask of the kind ---------------------------------------------
 def _x_map(spec: Affine | Bounds | None, model: ServedModel) -> AffineMap:
@@ -76,6 +66,18 @@ def session_params(body: CreateSession, model: ServedModel) -> dict[str, str]:
     if isinstance(y_spec, Affine):
         y_map = affine_map(y_spec.shift, y_spec.scale, model.dim_y, "y_transform")
     return RegressionParams(x_map, y_map, y_auto=auto, y_fixed=not auto).to_fields()
+
+
+def describe(model: ServedModel) -> dict[str, Any]:
+    """A regression model's fields in GET /v1/models: its dimensions, training range and heads."""
+    return {
+        "dim_x": model.dim_x,
+        "dim_y": model.dim_y,
+        "x_range": model.training_range.x,
+        "y_range": model.training_range.y,
+        "y_transform_default": model.y_transform_default,
+        "joint_block_size": model.joint_block_size,
+    }
 
 
 def _affine_out(t: AffineMap) -> AffineOut:
@@ -115,13 +117,6 @@ def info(
 
 
 # ---- the kind's own routes ----------------------------------------------------------------------
-def _check_count(points: int, limit: int) -> None:
-    if points > limit:
-        raise TooLargeError(
-            f"{plural(points, 'point')} in one request; the limit is {limit} (CMANP_MAX_POINTS_PER_REQUEST)"
-        )
-
-
 @router.post("/{session_id}/context")
 async def add_context(
     session_id: str,
@@ -132,23 +127,17 @@ async def add_context(
     idempotency_key: IdempotencyKey = None,
 ) -> ContextResult:
     """Add points to the session's context; the answer counts every point applied so far."""
-    _check_count(len(body.x), services.settings.max_points_per_request)
+    check_count(len(body.x), "point", services)
     session = await services.store.fixed(session_id, tenant)  # counters not read here: the append returns them
     require_kind(session, NAME, "POST context")
     model = services.registry.pinned(session.model, session.fingerprint)
     entry = REGRESSION.encode(REGRESSION.params(session), Points(body.x, body.y, body.flat_fields))
-    compute_fold = functools.partial(services.inference.fold, REGRESSION, model)
 
     def record_fold(fold: Fold) -> None:
         services.metrics.record_fold(model.name, REGRESSION.calibration(fold.sums).forecast)
 
-    appended = await services.store.append(
-        session, entry.data, entry.points, idempotency_key, compute_fold, record_fold, entry.order
-    )
-    if appended.replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-        services.metrics.idempotent_replays.inc()
-    else:
+    appended = await append(services, REGRESSION, model, session, entry, idempotency_key, response, record_fold)
+    if not appended.replayed:
         services.metrics.context_posts.inc()
         services.metrics.context_points.inc(entry.points)
     return ContextResult(num_points=appended.num_points, version=appended.version)
@@ -185,7 +174,7 @@ async def predict(session_id: str, body: Query, services: ServicesDep, tenant: T
     ``joint`` adds the joint covariance, ``num_samples`` joint sample paths (models with a joint
     head). Sampling folds sampled values into in-memory copies only: the session never changes.
     """
-    _check_count(len(body.x), services.settings.max_points_per_request)
+    check_count(len(body.x), "point", services)
     snapshot = await services.store.snapshot(session_id, tenant)
     session = snapshot.session
     require_kind(session, NAME, "POST predict")

@@ -18,12 +18,14 @@ from fastapi import APIRouter, Response
 
 from service.dependencies import ServicesDep, TenantDep
 from service.errors import UnprocessableError
+from service.registry import ServedModel
 from service.routers import API_PREFIX, PROBLEM_RESPONSES
 from service.routers.kinds import routes_of
-from service.schemas import CreateSession, SessionInfo
+from service.schemas import AnySessionInfo, CreateSession
 from service.store import Session
 
 SESSION_ID_BYTES = 24  # 192 random bits
+COMMON_FIELDS = frozenset({"model", "ttl_seconds"})  # of CreateSession; the others are the kinds' parameters
 
 router = APIRouter(
     prefix=f"{API_PREFIX}/sessions",
@@ -51,15 +53,27 @@ def _common_info(session: Session) -> dict[str, Any]:
     }
 
 
+def _check_fields(body: CreateSession, kind_fields: frozenset[str], model: ServedModel) -> None:
+    """422 for parameters of another kind of session than the model serves (nothing is created)."""
+    given = {name for name in body.model_fields_set if getattr(body, name) is not None}
+    foreign = sorted(given - COMMON_FIELDS - kind_fields)
+    if foreign:
+        raise UnprocessableError(
+            f"{', '.join(foreign)}: not a parameter of {model.session_kind} sessions, which model {model.name!r} "
+            f"serves (their parameters: {', '.join(sorted(kind_fields))})"
+        )
+
+
 @router.post("", status_code=201)
 async def create_session(
     body: CreateSession, services: ServicesDep, tenant: TenantDep, response: Response
-) -> SessionInfo:
+) -> AnySessionInfo:
     """A new session of the kind its model serves; 403 when the tenant already has
     ``CMANP_MAX_SESSIONS_PER_TENANT`` live ones."""
     settings = services.settings
     model = services.registry.get(body.model)
-    routes = routes_of(model.net.session_kind)
+    routes = routes_of(model.session_kind)
+    _check_fields(body, routes.create_fields, model)
     ttl = body.ttl_seconds or settings.session_ttl_seconds
     if ttl > settings.max_session_ttl_seconds:
         raise UnprocessableError(f"ttl_seconds={ttl} exceeds the limit of {settings.max_session_ttl_seconds}")
@@ -86,7 +100,7 @@ async def create_session(
 
 
 @router.get("/{session_id}")
-async def get_session(session_id: str, services: ServicesDep, tenant: TenantDep) -> SessionInfo:
+async def get_session(session_id: str, services: ServicesDep, tenant: TenantDep) -> AnySessionInfo:
     """The session's metadata and its calibration."""
     snapshot = await services.store.snapshot(session_id, tenant)
     session = snapshot.session

@@ -277,6 +277,42 @@ def test_the_first_sampled_wait_follows_the_forecast(net):
     assert abs(below - 0.5) < 0.1  # binomial sd 0.025
 
 
+def test_the_waiting_time_cdf_integrates_the_density_and_hits_the_quantiles(net):
+    t, k = hawkes_events(n=20, batch=2, seed=14)
+    state = net.condition(t, k)
+    now = t[:, -1] + torch.tensor([0.0, 0.6], dtype=torch.float64)
+    s = torch.logspace(-9, 4, 60001, dtype=torch.float64).expand(2, -1)
+    with torch.no_grad():
+        density = sum(
+            net.log_prob_next(state, now.unsqueeze(1) + s, torch.full_like(s, m, dtype=torch.long), now).exp()
+            for m in range(3)
+        )
+        checked = torch.tensor([100, 30000, 50000])
+        cdf = net.waiting_time_cdf(state, now.unsqueeze(1) + s[:, checked], now)
+        nxt = net.next_event(state, now, quantiles=(0.1, 0.5, 0.9))
+        at_quantiles = net.waiting_time_cdf(state, now.unsqueeze(1) + nxt.quantiles, now)
+        at_now = net.waiting_time_cdf(state, now, now)
+    integral = torch.cumulative_trapezoid(density, s)[:, checked - 1]
+    torch.testing.assert_close(cdf, integral, rtol=0, atol=2e-3)
+    torch.testing.assert_close(
+        at_quantiles, torch.tensor([[0.1, 0.5, 0.9]] * 2, dtype=torch.float64), rtol=0, atol=1e-6
+    )
+    assert at_now.abs().max().item() < 1e-9
+    with pytest.raises(ValueError, match="before now"):
+        net.waiting_time_cdf(state, now - 0.1, now)
+
+
+def test_a_batch_of_concatenated_states_forecasts_as_each_state_alone(net):
+    t, k = hawkes_events(n=10, batch=2, seed=15)
+    a, b = net.condition(t[:1], k[:1]), net.condition(t[1:, :4], k[1:, :4])
+    both = CMHPState.concat([a, b])
+    assert CMHPState.concat([a]) is a and both.batch_size == 2
+    alone = [forecast(net, s, s.last_time + 0.3) for s in (a, b)]
+    assert_same_forecasts(
+        forecast(net, both, both.last_time + 0.3), {key: torch.cat([f[key] for f in alone]) for key in alone[0]}
+    )
+
+
 # ---- bad input -----------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("t", "k", "match"),

@@ -24,6 +24,7 @@ from tests.service.helpers import (
     TINY,
     TINY_AND,
     TINY_CARD,
+    TINY_EVENTS,
     build_checkpoint,
     live_server,
     make_settings,
@@ -50,13 +51,14 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 @pytest.fixture(scope="session")
 def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """'tiny' (the default model, with a model card), 'tiny-and' (with a joint head) and 'realistic'
-    (the shipped architecture, no card)."""
+    """'tiny' (the default model, with a model card), 'tiny-and' (with a joint head), 'realistic'
+    (the shipped architecture, no card) and 'tiny-events' (an event model: event sessions)."""
     directory = tmp_path_factory.mktemp("checkpoints")
     build_checkpoint(directory, "tiny", TINY, seed=0, card=TINY_CARD)
     build_checkpoint(directory, "tiny-and", TINY_AND, seed=0)
     shipped = json.loads((REPO / "configs" / "gp-rbf.json").read_text())["model"]
     build_checkpoint(directory, "realistic", CMANPConfig.from_dict(shipped), seed=0)
+    build_checkpoint(directory, "tiny-events", TINY_EVENTS, seed=0)
     return directory
 
 

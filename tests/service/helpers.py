@@ -22,7 +22,7 @@ import torch
 import uvicorn
 from fastapi import FastAPI
 
-from model import CMANP, CMANPANDConfig, CMANPConfig, CMANPState, save_checkpoint
+from model import CMANP, CMHP, CMANPANDConfig, CMANPConfig, CMANPState, CMHPConfig, CMHPState, save_checkpoint
 from model.checkpoint import build_model
 from service.app import create_app
 from service.settings import Settings
@@ -31,6 +31,7 @@ from service.store import KEY_PREFIX
 REPO = Path(__file__).resolve().parents[2]
 TINY = CMANPConfig(n_blocks=2, n_latents=16, d_model=32, ff_width=64, embed_depth=2)
 TINY_AND = CMANPANDConfig(**TINY.to_dict(), block_size=8, cov_features=4, cov_layers=1)  # a joint head, b_Q = 8
+TINY_EVENTS = CMHPConfig(num_marks=3, d_model=32, n_heads=4, n_blocks=2, n_latents=8, ff_width=64, components=4)
 API_KEYS = {"alice": "alice-key", "bob": "bob-key"}
 AUTH = {"Authorization": f"Bearer {API_KEYS['alice']}"}  # the request headers of tenant alice
 TINY_CARD = {"rbf_ll": 1.25, "matern_ll": 0.5}
@@ -39,7 +40,9 @@ BODY_LIMIT = 64 * 1024  # comfortably above 1000 points of JSON
 BOTH_BACKENDS = pytest.mark.parametrize("backend", ["redis", "cluster"], indirect=True)
 
 
-def build_checkpoint(directory: Path, name: str, config: CMANPConfig, seed: int, card: dict | None = None) -> Path:
+def build_checkpoint(
+    directory: Path, name: str, config: CMANPConfig | CMHPConfig, seed: int, card: dict | None = None
+) -> Path:
     torch.manual_seed(seed)
     path = directory / f"{name}.safetensors"
     save_checkpoint(build_model(config).eval(), path)
@@ -136,14 +139,20 @@ def wait_for_folds(client: redis.Redis, session_id: str, fold_threshold: int, ti
         time.sleep(0.005)
 
 
-def stored_state(client: redis.Redis, session_id: str, net: CMANP) -> CMANPState:
-    """The session's exact state as Redis holds it: the state blob (the empty state where no fold has
-    written one yet) with the unfolded log applied, read in one transaction (a fold may commit at any time)."""
+def _stored(client: redis.Redis, session_id: str) -> tuple[bytes | None, list[bytes]]:
+    """The session's state blob and unfolded log, read in one transaction (a fold may commit at any time)."""
     prefix = f"{KEY_PREFIX}:{{{session_id}}}"
     with client.pipeline(transaction=True) as pipe:
         pipe.get(f"{prefix}:state").lrange(f"{prefix}:log", 0, -1).hget(f"{prefix}:meta", "fold_epoch")
         blob, log, folds = pipe.execute()
     assert blob is not None or int(folds) == 0, "the state blob is missing after a fold"
+    return blob, log
+
+
+def stored_state(client: redis.Redis, session_id: str, net: CMANP) -> CMANPState:
+    """The session's exact state as Redis holds it: the state blob (the empty state where no fold has
+    written one yet) with the unfolded log applied."""
+    blob, log = _stored(client, session_id)
     state = net.state_from_bytes(blob) if blob is not None else net.empty_state()
     x, y = _log_rows(log, net.cfg.dim_x, net.cfg.dim_y)
     if len(x):
@@ -159,3 +168,33 @@ def assert_same_state(got: CMANPState, x: np.ndarray, y: np.ndarray, net: CMANP)
     assert int(got.num_points[0]) == len(x)
     torch.testing.assert_close(got.log_norm, want.log_norm, rtol=0, atol=1e-5)
     torch.testing.assert_close(got.value_sum, want.value_sum, rtol=0, atol=1e-5)
+
+
+# ---- event sessions ----------------------------------------------------------------------------------
+def stored_event_state(client: redis.Redis, session_id: str, net: CMHP) -> CMHPState:
+    """An event session's exact state as Redis holds it: its blob with its unfolded log applied (the
+    log's records read here, not by the service: float64 model time, int32 mark)."""
+    blob, log = _stored(client, session_id)
+    state = net.state_from_bytes(blob) if blob is not None else net.empty_state()
+    records = np.frombuffer(b"".join(log), dtype=[("t", "<f8"), ("k", "<i4")])
+    if len(records):
+        with torch.no_grad():
+            t = torch.from_numpy(records["t"].copy())[None]
+            state = net.update(state, t, torch.from_numpy(records["k"].astype(np.int64))[None])
+    return state
+
+
+def assert_same_event_state(got: CMHPState, t: np.ndarray, k: np.ndarray, net: CMHP) -> None:
+    """Accumulators and last time equal batch conditioning on the events t, k (model units, sorted)."""
+    with torch.no_grad():
+        want = net.condition(torch.tensor(t, dtype=torch.float64)[None], torch.tensor(k, dtype=torch.int64)[None])
+    assert int(got.num_events[0]) == len(t)
+    assert got.last_time.item() == want.last_time.item()
+    torch.testing.assert_close(got.acc.log_norm, want.acc.log_norm, rtol=0, atol=1e-4)
+    torch.testing.assert_close(got.acc.value_sum, want.acc.value_sum, rtol=0, atol=1e-4)
+
+
+def event_stream(n: int, seed: int, num_marks: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """n events of a Poisson stream at rate 1 (sorted float64 times from 0) with uniform marks."""
+    rng = np.random.default_rng(seed)
+    return np.cumsum(rng.exponential(1.0, n)), rng.integers(0, num_marks, n)

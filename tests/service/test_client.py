@@ -6,11 +6,11 @@ import httpx
 import numpy as np
 import pytest
 
-from service.client import CMANPClient, RetryPolicy, _context_call, _create_call
+from service.client import CMANPClient, RetryPolicy, _context_call, _create_call, _events_call
 
 POLICY = RetryPolicy(retries=3, backoff=0.1, max_backoff=2.0)
 CONTEXT = _context_call("s", [0.0], [1.0], idempotency_key=None)
-CREATE = _create_call(None, None, None, None)
+CREATE = _create_call(model=None, time_scale=None)
 
 
 def answer(status: int, retry_after: str | None = None) -> httpx.Response:
@@ -39,9 +39,11 @@ def test_session_creation_is_only_retried_when_it_cannot_have_happened() -> None
 
 
 def test_one_idempotency_key_per_call() -> None:
-    first, second = (_context_call("s", [0.0], [1.0], None) for _ in range(2))
-    assert first.headers["Idempotency-Key"] != second.headers["Idempotency-Key"]
-    assert _context_call("s", [0.0], [1.0], "mine").headers["Idempotency-Key"] == "mine"
+    for call in (lambda key: _context_call("s", [0.0], [1.0], key), lambda key: _events_call("s", [0.0], [1], key)):
+        first, second = call(None), call(None)
+        assert first.headers["Idempotency-Key"] != second.headers["Idempotency-Key"]
+        assert call("mine").headers["Idempotency-Key"] == "mine"
+        assert POLICY.delay(0, first, httpx.ReadError("reset")) == 0.1  # the key makes a resend safe
 
 
 def test_points_are_checked_before_sending() -> None:
@@ -50,3 +52,5 @@ def test_points_are_checked_before_sending() -> None:
             client.add_context("s", [np.nan], [1.0])
         with pytest.raises(ValueError, match="1-D or 2-D"):
             client.predict("s", np.zeros((2, 2, 2)))
+        with pytest.raises(ValueError, match="times contains NaN or Inf"):
+            client.add_events("s", [1.0, np.inf], [0, 1])

@@ -1,7 +1,8 @@
-"""``kill -9`` the API, or redis-server, in the middle of a load of single-point
-posts. Under ``appendfsync always`` no acknowledged point is lost, the stored state blob is whole
-(its crc32 holds), and once the in-doubt posts are retried with their Idempotency-Keys the session
-equals batch conditioning on exactly the posted points. See ``tests/service/history.py``.
+"""``kill -9`` the API, or redis-server, in the middle of a load of single-point posts (and the API
+in the middle of a stream of event posts). Under ``appendfsync always`` no acknowledged point is
+lost, the stored state blob is whole (its crc32 holds), and once the in-doubt posts are retried
+with their Idempotency-Keys the session equals batch conditioning on exactly the posted points.
+See ``tests/service/history.py``.
 
 The same Redis crash under ``appendfsync everysec`` measures what that mode puts at risk; the
 figures are printed at the end of the run and discussed in docs/OPERATIONS.md. A SIGKILL leaves
@@ -17,6 +18,7 @@ accumulators differ from batch conditioning). A torn state blob fails its crc32 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,8 +28,9 @@ import numpy as np
 import pytest
 import redis
 
+from model import load_checkpoint
 from service.embedded_redis import EmbeddedRedis
-from tests.service.helpers import sample_points
+from tests.service.helpers import assert_same_event_state, sample_points, stored_event_state
 from tests.service.history import History, check_session, resolve, wait_for_acks, write
 from tests.service.processes import service_env
 from tools import power_loss
@@ -158,3 +161,68 @@ def test_redis_crash(
         # The shim does drop unsynced writes (else the power-loss-always case would prove nothing):
         # 3 rounds without one post acknowledged between the last fsync and the kill are not plausible.
         assert lost_in_all_rounds > 0
+
+
+def post_event(http: httpx.Client, url: str, session_id: str, i: int) -> httpx.Response:
+    """Event ``i``: at time i / 2 with mark i % 3, posted alone with the Idempotency-Key ``event-i``."""
+    body = {"times": [i / 2], "marks": [i % 3]}
+    return http.post(f"{url}/v1/sessions/{session_id}/events", json=body, headers={"Idempotency-Key": f"event-{i}"})
+
+
+def test_api_crash_loses_no_acknowledged_event(tmp_path: Path, checkpoint_dir: Path, figures) -> None:
+    """One writer posts events in time order; the API is killed after ACKS_BEFORE_CRASH acks and restarted;
+    every event is re-posted with its key: each acknowledged one must come back as a replay, and the
+    session must then hold exactly the events posted, each once."""
+    net = load_checkpoint(checkpoint_dir / "tiny-events.safetensors")
+    store = EmbeddedRedis(tmp_path / "redis", options={"appendfsync": "always"})
+    store.start()
+    api = ServiceProcess(service_env(checkpoint_dir, redis_url=store.url, **SETTINGS), tmp_path / "api.log")
+    try:
+        api.start()
+        session_id = httpx.post(f"{api.url}/v1/sessions", json={"model": "tiny-events"}).json()["session_id"]
+        history = History()
+        (writer,) = write_events(api.url, session_id, history)
+        wait_for_acks(history, ACKS_BEFORE_CRASH, [writer])
+        api.kill()
+        writer.join(timeout=60)
+        assert list(history.failed.values()) != [] and all(o.endswith("Error") for o in history.failed.values())
+
+        api.start()
+        lost = []
+        with httpx.Client(timeout=30) as http:
+            for i in history.posted:
+                response = post_event(http, api.url, session_id, i)
+                assert response.status_code == 200, response.text
+                if i in history.acked and response.headers.get("Idempotent-Replayed") != "true":
+                    lost.append(i)
+            info = http.get(f"{api.url}/v1/sessions/{session_id}").json()
+        figures(f"API kill -9, events: {len(history.acked)} acknowledged, lost {len(lost)}")
+        assert lost == []
+        ids = np.array(history.posted)
+        assert (info["num_events"], info["version"]) == (len(ids), len(ids))
+        with redis.Redis.from_url(store.url) as raw:
+            assert_same_event_state(stored_event_state(raw, session_id, net), ids / 2, ids % 3, net)
+    finally:
+        api.stop()
+        store.stop()
+
+
+def write_events(url: str, session_id: str, history: History) -> list[threading.Thread]:
+    """A thread posting events 0, 1, ... (``post_event``) until one fails (recorded in ``history.failed``)."""
+
+    def run() -> None:
+        with httpx.Client(timeout=30) as http:
+            for i in range(POINTS):
+                try:
+                    response = post_event(http, url, session_id, i)
+                except httpx.TransportError as e:
+                    history.failed[i] = type(e).__name__
+                    return
+                if response.status_code != 200:
+                    history.failed[i] = str(response.status_code)
+                    return
+                history.acked[i] = time.monotonic()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return [thread]

@@ -23,8 +23,10 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+from model import load_checkpoint
 from service.client import CMANPClient
-from tests.service.helpers import API_KEYS, logged_points
+from service.store import session_keys
+from tests.service.helpers import API_KEYS, logged_points, stored_event_state
 from tools.browser import chromium, click_plot, console_messages, missing_browser, plot, wait_for_points
 
 # The plot's layout, as service/static/demo/chart.js and main.js draw it: margins around the
@@ -67,10 +69,12 @@ def content_box(driver: WebDriver) -> tuple[int, int, int, int]:
     )
 
 
-def to_data(u: float, v: float, width: int, height: int) -> tuple[float, float]:
+def to_data(
+    u: float, v: float, width: int, height: int, x_range: tuple = X_RANGE, y_range: tuple = Y_RANGE
+) -> tuple[float, float]:
     """Data coordinates of the canvas pixel (u, v), counted from the drawing area's top-left."""
-    x = X_RANGE[0] + (u - MARGIN_LEFT) / (width - MARGIN_LEFT - MARGIN_RIGHT) * (X_RANGE[1] - X_RANGE[0])
-    y = Y_RANGE[0] + (height - MARGIN_BOTTOM - v) / (height - MARGIN_TOP - MARGIN_BOTTOM) * (Y_RANGE[1] - Y_RANGE[0])
+    x = x_range[0] + (u - MARGIN_LEFT) / (width - MARGIN_LEFT - MARGIN_RIGHT) * (x_range[1] - x_range[0])
+    y = y_range[0] + (height - MARGIN_BOTTOM - v) / (height - MARGIN_TOP - MARGIN_BOTTOM) * (y_range[1] - y_range[0])
     return x, y
 
 
@@ -219,3 +223,90 @@ def test_the_page_asks_the_model_list_what_a_model_can_draw(page: WebDriver) -> 
     assert "3 of the model's joint sample paths" in lead.text
     assert page.find_element(By.ID, "samples-note").text == "lines: 3 joint sample paths from the model"
     assert refused(page, 422) == [] and refused(page, 400) == []
+
+
+EVENT_TIMES, EVENT_MARKS = (0.0, 20.0), (-0.5, 2.5)  # events.js: time on x, the tiny event model's 3 marks as rows
+EVENT_CLICKS = [(0.2, 0.2), (0.35, 0.85), (0.45, 0.5)]  # rows of marks 2, 0 and 1
+
+
+def event_column(t: float, width: int) -> int:
+    """The canvas column of time t on an event session's plot."""
+    span = EVENT_TIMES[1] - EVENT_TIMES[0]
+    return round(MARGIN_LEFT + (t - EVENT_TIMES[0]) / span * (width - MARGIN_LEFT - MARGIN_RIGHT))
+
+
+def test_an_event_model_s_page_posts_clicks_as_events_and_draws_the_next_event_s_forecast(
+    page: WebDriver, client: CMANPClient, redis_client: redis.Redis, checkpoint_dir: Path
+) -> None:
+    canvas = plot(page)
+    first_session = canvas.get_attribute("data-session-id")
+    Select(page.find_element(By.ID, "model")).select_by_value("tiny-events")
+    WebDriverWait(page, 60).until(lambda d: plot(d).get_attribute("data-session-id") not in ("", first_session))
+    wait_for_points(page, 0)
+    assert canvas.get_attribute("data-session-kind") == "events" and canvas.get_attribute("data-forecast") != ""
+    for fx, fy in EVENT_CLICKS:
+        click_plot(page, fx, fy)
+    wait_for_points(page, 3)
+
+    # The events in Redis are where the clicks landed: time on x, the mark of the row.
+    session_id = canvas.get_attribute("data-session-id")
+    border_x, border_y, width, height = content_box(page)
+    outer_width, outer_height = width + 2 * border_x, height + 2 * border_y
+    expected = [
+        to_data(fx * outer_width - border_x, fy * outer_height - border_y, width, height, EVENT_TIMES, EVENT_MARKS)
+        for fx, fy in EVENT_CLICKS
+    ]
+    net = load_checkpoint(checkpoint_dir / "tiny-events.safetensors")
+    t_pixel = (EVENT_TIMES[1] - EVENT_TIMES[0]) / (width - MARGIN_LEFT - MARGIN_RIGHT)
+    times = [e[0] for e in expected]
+    state = stored_event_state(redis_client, session_id, net)
+    assert state.last_time.item() == pytest.approx(times[-1], abs=1.5 * t_pixel)
+    want_marks = [round(e[1]) for e in expected]
+    assert want_marks == [2, 0, 1]
+    records = np.frombuffer(
+        b"".join(redis_client.lrange(session_keys(session_id)[2], 0, -1)), [("t", "<f8"), ("k", "<i4")]
+    )
+    np.testing.assert_allclose(records["t"], times, atol=1.5 * t_pixel)
+    assert records["k"].tolist() == want_marks
+    assert page.find_element(By.ID, "points-noun").text == "events"
+
+    # The forecast drawn is the service's: the band spans the 5%-95% times of the next event.
+    got = client.forecast(session_id, quantiles=[0.05, 0.5, 0.95])
+    shown = [float(v) for v in canvas.get_attribute("data-forecast").split(",")]
+    np.testing.assert_allclose(shown, got.now + got.wait_quantiles, rtol=1e-12)
+    assert page.find_element(By.ID, "samples-note").text.startswith("next event's mark: mark 0: ")
+    pixels = canvas_pixels(page)
+    row = round(
+        MARGIN_TOP + (height - MARGIN_TOP - MARGIN_BOTTOM) * 1.25 / 3
+    )  # y = 1.25: off the grid lines (0.5 apart)
+    low, median, high = (event_column(t, width) for t in shown)
+    inside = max((low + 2, high - 2), key=lambda c: abs(c - median))  # away from the dashed median line
+    assert abs(inside - median) >= 4 and low < inside < high, "the band is too narrow at this zoom to test"
+    assert is_band(pixels[row, inside])
+    if high + 3 < width - MARGIN_RIGHT:
+        assert not is_band(pixels[row, high + 3])
+
+    # An event before the last one: the service refuses it with 409, and the page says so.
+    click_plot(page, 0.1, 0.5)
+    WebDriverWait(page, 60).until(lambda d: "409" in d.find_element(By.ID, "error").text)
+    wait_for_points(page, 3)
+
+
+def test_streaming_a_hawkes_process_posts_its_events_in_time_order(page: WebDriver, client: CMANPClient) -> None:
+    canvas = plot(page)
+    first_session = canvas.get_attribute("data-session-id")
+    Select(page.find_element(By.ID, "model")).select_by_value("tiny-events")
+    WebDriverWait(page, 60).until(lambda d: plot(d).get_attribute("data-session-id") not in ("", first_session))
+    stream = page.find_element(By.ID, "stream")
+    assert stream.text == "Simulate a Hawkes process and stream its events"
+    stream.click()
+    WebDriverWait(page, 120).until(
+        lambda d: d.find_element(By.ID, "stream").is_enabled() and plot(d).get_attribute("data-busy") == "false"
+    )
+    info = client.get_session(canvas.get_attribute("data-session-id"))
+    assert info.num_events >= 5 and canvas.get_attribute("data-num-points") == str(info.num_events)
+    assert page.find_element(By.ID, "error").text == ""  # no post was out of order
+    assert (
+        f"the same {info.state_bytes:,} bytes at 0 and at {info.num_events} events"
+        in page.find_element(By.ID, "state-note").text
+    )

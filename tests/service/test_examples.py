@@ -4,7 +4,8 @@ shipped checkpoint: they must finish, write their PNGs, and print results that m
 "Make sense" is checked against independent facts, not the examples' own numbers: the band narrows
 as readings arrive, the error of the mean falls well below the signal's size, the state size never
 changes, every value the optimiser prints is the test function at the printed x, and the best
-value found beats the random start and comes close to the known minimum. Without --out an example
+value found beats the random start and comes close to the known minimum, and the event session
+holds every streamed event in a state of constant size. Without --out an example
 writes into the git-ignored examples/out/ and leaves the checkout as it was; --help says what it does.
 """
 
@@ -22,6 +23,7 @@ import numpy as np
 import pytest
 from matplotlib import image
 
+from service.client import CMANPClient
 from service.embedded_redis import EmbeddedRedis
 from tests.service.helpers import API_KEYS, REPO, live_server, make_settings
 
@@ -130,3 +132,27 @@ def test_the_help_names_the_model_each_example_uses() -> None:
         "default: the first served model with a joint head (joint samples), else the service's default model"
     )
     assert model_help("streaming_regression.py") == "default: the service's default model"
+
+
+EVENT_MODEL = "cmhp-hawkes-exp"
+
+
+def test_event_forecast_streams_a_hawkes_process_into_an_event_session(shipped_server: str, tmp_path: Path) -> None:
+    if not (REPO / "checkpoints" / f"{EVENT_MODEL}.safetensors").exists():
+        pytest.skip(f"checkpoints/{EVENT_MODEL}.safetensors is not in this checkout")
+    out = tmp_path / "event_forecast.png"
+    result = run_example("event_forecast.py", shipped_server, "--quick", "--out", str(out))
+    session_id = re.search(r"^session (\S+) on model " + EVENT_MODEL + "$", result.stdout, re.MULTILINE).group(1)
+    with CMANPClient(shipped_server, API_KEYS["alice"]) as client:
+        info = client.get_session(session_id)
+        empty = client.create_session(EVENT_MODEL)
+    # What the service holds, not what the example says: 60 events, each but the first scored, at
+    # a clock of minutes from 2026-01-01, in a state of the size of an empty one.
+    assert (info.num_events, info.version, info.calibration["scored_events"]) == (60, 60, 59)
+    assert (info.time_origin, info.time_scale) == (1_767_225_600.0, 60.0) and info.last_time > info.time_origin
+    assert info.state_bytes == empty.state_bytes
+    assert f"events streamed: 60, state {empty.state_bytes:,} bytes" in result.stdout
+    inside = float(re.search(r"inside the 90% intervals: ([\d.]+)", result.stdout).group(1))
+    assert 0.5 <= inside <= 1.0, result.stdout  # 59 waits: a calibrated 90% band holds 47-57 of them
+    assert re.search(r"events in the next 30 minutes: expected [\d.]+ \(± [\d.]+\), true \d+", result.stdout)
+    assert_png(out)

@@ -88,7 +88,7 @@ def test_session_lifecycle(client: CMANPClient, tiny_net) -> None:
 
 def test_models_are_listed_with_their_cards(client: CMANPClient, tiny_net) -> None:
     models = {m.name: m for m in client.models()}
-    assert set(models) == {"tiny", "tiny-and", "realistic"}
+    assert set(models) == {"tiny", "tiny-and", "realistic", "tiny-events"}
     assert models["tiny-and"].joint_block_size == 8 and models["tiny"].joint_block_size is None
     assert models["tiny"].metrics == TINY_CARD and models["tiny"].default
     assert models["tiny"].fingerprint == tiny_net.fingerprint

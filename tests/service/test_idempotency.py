@@ -1,4 +1,5 @@
-"""One Idempotency-Key posted 5 times, 3 of them concurrently, is applied exactly once.
+"""One Idempotency-Key posted 5 times, 3 of them concurrently, is applied exactly once (context points,
+and events, whose retry after a later post is a replay, not a post going back in time).
 
 Also: reusing a key with a different body is refused, and the remembered keys per session are bounded.
 """
@@ -11,14 +12,17 @@ import httpx
 import numpy as np
 import pytest
 
-from service.client import CMANPClient, CMANPError, ContextResult
+from model import load_checkpoint
+from service.client import CMANPClient, CMANPError, ContextResult, EventsResult
 from service.store import KEY_PREFIX, RECORD_BYTES
 from tests.service.helpers import (
     AUTH,
     BOTH_BACKENDS,
+    assert_same_event_state,
     assert_same_state,
     raw_session,
     sample_points,
+    stored_event_state,
     stored_state,
 )
 
@@ -84,3 +88,27 @@ def test_key_longer_than_128_characters_is_refused(client: CMANPClient) -> None:
     with pytest.raises(CMANPError) as err:
         client.add_context(session_id, [0.0], [0.0], idempotency_key="k" * 129)
     assert err.value.status == 422 and "idempotency-key" in err.value.detail.lower()
+
+
+def test_a_repeated_event_post_is_applied_once_even_after_later_events(
+    client: CMANPClient, redis_client, checkpoint_dir
+) -> None:
+    net = load_checkpoint(checkpoint_dir / "tiny-events.safetensors")
+    session_id = client.create_session("tiny-events").session_id
+    client.add_events(session_id, [1.0, 2.0], [0, 1])
+
+    def post(_: int) -> EventsResult:
+        return client.add_events(session_id, [3.0, 3.5], [2, 0], idempotency_key="retry-me")
+
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(post, range(3)))
+    results.append(post(3))
+    client.add_events(session_id, [9.0], [1])
+    results.append(post(4))  # a retry that arrives after a later post: answered from its record, not 409
+    assert {(r.num_events, r.version, r.last_time) for r in results} == {(4, 2, 3.5)}
+    assert sorted(r.replayed for r in results) == [False, True, True, True, True]
+    t, k = np.array([1.0, 2.0, 3.0, 3.5, 9.0]), np.array([0, 1, 2, 0, 1])
+    assert_same_event_state(stored_event_state(redis_client, session_id, net), t, k, net)
+    with pytest.raises(CMANPError) as err:
+        client.add_events(session_id, [3.0, 3.5], [2, 1], idempotency_key="retry-me")
+    assert err.value.status == 422 and "different request body" in err.value.detail

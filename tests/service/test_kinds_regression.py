@@ -165,21 +165,25 @@ def test_a_broken_state_is_the_answer_of_its_own_query_only(models: ModelRegistr
 def test_a_session_of_another_kind_gets_409_from_the_regression_routes_and_nothing_changes(
     server: str, client: CMANPClient, redis_client
 ) -> None:
-    # An event-stream session, written as its kind's routes would have (sessions never change kind):
-    # a regression session's record under a new id, with another kind recorded.
+    # A session of a kind this server does not serve (say, one of a newer server sharing the Redis):
+    # a regression session's record under a new id, with another kind recorded. (Event sessions,
+    # which it does serve, are refused the same way: tests/service/test_kinds_events.py.)
     template = client.create_session().session_id
     client.add_context(template, [0.1, 0.2], [1.0, 2.0])
-    session_id = "an-events-session"
+    session_id = "a-rankings-session"
     meta_key, _, log_key, _ = session_keys(session_id)
-    redis_client.hset(meta_key, mapping=redis_client.hgetall(session_keys(template)[0]) | {b"kind": b"events"})
+    redis_client.hset(meta_key, mapping=redis_client.hgetall(session_keys(template)[0]) | {b"kind": b"rankings"})
     redis_client.rpush(log_key, *redis_client.lrange(session_keys(template)[2], 0, -1))
     before = (redis_client.hgetall(meta_key), redis_client.lrange(log_key, 0, -1))
     for route, body in (("context", {"x": [0.3], "y": [3.0]}), ("predict", {"x": [0.0]})):
         r = httpx.post(f"{server}/v1/sessions/{session_id}/{route}", json=body, headers=AUTH)
         assert r.status_code == 409 and r.headers["content-type"] == "application/problem+json"
-        assert f"is a events session; POST {route} is a route of regression sessions" in r.json()["detail"]
+        assert f"is a rankings session; POST {route} is a route of regression sessions" in r.json()["detail"]
     r = httpx.get(f"{server}/v1/sessions/{session_id}", headers=AUTH)
-    assert r.status_code == 409 and "kind 'events' are not served here" in r.json()["detail"]
+    assert (
+        r.status_code == 409
+        and "kind 'rankings' are not served here (served: events, regression)" in r.json()["detail"]
+    )
     after = (redis_client.hgetall(meta_key), redis_client.lrange(log_key, 0, -1))
     assert after == before
     assert httpx.delete(f"{server}/v1/sessions/{session_id}", headers=AUTH).status_code == 204

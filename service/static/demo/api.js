@@ -47,6 +47,16 @@ export class Api {
     return this.request("POST", `/v1/sessions/${id}/context`, { x: xs.map((v) => [v]), y: ys.map((v) => [v]) });
   }
 
+  // Events of an event session: times (non-decreasing, none before its last event) and marks.
+  addEvents(id, times, marks) {
+    return this.request("POST", `/v1/sessions/${id}/events`, { times, marks });
+  }
+
+  // The next event after the last one: waiting-time quantiles, mean and mark probabilities.
+  forecast(id, quantiles) {
+    return this.request("POST", `/v1/sessions/${id}/forecast`, { quantiles });
+  }
+
   // options: {numSamples, seed} asks for joint sample paths as well; omit for mean and variance only.
   predict(id, xs, options = {}) {
     const body = { x: xs.map((v) => [v]) };

@@ -5,13 +5,18 @@
 // The plot is drawn at once (axes and what it waits for), and the band as soon as the session
 // exists: with no points yet, the model's prior.
 //
+// With an event model the page shows an event session instead (events.js): clicks post events, and
+// each update redraws the forecast of the next event.
+//
 // For tests and the curious, the plot canvas carries what it shows as data attributes:
-// data-session-id, data-num-points (empty until there is a session), data-state-bytes,
-// data-band-points (grid points of the ±2σ band drawn), data-sample-paths (joint sample paths drawn)
-// and data-busy ("true" while requests run).
+// data-session-id, data-session-kind, data-num-points (points or events; empty until there is a
+// session), data-state-bytes, data-band-points (grid points of the ±2σ band drawn),
+// data-sample-paths (joint sample paths drawn), data-forecast (event sessions: the next event's
+// 5%, 50% and 95% times, comma-separated) and data-busy ("true" while requests run).
 
 import { Api, ApiError } from "./api.js";
 import { Chart } from "./chart.js";
+import { drawEvents, hawkes, isEvents, markAt, markNote, markRange, QUANTILES, TIME_RANGE } from "./events.js";
 import { normal, rbfDraw } from "./gp.js";
 
 const GRID_SIZE = 151; // prediction grid over the model's input range
@@ -37,6 +42,8 @@ const view = {
   points: { x: [], y: [] },
   truth: null, // {x, y}: the streamed GP draw
   prediction: null, // {grid, mean, std, samples, warnings}
+  events: { times: [], marks: [] }, // event sessions: the events posted
+  forecast: null, // event sessions: POST /v1/sessions/{id}/forecast
   info: null, // GET /v1/sessions/{id}
   history: [], // [num_points, state_bytes] after every update
 };
@@ -108,11 +115,13 @@ async function newSession() {
     points: { x: [], y: [] },
     truth: null,
     prediction: null,
+    events: { times: [], marks: [] },
+    forecast: null,
     info: null,
     history: [],
   });
   $("error").textContent = "";
-  view.waiting = "drawing the model's prior…";
+  view.waiting = isEvents(view.model) ? "forecasting from the model's prior…" : "drawing the model's prior…";
   render();
   await refresh(info); // the new session's own answer: no need to ask for it again
 }
@@ -123,8 +132,15 @@ function predictGrid(grid) {
   return api.predict(view.sessionId, grid, options);
 }
 
-// Redraw from a prediction on the grid and the session's info (asked for unless given).
+// Redraw from a prediction on the grid (event sessions: a forecast) and the session's info (asked for unless given).
 async function refresh(info = null) {
+  if (isEvents(view.model)) {
+    view.forecast = await api.forecast(view.sessionId, QUANTILES);
+    view.info = info || (await api.session(view.sessionId));
+    view.history.push([view.info.num_points, view.info.state_bytes]);
+    render();
+    return;
+  }
   const grid = linspace(...view.model.x_range, GRID_SIZE);
   const prediction = await predictGrid(grid);
   view.info = info || (await api.session(view.sessionId));
@@ -147,7 +163,16 @@ async function addPoint(sessionId, x, y) {
   await refresh();
 }
 
-// A fresh session, then the points of a random GP function posted one at a time in random order.
+async function addEvent(sessionId, time, mark) {
+  if (view.sessionId !== sessionId) return; // the session was replaced while this waited
+  await api.addEvents(sessionId, [time], [mark]);
+  view.events.times.push(time);
+  view.events.marks.push(mark);
+  await refresh();
+}
+
+// A fresh session, then the points of a random GP function posted one at a time in random order
+// (event sessions: the events of a simulated Hawkes process, in time order).
 async function streamDraw() {
   const button = $("stream");
   button.disabled = true;
@@ -155,6 +180,15 @@ async function streamDraw() {
     await enqueue(newSession);
     const sessionId = view.sessionId;
     if (!sessionId) return; // the new session could not be made; the error is on the page
+    if (isEvents(view.model)) {
+      const { times, marks } = hawkes(Math.random, view.model.num_marks, TIME_RANGE[1]);
+      for (const [i, time] of times.entries()) {
+        if (view.sessionId !== sessionId) break; // reset or another model
+        await enqueue(() => addEvent(sessionId, time, marks[i]));
+        await sleep(STREAM_DELAY_MS);
+      }
+      return;
+    }
     const [low, high] = view.model.x_range;
     const gauss = normal(Math.random);
     const unit = (high - low) / 4; // the shipped model's range [-2, 2] is 4 units wide
@@ -177,12 +211,16 @@ let plot = null; // the chart last drawn, to map clicks back to data
 
 function render() {
   const model = view.model;
-  const xRange = model ? model.x_range : DEFAULT_X_RANGE;
-  const chart = new Chart(plotCanvas, { xRange, yRange: Y_RANGE, xLabel: "x", yLabel: "y" });
+  const events = isEvents(model);
+  const xRange = events ? TIME_RANGE : model ? model.x_range : DEFAULT_X_RANGE;
+  const axes = events ? { yRange: markRange(model), xLabel: "time", yLabel: "mark" } : { yRange: Y_RANGE, xLabel: "x", yLabel: "y" };
+  const chart = new Chart(plotCanvas, { xRange, ...axes });
   plot = chart;
   chart.begin();
   const p = view.prediction;
-  if (!p) chart.message(view.waiting);
+  const f = view.forecast;
+  if (!(events ? f : p)) chart.message(view.waiting);
+  if (events) drawEvents(chart, model, view.events, f);
   if (p) {
     chart.band(
       p.grid,
@@ -199,6 +237,8 @@ function render() {
   const info = view.info && view.sessionId ? view.info : null;
   Object.assign(plotCanvas.dataset, {
     sessionId: view.sessionId || "",
+    sessionKind: model ? model.session_kind : "",
+    forecast: f ? f.wait_quantiles.map((w) => f.now + w).join(",") : "",
     numPoints: info ? info.num_points : "",
     stateBytes: info ? info.state_bytes : "",
     bandPoints: p ? p.grid.length : 0,
@@ -208,17 +248,25 @@ function render() {
   $("state-summary").hidden = info === null;
   if (info) {
     $("num-points").textContent = info.num_points.toLocaleString("en");
-    $("points-noun").textContent = info.num_points === 1 ? "context point" : "context points";
+    const noun = events ? "event" : "context point";
+    $("points-noun").textContent = info.num_points === 1 ? noun : `${noun}s`;
     $("state-bytes").textContent = info.state_bytes.toLocaleString("en");
   }
-  $("warnings").textContent = p ? p.warnings.join("; ") : "";
+  $("warnings").textContent = (events ? f?.warnings : p?.warnings)?.join("; ") || "";
+  $("stream").textContent = events
+    ? "Simulate a Hawkes process and stream its events"
+    : "Draw a random GP function and stream its points";
   const sampling = canSample(model);
-  $("lead-shows").textContent = sampling
+  $("lead-shows").textContent = events
+    ? "the forecast of the next event: the 5%-95% interval of its time (blue band) and its median (dashed)"
+    : sampling
     ? `the predictive mean ± 2σ (blue band) and ${NUM_SAMPLES} of the model's joint sample paths`
     : "the predictive mean ± 2σ (blue band)";
   $("samples-note").textContent = !model
     ? ""
-    : sampling
+    : events
+      ? markNote(f)
+      : sampling
       ? `lines: ${plural(p ? p.samples.length : 0, "joint sample path")} from the model`
       : "no sample paths: this model has no joint head (GET /v1/models)";
   renderHistory();
@@ -233,7 +281,7 @@ function renderHistory() {
   const chart = new Chart($("history"), {
     xRange: [0, Math.max(10, ...points)],
     yRange: [0, Math.max(...kib) * 1.3],
-    xLabel: "context points",
+    xLabel: isEvents(view.model) ? "events" : "context points",
     yLabel: "KiB",
   });
   chart.begin();
@@ -241,10 +289,11 @@ function renderHistory() {
   chart.dots(points, kib, "#1d4ed8", 2.5);
   const [first, last] = [history[0], history[history.length - 1]];
   const bytes = (n) => n.toLocaleString("en");
+  const noun = isEvents(view.model) ? "event" : "point";
   let note;
-  if (first[0] === last[0]) note = `add points and watch it stay ${bytes(last[1])} bytes`;
-  else if (first[1] === last[1]) note = `the same ${bytes(last[1])} bytes at ${first[0]} and at ${plural(last[0], "point")}`;
-  else note = `changed from ${bytes(first[1])} bytes at ${plural(first[0], "point")} to ${bytes(last[1])} at ${plural(last[0], "point")}`;
+  if (first[0] === last[0]) note = `add ${noun}s and watch it stay ${bytes(last[1])} bytes`;
+  else if (first[1] === last[1]) note = `the same ${bytes(last[1])} bytes at ${first[0]} and at ${plural(last[0], noun)}`;
+  else note = `changed from ${bytes(first[1])} bytes at ${plural(first[0], noun)} to ${bytes(last[1])} at ${plural(last[0], noun)}`;
   $("state-note").textContent = note;
 }
 
@@ -259,7 +308,8 @@ plotCanvas.addEventListener("click", (event) => {
   const point = view.sessionId && plot?.toData(event);
   if (point) {
     const sessionId = view.sessionId;
-    enqueue(() => addPoint(sessionId, point.x, point.y));
+    if (isEvents(view.model)) enqueue(() => addEvent(sessionId, point.x, markAt(view.model, point.y)));
+    else enqueue(() => addPoint(sessionId, point.x, point.y));
   }
 });
 $("reset").addEventListener("click", () => enqueue(newSession));

@@ -1,0 +1,120 @@
+"""Calibration of event sessions (``service.kinds.events_calibration``): the sums add up exactly, a
+calibrated session is flagged about once in a thousand checks (simulated exactly: uniform PITs,
+marks drawn from their forecast probabilities), each kind of misfit is flagged with its reason;
+and, with the trained event model, in-prior Hawkes streams pass while a 10x faster Hawkes stream
+and a self-correcting stream are flagged within 200 events."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model.data.events import EventBatch
+from model.data.hawkes import HawkesPrior, simulate_hawkes, simulate_self_correcting
+from service.kinds.events import EVENTS, EventParams, EventPost
+from service.kinds.events_calibration import ALPHA, EventScores
+from service.registry import ServedModel
+from service.store import Session, Snapshot
+from tests.service.helpers import REPO
+
+TRAINED = REPO / "checkpoints" / "cmhp-hawkes-exp.safetensors"
+EVENTS_PER_STREAM = 200
+
+
+def simulated(n: int, rng: np.random.Generator, pit: np.ndarray | None = None, skew: float = 0.0) -> EventScores:
+    """Scores of n events: PITs as given (else uniform), random forecast mark probabilities, and marks
+    drawn from them (``skew``: from probabilities tilted towards mark 0 by that many logits)."""
+    u = rng.random(n) if pit is None else pit
+    logits = 1.5 * rng.standard_normal((n, 3))
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    truth = np.exp(logits + [skew, 0, 0]) / np.exp(logits + [skew, 0, 0]).sum(1, keepdims=True)
+    marks = (truth.cumsum(1) < rng.random((n, 1))).sum(1)
+    return EventScores.of_scores(torch.from_numpy(u), torch.zeros(n), torch.from_numpy(probs), torch.from_numpy(marks))
+
+
+def test_sums_round_trip_through_the_store_and_add_up() -> None:
+    rng = np.random.default_rng(0)
+    a, b = simulated(30, rng), simulated(45, rng)
+    assert EventScores.from_sums(a.to_sums()) == a
+    both = a + b
+    assert both.events == 75 and both.pit == tuple(x + y for x, y in zip(a.pit, b.pit, strict=True))
+    assert both.compensator == pytest.approx(a.compensator + b.compensator)
+    assert EventScores() + a == a and EventScores.from_sums({}) == EventScores()
+    stored = {k: float(v) for k, v in (a.to_sums() | {"expected_2": 0.0}).items()}  # a zero mark sum still counts
+    assert len(EventScores.from_sums(stored).expected) == 3
+
+
+def test_below_50_events_there_is_no_verdict() -> None:
+    assert simulated(49, np.random.default_rng(1), pit=np.full(49, 0.001)).verdict() == ("insufficient_data", [])
+
+
+def test_a_calibrated_session_is_flagged_about_once_in_a_thousand_checks() -> None:
+    rng = np.random.default_rng(2)
+    checks = 3000
+    alarms = sum(simulated(n, rng).verdict()[0] == "miscalibrated" for n in (50, 200) for _ in range(checks // 2))
+    # ALPHA = 1e-3 per check: 3 expected (measured: 45 in 40,000); 10x the rate would give about 30.
+    assert alarms <= 3 * ALPHA * checks + 3
+
+
+@pytest.mark.parametrize(
+    ("pit", "skew", "reason"),
+    [
+        (lambda r, n: r.random(n) ** 3, 0.0, "events come sooner than forecast"),  # waits too short
+        (lambda r, n: r.beta(3, 3, n), 0.0, "waits are more regular than forecast"),
+        (lambda r, n: np.where(r.random(n) < 0.5, r.random(n) * 0.1, 1 - r.random(n) * 0.1), 0.0, "burstier"),
+        (lambda r, n: 0.3 + 0.7 * r.random(n), 0.0, "the waits' PITs are not uniform"),  # no short waits
+        (lambda r, n: r.random(n), 1.5, "marks do not follow their forecast probabilities"),
+    ],
+)
+def test_each_misfit_is_flagged_with_its_reason_within_200_events(pit, skew, reason) -> None:
+    rng = np.random.default_rng(3)
+    status, reasons = simulated(200, rng, pit(rng, 200), skew).verdict()
+    assert status == "miscalibrated" and any(reason in r for r in reasons), reasons
+
+
+# ---- the trained model ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained() -> ServedModel:
+    if not TRAINED.exists():
+        pytest.skip(f"{TRAINED.relative_to(REPO)} is not in this checkout")
+    return ServedModel.load(TRAINED)
+
+
+def verdicts(model: ServedModel, times: torch.Tensor, marks: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+    """Each stream's status after its events, scored as the service scores a session's log."""
+    params = EventParams(0.0, 1.0, model.net.cfg.num_marks)
+    statuses = []
+    for t, k, n in zip(times, marks, lengths, strict=True):
+        entry = EVENTS.encode(params, EventPost(t[:n].tolist(), k[:n].tolist()))
+        session = Session("s", "t", model.name, model.fingerprint, "events", params.to_fields(), 0.0, 60, int(n), 1)
+        scores = EVENTS.score_log(model, Snapshot(session, None, [entry.data], int(n), 0), scoring=True)
+        statuses.append(scores.verdict()[0])
+    return statuses
+
+
+def hawkes(streams: int, seed: int, rate_factor: float = 1.0) -> EventBatch:
+    g = torch.Generator().manual_seed(seed)
+    params = HawkesPrior().sample(streams, g).scaled(rate_factor)
+    end = 1e4 * EVENTS_PER_STREAM / params.stationary_rate().sum(-1)  # stops at EVENTS_PER_STREAM events
+    return simulate_hawkes(params, end, EVENTS_PER_STREAM, g)
+
+
+def test_in_prior_hawkes_streams_are_ok(trained: ServedModel) -> None:
+    batch = hawkes(20, seed=11)
+    statuses = verdicts(trained, batch.times, batch.marks, batch.lengths)
+    assert statuses.count("miscalibrated") <= 1, statuses
+
+
+def test_a_hawkes_stream_at_ten_times_the_rate_is_flagged_within_200_events(trained: ServedModel) -> None:
+    batch = hawkes(10, seed=12, rate_factor=10.0)
+    statuses = verdicts(trained, batch.times, batch.marks, batch.lengths)
+    assert statuses.count("miscalibrated") >= 8, statuses
+
+
+def test_a_self_correcting_stream_is_flagged_within_200_events(trained: ServedModel) -> None:
+    g = torch.Generator().manual_seed(13)
+    end = torch.full((10,), 1e9, dtype=torch.float64)
+    batch = simulate_self_correcting(1.0, 1.0, torch.full((3,), 1 / 3), end, EVENTS_PER_STREAM, g)
+    statuses = verdicts(trained, batch.times, batch.marks, batch.lengths)
+    assert statuses.count("miscalibrated") >= 8, statuses
