@@ -38,7 +38,7 @@ def test_the_quantile_is_the_root_of_the_conditional_survival(given_quantile):
         s_given = survival(mix, i, max(float(given[i]), 1e-300))
         for q, wait in zip(levels[i].tolist(), waits[i].tolist(), strict=True):
 
-            def gap(log_tau: float, q: float = q) -> float:
+            def gap(log_tau: float, q: float = q, i: int = i, s_given: float = s_given) -> float:
                 return survival(mix, i, math.exp(log_tau)) / s_given - (1 - q)
 
             lo = math.log(max(float(given[i]), 1e-300)) if given[i] > 0 else -60.0
