@@ -10,7 +10,10 @@ directory, on a free port). Sessions are created and seeded through the HTTP API
 * ``context_spread`` / ``predict_spread``: single-point context posts / predicts of 100 targets,
   each to a session drawn at random from all sessions;
 * ``context_hot``: every connection posts to one session (concurrent writers);
-* ``predict_hot``: predicts on one session while another wrk posts to it.
+* ``predict_hot``: predicts on one session while another wrk posts to it;
+* ``events_spread`` / ``forecast_spread``: single-event posts / next-event forecasts (three
+  quantiles), each to an event session drawn at random from as many event sessions, created with
+  the first event model the server lists (skipped, with a note, when it serves none).
 
 For each scenario: requests/s, p50/p95/p99 latency, errors (non-2xx included), and the CPU
 seconds used by the API (summed over its processes: the server and its uvicorn workers),
@@ -132,19 +135,24 @@ def stop_server(server: Server) -> None:
     server.service.close()  # uvicorn shuts down; the lifespan stops the bundled redis-server
 
 
-async def create_sessions(url: str, count: int, concurrency: int = 32) -> list[str]:
-    """Create ``count`` sessions, each seeded with SEED_POINTS points in one post (with the client,
-    which retries a seed post exactly once by its Idempotency-Key; a retried create at worst leaves
-    an unused session behind)."""
+async def create_sessions(url: str, count: int, events_model: str | None = None, concurrency: int = 32) -> list[str]:
+    """Create ``count`` sessions, each seeded in one post with SEED_POINTS points (regression) or,
+    with ``events_model``, SEED_POINTS events a second apart ending a minute ago (clock: seconds
+    since an hour ago). The client retries a seed post exactly once by its Idempotency-Key; a
+    retried create at worst leaves an unused session behind."""
     ids: list[str] = []
     todo = list(range(count))
     xs = [-2 + 4 * (j + 0.5) / SEED_POINTS for j in range(SEED_POINTS)]
+    origin = time.time() - 3600
+    seed_times = [float(int(origin) + 3540 - SEED_POINTS + j) for j in range(SEED_POINTS)]
     async with AsyncCMANPClient(url, timeout=60) as client:
 
         async def create() -> str:
             for attempt in range(CREATE_ATTEMPTS):
                 try:
-                    return (await client.create_session()).session_id
+                    if events_model is None:
+                        return (await client.create_session()).session_id
+                    return (await client.create_session(events_model, time_origin=origin)).session_id
                 except (CMANPError, httpx.TransportError):
                     if attempt == CREATE_ATTEMPTS - 1:
                         raise
@@ -155,11 +163,20 @@ async def create_sessions(url: str, count: int, concurrency: int = 32) -> list[s
             while todo:
                 i = todo.pop()
                 sid = await create()
-                await client.add_context(sid, xs, [(i % 7) / 7 + x / 4 for x in xs])
+                if events_model is None:
+                    await client.add_context(sid, xs, [(i % 7) / 7 + x / 4 for x in xs])
+                else:
+                    await client.add_events(sid, seed_times, [(i + j) % 3 for j in range(SEED_POINTS)])
                 ids.append(sid)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return ids
+
+
+async def event_model(url: str) -> str | None:
+    """The first event model the server lists, if any."""
+    async with AsyncCMANPClient(url, timeout=60) as client:
+        return next((m.name for m in await client.models() if m.session_kind == "events"), None)
 
 
 def redis_bytes_per_session(server: Server, session_id: str) -> int:
@@ -209,7 +226,9 @@ def _parse_wrk(stdout: str) -> dict:
     seconds = result["duration_us"] / 1e6
     errors = sum(result["errors"].values())
     result["requests_per_s"] = (result["requests"] - result["errors"]["status"]) / seconds
-    result["error_count"] = errors
+    # A 409 is an event post that lost a race to a later one on its session (see sessions.lua): the
+    # service refusing out-of-order events as it must, not a failure; it is not counted as served.
+    result["error_count"] = errors - result["conflicts"]
     result["latency_ms"] = {k: v / 1000 for k, v in result.pop("latency_us").items()}
     return result
 
@@ -251,14 +270,17 @@ def run_scenario(server: Server, name: str, loads: list[tuple[str, Path, int]], 
     }
 
 
-SCENARIOS = ("context_spread", "context_hot", "predict_spread", "predict_hot")
+SCENARIOS = ("context_spread", "context_hot", "predict_spread", "predict_hot", "events_spread", "forecast_spread")
+EVENT_SCENARIOS = ("events_spread", "forecast_spread")
 
 
 def scenario_loads(
-    name: str, all_ids: Path, hot: Path, post_connections: int, predict_connections: int
+    name: str, all_ids: Path, hot: Path, event_ids: Path, post_connections: int, predict_connections: int
 ) -> list[tuple[str, Path, int]]:
     """The wrk loads (mode, ids file, connections) of a scenario; the first is the one it is named after."""
     return {
+        "events_spread": [("events", event_ids, post_connections)],
+        "forecast_spread": [("forecast", event_ids, predict_connections)],
         "context_spread": [("context", all_ids, post_connections)],
         "context_hot": [("context", hot, post_connections)],
         "predict_spread": [("predict", all_ids, predict_connections)],
@@ -281,7 +303,7 @@ def run(
         data = Path(tmp)
         # make run's settings, but room for every benchmark session: without API keys all callers are
         # one tenant, and the default quota (1,000 live sessions per tenant) would refuse the rest.
-        quota = {"CMANP_MAX_SESSIONS_PER_TENANT": str(sessions + 1000)}
+        quota = {"CMANP_MAX_SESSIONS_PER_TENANT": str(2 * sessions + 1000)}  # regression and event sessions
         server = start_server(server_dir.resolve(), data, data / "server.log", env=quota)
         try:
             memory_before = redis_used_memory(server)
@@ -290,14 +312,19 @@ def run(
             setup_s = time.perf_counter() - t0
             per_session_used = (redis_used_memory(server) - memory_before) / sessions
             per_session_keys = redis_bytes_per_session(server, ids[0])
-            all_ids, hot = data / "all.txt", data / "hot.txt"
+            all_ids, hot, event_ids = data / "all.txt", data / "hot.txt", data / "events.txt"
             all_ids.write_text("\n".join(ids[1:]) + "\n")
             hot.write_text(ids[0] + "\n")
+            events_model = asyncio.run(event_model(server.url)) if set(only) & set(EVENT_SCENARIOS) else None
+            if events_model is None:
+                only = tuple(name for name in only if name not in EVENT_SCENARIOS)
+            else:
+                event_ids.write_text("\n".join(asyncio.run(create_sessions(server.url, sessions, events_model))) + "\n")
             scenarios = [
                 run_scenario(
                     server,
                     name,
-                    scenario_loads(name, all_ids, hot, post_connections, predict_connections),
+                    scenario_loads(name, all_ids, hot, event_ids, post_connections, predict_connections),
                     threads,
                     duration,
                 )
@@ -311,11 +338,12 @@ def run(
         finally:
             stop_server(server)
     return {
-        "server_command": f"{passed_settings()}CMANP_MAX_SESSIONS_PER_TENANT={sessions + 1000} "
+        "server_command": f"{passed_settings()}CMANP_MAX_SESSIONS_PER_TENANT={2 * sessions + 1000} "
         f"{Path(sys.executable).name} -m service "
         f"(cwd {server_dir}), bundled redis-server, AOF on",
         "sessions": sessions,
         "seed_points_per_session": SEED_POINTS,
+        "events_model": events_model,
         "targets_per_predict": TARGETS,
         "duration_s": duration,
         "wrk_threads": threads,
@@ -339,6 +367,7 @@ def report(result: dict) -> None:
             print(
                 f"{s['scenario']:<15} {load['mode']:<8} {load['connections']:>5} {load['requests_per_s']:>8.0f} "
                 f"{lat['p50']:>7.1f} {lat['p95']:>7.1f} {lat['p99']:>7.1f} {load['error_count']:>6}"
+                + (f" (+{load['conflicts']} out-of-order 409s)" if load["conflicts"] else "")
             )
         cores = ", ".join(f"{k} {v:.2f}" for k, v in s["cpu_cores"].items())
         print(f"    cores busy: {cores} (API: {s['api_processes']} processes); Redis forks: {redis_forks(s)}")

@@ -223,14 +223,37 @@ class EventKind:
 
     @torch.inference_mode()
     def answer(self, model: ServedModel, folded: FoldedStates, queries: list[Forecast]) -> list[Forecasted | Exception]:
-        """Each query on its session's state; a query whose session fails gets its own exception."""
-        answers: list[Forecasted | Exception] = []
-        for query in queries:
+        """Next-event forecasts with the same quantiles in one batched model call (one row per query:
+        the model reads each row alone, so neighbours change nothing); queries with a horizon (sampled
+        futures), or whose batch fails, each alone. A query whose session fails gets its own exception."""
+        answers: list[Forecasted | Exception | None] = [None] * len(queries)
+        groups: dict[tuple[float, ...], list[int]] = {}
+        for i, query in enumerate(queries):
+            if query.horizon is None:
+                groups.setdefault(query.quantiles, []).append(i)
+        for quantiles, members in groups.items():
+            if len(members) < 2:
+                continue
             try:
-                answers.append(self._forecast(model, query, folded))
-            except Exception as e:  # noqa: BLE001 - handed to the query's caller, which re-raises it
-                answers.append(e)
-        return answers
+                states = [self.folded_state(model, queries[i].snapshot, folded) for i in members]
+                now = torch.tensor([queries[i].now for i in members], dtype=torch.float64)
+                nxt = model.net.next_event(CMHPState.concat(states), now, quantiles)
+            except Exception:  # noqa: BLE001 - each query is answered alone below, with its own error
+                continue
+            for row, i in enumerate(members):
+                answers[i] = Forecasted(
+                    queries[i].snapshot.session,
+                    nxt.quantiles[row].numpy(),
+                    float(nxt.mean[row]),
+                    nxt.mark_probs[row].double().numpy(),
+                )
+        for i, query in enumerate(queries):
+            if answers[i] is None:
+                try:
+                    answers[i] = self._forecast(model, query, folded)
+                except Exception as e:  # noqa: BLE001 - handed to the query's caller, which re-raises it
+                    answers[i] = e
+        return answers  # type: ignore[return-value] - every entry is set
 
     def _forecast(self, model: ServedModel, query: Forecast, folded: FoldedStates) -> Forecasted:
         net = model.net

@@ -51,7 +51,15 @@ def test_quick_bench_writes_every_result():
     service = load("service_load")
     assert service["redis_bytes_per_session_memory_usage"] > 0
     names = [s["scenario"] for s in service["scenarios"]]
-    assert names == ["context_spread", "context_hot", "predict_spread", "predict_hot"]
+    assert names == [
+        "context_spread",
+        "context_hot",
+        "predict_spread",
+        "predict_hot",
+        "events_spread",
+        "forecast_spread",
+    ]
+    assert service["events_model"] == "cmhp-hawkes-exp"
     for scenario in service["scenarios"]:
         assert set(scenario["cpu_cores"]) == {"api", "redis", "wrk", "other"}
         for load_ in scenario["loads"]:

@@ -149,6 +149,29 @@ def test_a_forecast_is_the_model_s_next_event_and_seeded_samples_repeat(model: S
     assert mean == first.counts.mean() and 0 < error < mean
 
 
+def test_forecasts_batched_across_sessions_are_each_session_s_own(model: ServedModel, net: CMHP) -> None:
+    """Queries that share quantiles run as one model call: each answer is its session's alone, and a
+    query that cannot be answered (now before its last event) fails alone."""
+    streams = [user_stream(n, seed) for n, seed in ((5, 11), (30, 12), (12, 13))]
+    queries = [
+        Forecast(snapshot_of(model, t, k), float(model_times(t)[-1]) + 0.3 * (i + 1), (0.2, 0.8))
+        for i, (t, k) in enumerate(streams)
+    ]
+    late = streams[1]
+    queries.append(Forecast(snapshot_of(model, *late), float(model_times(late[0])[-1]) - 1.0, (0.2, 0.8)))
+    answers = EVENTS.answer(model, FoldedStates(8), queries)
+    for (t, k), query, answer in zip(streams, queries, answers, strict=False):
+        with torch.no_grad():
+            alone = net.next_event(
+                net.condition(torch.tensor(model_times(t))[None], torch.tensor(k)[None]), query.now, (0.2, 0.8)
+            )
+        assert isinstance(answer, Forecasted)
+        np.testing.assert_allclose(answer.wait_quantiles, alone.quantiles[0].numpy(), rtol=1e-4)
+        np.testing.assert_allclose(answer.mark_probs, alone.mark_probs[0].numpy(), atol=1e-5)
+        assert answer.mean_wait == pytest.approx(alone.mean.item(), rel=1e-4)
+    assert isinstance(answers[-1], ValueError)
+
+
 # ---- routes, through a live service ---------------------------------------------------------------
 @pytest.fixture
 def session(client: CMANPClient) -> EventSessionInfo:
