@@ -77,10 +77,15 @@ def main(argv: list[str] | None = None) -> None:
         ax.scatter(xc[0, :n, 0], yc[0, :n, 0], s=10, color="tab:red", zorder=3, label="context")
         ax.set_title(f"{n} points, state {len(state.to_bytes()) / 1024:.0f} KiB")
     axes[0].legend(loc="lower left", fontsize=7)
+    save_figure(fig, args.out)
+
+
+def save_figure(fig: plt.Figure, out: Path) -> None:
+    """Lay the figure out and write it to ``out`` (its folder made if missing), as every card's figure is."""
     fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=110)
-    print(f"wrote {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from model.evaluate_images import (  # noqa: E402
     gp_predictor,
     model_predictor,
 )
+from model.plot import save_figure  # noqa: E402
 
 COLUMNS = ("image", "revealed", "model mean", "model std", "GP mean")
 
@@ -94,10 +95,7 @@ def main(argv: list[str] | None = None) -> None:
                     ax.set_title(f"{n} revealed", fontsize=8)
                 elif i == j == 0:
                     ax.set_title(name, fontsize=8)
-    fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=110)
-    print(f"wrote {args.out}")
+    save_figure(fig, args.out)
 
 
 if __name__ == "__main__":
