@@ -7,8 +7,9 @@ CHECKPOINT := checkpoints/cmanp-gp-rbf.safetensors
 
 AND_CHECKPOINT := checkpoints/cmanp-and-gp-rbf.safetensors
 GENERAL_CHECKPOINT := checkpoints/cmanp-gp-general.safetensors
+MNIST_CHECKPOINT := checkpoints/cmanp-mnist.safetensors
 
-.PHONY: install run test lint train train-and train-general eval eval-and eval-general eval-events bench bench-quick bench-setup bench-memory plot plot-and plot-general clean
+.PHONY: install run test lint train train-and train-general train-mnist eval eval-and eval-general eval-events eval-mnist bench bench-quick bench-setup bench-memory plot plot-and plot-general plot-mnist clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -97,6 +98,19 @@ plot: $(STAMP)
 
 plot-and: $(STAMP)
 	$(PY) -m model.plot --checkpoint $(AND_CHECKPOINT) --samples 5 --out checkpoints/cmanp-and-gp-rbf.png
+
+# Image completion on MNIST digits (docs/MODEL.md, section 10): train, score beside a fitted GP (digits,
+# faces), plot. The evaluation takes a few minutes on 2 cores, most of it the GP's fits.
+train-mnist: $(STAMP)
+	$(PY) -m model.train --config configs/mnist.json --out runs/mnist --resume
+
+MNIST_CARD_JSON := $(MNIST_CHECKPOINT:.safetensors=.json)
+eval-mnist: $(STAMP)
+	$(PY) -m model.evaluate --checkpoint $(MNIST_CHECKPOINT) --data mnist --threads 1 --out runs/eval-mnist.json \
+		--card-json $(MNIST_CARD_JSON)
+
+plot-mnist: $(STAMP)
+	$(PY) -m model.plot_images --checkpoint $(MNIST_CHECKPOINT) --out checkpoints/cmanp-mnist.png
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

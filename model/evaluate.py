@@ -5,6 +5,7 @@
     python -m model.evaluate --checkpoint C --kernel rbf --joint   # joint LL (a CMANP-AND), oracle joint too
     python -m model.evaluate --checkpoint C --kernel broad --context-sizes 10,50,200,1000   # the broad prior
     python -m model.evaluate --checkpoint runs/cmhp/best.safetensors   # an event model: model.evaluate_events
+    python -m model.evaluate --checkpoint C --data mnist   # image completion beside a fitted GP (model.evaluate_images)
 
 For the broad prior the oracle is the exact GP with each task's true kernel and noise. It is the
 Bayes-optimal predictor only for the tasks with Gaussian noise of one variance (not Student-t, not
@@ -35,8 +36,10 @@ from model.checkpoint import ARCHITECTURES, load_checkpoint, read_metadata
 from model.data import TaskBatch
 from model.data.eval_sets import DEFAULT_CACHE, broad_streaming_set, protocol_set, streaming_set
 from model.data.gp import KERNELS
+from model.evaluate_images import CONTEXT_SIZES, card_entries, evaluate_images
 from model.gp_oracle import gp_joint_log_likelihood, gp_log_likelihood
 from model.neural_process import NeuralProcess
+from model.scores import summarise
 
 
 @torch.no_grad()
@@ -55,11 +58,6 @@ def model_log_likelihood(
 def session_kind(checkpoint: Path) -> str:
     """The kind of data a checkpoint's model reads ("regression", "events"), from its metadata."""
     return ARCHITECTURES[read_metadata(checkpoint)["architecture"]][0].session_kind
-
-
-def summarise(values: torch.Tensor) -> dict[str, float]:
-    v = values.double()
-    return {"ll": v.mean().item(), "se": (v.std() / math.sqrt(len(v))).item(), "num_tasks": len(v)}
 
 
 def score(net: NeuralProcess, batches: list[TaskBatch], desc: str, joint: bool = False) -> dict[str, dict[str, float]]:
@@ -86,11 +84,14 @@ def main(argv: list[str] | None = None) -> dict:
         return evaluate_events.main(argv)  # its own flags: python -m model.evaluate_events --help
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--data", choices=("gp", "mnist"), default="gp", help="mnist: image completion, faces too")
     p.add_argument("--kernel", choices=(*KERNELS, "broad"), default="rbf", help="broad: streaming mode only")
     p.add_argument("--context-sizes", type=str, help="comma-separated N values: run the streaming curve")
-    p.add_argument("--num-batches", type=int, default=3000, help="protocol mode: batches of --batch-size tasks")
+    p.add_argument("--num-batches", type=int, help="protocol: batches of --batch-size tasks (3000; mnist: 20)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--num-tasks", type=int, default=64, help="streaming mode: tasks per context size")
+    p.add_argument("--num-tasks", type=int, help="streaming: tasks per context size (64; mnist: images, 32)")
+    p.add_argument("--gp-restarts", type=int, default=2, help="mnist: the fitted GP's extra optimizer starts")
+    p.add_argument("--no-gp", action="store_true", help="mnist: score the model alone")
     p.add_argument("--num-targets", type=int, default=50, help="streaming mode: targets per task")
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--threads", type=int, default=0)
@@ -102,6 +103,9 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
 
     net = load_checkpoint(args.checkpoint)
+    if args.data != "gp":
+        return _images(p, args, net)
+    args.num_batches, args.num_tasks = args.num_batches or 3000, args.num_tasks or 64
     if args.joint and net.joint_block_size is None:
         p.error(f"--joint needs a CMANP-AND checkpoint; {args.checkpoint} is a {net.architecture}")
     result: dict = {
@@ -144,30 +148,59 @@ def main(argv: list[str] | None = None) -> dict:
             f"({result['model']['num_tasks']} tasks)"
         )
     result["seconds"] = round(time.time() - t0, 1)
+    _write(args, result)
+    return result
+
+
+def _images(p: argparse.ArgumentParser, args: argparse.Namespace, net: NeuralProcess) -> dict:
+    """``--data mnist``: the image evaluation of ``model.evaluate_images``."""
+    if net.cfg.dim_x != 2 or args.joint:
+        p.error(f"--data {args.data} needs a marginal model of pixel coordinates (dim_x 2)")
+    sizes = [int(s) for s in args.context_sizes.split(",")] if args.context_sizes else CONTEXT_SIZES
+    result = {"checkpoint": str(args.checkpoint), "fingerprint": net.fingerprint}
+    result |= evaluate_images(
+        net,
+        args.data,
+        args.num_batches or 20,
+        args.batch_size,
+        args.num_tasks or 32,
+        sizes,
+        not args.no_gp,
+        args.gp_restarts,
+    )
+    _write(args, result)
+    return result
+
+
+def _write(args: argparse.Namespace, result: dict) -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))
     if args.card_json:
         update_card_json(args.card_json, result)
-    return result
 
 
 def update_card_json(path: Path, result: dict) -> None:
     """Merge one run's headline numbers into a checkpoint's sidecar (what GET /v1/models serves)."""
     card = read_card(path, result["fingerprint"])
-    # Joint numbers are keyed "<kernel>_joint_..." beside the marginal "<kernel>_...".
-    kernel = result["kernel"] + ("_joint" if result.get("joint") else "")
-    if result["mode"] == "protocol":
-        k = kernel
+    if result["mode"] == "images":
+        card.update(card_entries(result))
+    elif result["mode"] == "protocol":
+        k = _card_kernel(result)
         card[f"{k}_ll"] = round(result["model"]["ll"], 4)
         card[f"{k}_ll_se"] = round(result["model"]["se"], 4)
         card[f"{k}_oracle_ll"] = round(result["oracle"]["ll"], 4)
         card[f"{k}_num_tasks"] = result["model"]["num_tasks"]
     else:
-        curve = result["curve"]
+        curve, kernel = result["curve"], _card_kernel(result)
         card[f"streaming_{kernel}_ll"] = {n: round(r["model"]["ll"], 4) for n, r in curve.items()}
         card[f"streaming_{kernel}_oracle_ll"] = {n: round(r["oracle"]["ll"], 4) for n, r in curve.items()}
     write_card(path, card)
+
+
+def _card_kernel(result: dict) -> str:
+    """Joint numbers are keyed "<kernel>_joint_..." beside the marginal "<kernel>_..."."""
+    return result["kernel"] + ("_joint" if result.get("joint") else "")
 
 
 if __name__ == "__main__":

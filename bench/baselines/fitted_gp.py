@@ -1,6 +1,6 @@
 """The classical reference on real data: an exact GP whose hyperparameters are fitted to the context (ML-II).
 
-What a practitioner would do with a 1-D series and scikit-learn: ``GaussianProcessRegressor`` with
+What a practitioner would do with a series or an image and scikit-learn: ``GaussianProcessRegressor`` with
 ``normalize_y=True`` (y standardised by the context's mean and std), hyperparameters maximising
 the log marginal likelihood from several optimizer starts, for two kernels,
 
@@ -13,6 +13,9 @@ every series. Per window the kernel with the higher log marginal likelihood is t
 (it looks at the context only); the kernel that does better on the targets is a stronger reference,
 which peeks. Predictions are of the noisy targets: the variance includes the fitted white noise,
 because ``predict`` evaluates the whole kernel's diagonal, WhiteKernel included.
+
+Inputs of several dimensions (an image's pixel row and column: ``model.evaluate_images``) are
+mapped per dimension by their own bounds and share one length-scale (an isotropic kernel).
 """
 
 from __future__ import annotations
@@ -53,8 +56,8 @@ class GPFit:
 
     kernel: str
     model: GaussianProcessRegressor
-    x_low: float
-    x_high: float
+    x_low: float | np.ndarray  # the span mapped onto [-2, 2]: a number, or one per input dimension
+    x_high: float | np.ndarray
     log_marginal_likelihood: float
 
     def hyperparameters(self) -> dict[str, float]:
@@ -77,8 +80,11 @@ class GPFit:
         ]
 
     def scaled(self, x: np.ndarray) -> np.ndarray:
-        """x mapped onto [-2, 2] by the window's span, as a column."""
-        return (4.0 * (np.asarray(x, np.float64) - self.x_low) / (self.x_high - self.x_low) - 2.0)[:, None]
+        """x [n] (one input) or [n, d] mapped onto [-2, 2] by the span of each dimension: [n, d]."""
+        x = np.asarray(x, np.float64)
+        x = x[:, None] if x.ndim == 1 else x
+        low, high = np.asarray(self.x_low, np.float64), np.asarray(self.x_high, np.float64)
+        return 4.0 * (x - low) / (high - low) - 2.0
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Predictive mean and variance of noisy observations at x, in the data's units."""
@@ -87,10 +93,18 @@ class GPFit:
         return mean, std**2
 
 
-def fit(kernel: str, x: np.ndarray, y: np.ndarray, x_low: float, x_high: float, seed: int = 0) -> GPFit:
-    """Fit one kernel family to (x, y) by ML-II with ``RESTARTS`` extra optimizer starts."""
+def fit(
+    kernel: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    x_low: float | np.ndarray,
+    x_high: float | np.ndarray,
+    seed: int = 0,
+    restarts: int = RESTARTS,
+) -> GPFit:
+    """Fit one kernel family to (x [n] or [n, d], y [n]) by ML-II, with ``restarts`` extra optimizer starts."""
     model = GaussianProcessRegressor(
-        make_kernel(kernel), normalize_y=True, n_restarts_optimizer=RESTARTS, random_state=seed
+        make_kernel(kernel), normalize_y=True, n_restarts_optimizer=restarts, random_state=seed
     )
     placeholder = GPFit(kernel, model, x_low, x_high, math.nan)
     # One BLAS thread: on 60 points, threads only contend (20x slower on a busy 2-core machine).

@@ -8,6 +8,8 @@ that reads its batches; the loop does not change.
 
 The regression sources (``gp``, ``broad``) wrap a task sampler in the context-size curriculum of
 ``model.data.regression``; ``build_sampler`` gives the bare sampler to evaluations and benches.
+The image source (``images``, ``model.data.images``) draws regression tasks on pixels of MNIST
+digits (``"dataset": "mnist"``), from the training split only, through the same curriculum.
 The event source (``hawkes``, ``model.data.hawkes``) draws ``EventBatch`` es of padded sequences,
 with the true parameters when simulated from a Hawkes process (for the oracle).
 """
@@ -79,6 +81,15 @@ def _broad(dim_x: int, x_range: tuple[float, float], **options: Any) -> TaskSamp
     )
 
 
+def _images(cfg: ModelDims, **options: Any) -> TrainingSource:
+    """Image completion (``model.data.images``): pixel coordinates in [-1, 1]^2 are the model's x."""
+    from model.data.images import X_RANGE, training_source
+
+    if cfg.dim_x != 2 or tuple(cfg.x_range) != X_RANGE:
+        raise ValueError(f"image tasks need a model with dim_x 2 and x_range {list(X_RANGE)}")
+    return training_source(**options)
+
+
 def _hawkes(cfg: object, **options: Any) -> TrainingSource:
     """Event sequences; the model's config does not shape them (times and marks are the data)."""
     from model.data.hawkes import build_source as build_event_source
@@ -90,6 +101,7 @@ def _hawkes(cfg: object, **options: Any) -> TrainingSource:
 SOURCES: dict[str, Callable[..., TrainingSource]] = {
     "gp": _regression(_gp),
     "broad": _regression(_broad),
+    "images": _images,
     "hawkes": _hawkes,
 }
 DEFAULT_DATA: dict[str, Any] = {"kind": "gp", "kernel": "rbf"}

@@ -16,6 +16,8 @@ import torch
 
 from model.data.tasks import TaskBatch, TaskSampler
 
+CURRICULUM_MAX_TARGETS = 49  # targets of an empty- or long-context batch: M ~ U{3..49}, as in the protocol
+
 
 @dataclass(frozen=True)
 class ContextCurriculum:
@@ -32,6 +34,10 @@ class ContextCurriculum:
         }
 
 
+def _curriculum_targets(generator: torch.Generator) -> int:
+    return int(torch.randint(3, CURRICULUM_MAX_TARGETS + 1, (), generator=generator))
+
+
 class RegressionSource:
     """``sample_batch`` draws from the curriculum; ``heldout_batch`` from the paper's protocol."""
 
@@ -43,11 +49,11 @@ class RegressionSource:
         c, g = self.curriculum, generator
         u = float(torch.rand((), generator=g))
         if u < c.empty_context_prob:
-            return self.sampler.sample(batch_size, 0, int(torch.randint(3, 50, (), generator=g)), g)
+            return self.sampler.sample(batch_size, 0, _curriculum_targets(g), g)
         if u < c.empty_context_prob + c.long_context_prob:
             lo, hi = math.log(47), math.log(c.long_context_max)
             nc = int(math.exp(lo + (hi - lo) * float(torch.rand((), generator=g))))
-            return self.sampler.sample(batch_size, nc, int(torch.randint(3, 50, (), generator=g)), g)
+            return self.sampler.sample(batch_size, nc, _curriculum_targets(g), g)
         return self.sampler.sample_protocol(batch_size, g)
 
     def heldout_batch(self, batch_size: int, generator: torch.Generator) -> TaskBatch:

@@ -75,10 +75,10 @@ def test_windows_are_deterministic(windows):
 def _numpy_posterior(fitted, x_train, y_train, x_test):
     """The noisy-target posterior and log marginal likelihood from the fitted hyperparameters, in plain numpy."""
     h = fitted.hyperparameters()
-    a, b = fitted.scaled(x_train)[:, 0], fitted.scaled(x_test)[:, 0]
+    a, b = fitted.scaled(x_train), fitted.scaled(x_test)
 
     def k(u, v):
-        r = np.abs(u[:, None] - v[None, :]) / h["length_scale"]
+        r = np.sqrt(((u[:, None] - v[None, :]) ** 2).sum(-1)) / h["length_scale"]
         if fitted.kernel == "rbf":
             return h["amplitude"] * np.exp(-0.5 * r**2)
         s = math.sqrt(5.0) * r
@@ -96,13 +96,19 @@ def _numpy_posterior(fitted, x_train, y_train, x_test):
     return mean, var, lml
 
 
+@pytest.mark.parametrize("dim", [1, 2])
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_fitted_gp_predicts_the_numpy_posterior_of_its_hyperparameters(kernel):
+def test_fitted_gp_predicts_the_numpy_posterior_of_its_hyperparameters(kernel, dim):
+    """On a series (x [n]) and on an image's pixels (x [n, 2], each dimension with its own span)."""
     rng = np.random.default_rng(5)
-    x = np.sort(rng.uniform(10.0, 30.0, 40))
-    y = 50.0 + 8.0 * np.sin(x / 2.0) + rng.normal(0.0, 2.0, 40)
-    x_test = np.linspace(9.0, 31.0, 25)
-    fitted = fit(kernel, x, y, 10.0, 30.0)
+    low, high = np.array([10.0, 0.0])[:dim], np.array([30.0, 27.0])[:dim]
+    x = rng.uniform(low, high, (40, dim))
+    y = 50.0 + 8.0 * np.sin(x.sum(1) / 2.0) + rng.normal(0.0, 2.0, 40)
+    x_test = rng.uniform(low - 1.0, high + 1.0, (25, dim))
+    if dim == 1:
+        x, x_test, low, high = x[:, 0], x_test[:, 0], float(low[0]), float(high[0])
+    fitted = fit(kernel, x, y, low, high)
+    np.testing.assert_allclose(fitted.scaled(x), 4.0 * (x.reshape(40, dim) - low) / (high - low) - 2.0, atol=1e-12)
     mean, var = fitted.predict(x_test)
     want_mean, want_var, want_lml = _numpy_posterior(fitted, x, y, x_test)
     np.testing.assert_allclose(mean, want_mean, rtol=0, atol=1e-6)

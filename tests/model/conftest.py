@@ -14,6 +14,7 @@ GENERAL = CHECKPOINT.with_name("cmanp-gp-general.safetensors")
 SMALL = CMANPConfig(d_model=32, n_heads=4, n_blocks=3, n_latents=16, ff_width=64, embed_depth=2)
 SMALL_AND = CMANPANDConfig(**SMALL.to_dict(), block_size=8, cov_features=4, cov_layers=1)  # with a joint head
 SMALL_EVENTS = CMHPConfig(num_marks=3, d_model=32, n_heads=4, n_blocks=2, n_latents=8, ff_width=64, components=4)
+SMALL_2D = CMANPConfig(**{**SMALL.to_dict(), "dim_x": 2})  # pixel coordinates in: the image family's inputs
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -41,9 +42,11 @@ def small() -> CMANP:
     return small_model()
 
 
-@pytest.fixture(scope="session", params=["small", "shipped", "general"])
+@pytest.fixture(scope="session", params=["small", "small-2d", "shipped", "general"])
 def net(request: pytest.FixtureRequest) -> CMANP:
-    """Each exactness test runs on a random model and on both trained ones (sharper attention)."""
+    """Each exactness test runs on a random model with dim_x 1 and 2 and on both trained ones (sharper attention)."""
+    if request.param == "small-2d":
+        return small_model(cfg=SMALL_2D)
     return small_or_shipped(request.param, small_model(), GENERAL if request.param == "general" else CHECKPOINT)
 
 
@@ -61,6 +64,15 @@ def random_points(n: int, cfg: CMANPConfig, batch: int = 1, seed: int = 0) -> tu
     x = torch.rand(batch, n, cfg.dim_x, generator=g) * 4 - 2
     y = torch.sin(3 * x.sum(-1, keepdim=True)) + 0.1 * torch.randn(batch, n, cfg.dim_y, generator=g)
     return x, y
+
+
+def query_points(n: int, dim_x: int, batch: int = 1, low: float = -2.0, high: float = 2.0) -> torch.Tensor:
+    """Queries [batch, n, dim_x] over [low, high]^dim_x: evenly spaced in 1-D, a fixed uniform draw
+    in more dimensions (a diagonal would leave most of the plane untested); the same in every row."""
+    if dim_x == 1:
+        return torch.linspace(low, high, n).view(1, n, 1).expand(batch, n, 1)
+    u = torch.rand(1, n, dim_x, generator=torch.Generator().manual_seed(n))
+    return (low + (high - low) * u).expand(batch, n, dim_x)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """The CMAB encoder (``model/cmab.py``): however a state is built (one point at a time, chunks
 of any size, any order, merged partitions), it predicts what conditioning on all the points at
-once predicts, and the training pass (one softmax over the whole context) is the same function.
+once predicts, and the training pass (one softmax over the whole context) is the same function,
+for inputs of one dimension and of two (pixel coordinates: the ``net`` fixture's "small-2d").
 The accumulators are also checked against softmax attention computed directly from the weights."""
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from model import CMANP
-from tests.model.conftest import random_points, small_model
+from tests.model.conftest import query_points, random_points, small_model
 
 N = 300
 MEAN_TOL, REL_VAR_TOL = 1e-4, 1e-3
@@ -26,7 +27,7 @@ def assert_same_predictions(net: CMANP, a, b, xq) -> None:
 @pytest.fixture(scope="module")
 def points(net: CMANP):
     x, y = random_points(N, net.cfg, seed=1)
-    xq = torch.linspace(-2.5, 2.5, 64).view(1, -1, 1).expand(1, -1, net.cfg.dim_x)
+    xq = query_points(64, net.cfg.dim_x, low=-2.5, high=2.5)
     with torch.no_grad():
         reference = net.condition(x, y)
     return x, y, xq, reference
@@ -96,7 +97,7 @@ def test_chunked_predict_equals_unchunked(net, points):
 def test_batched_sessions_are_independent(net):
     """Element b of a batched state equals conditioning on element b's points alone."""
     x, y = random_points(40, net.cfg, batch=3, seed=5)
-    xq = torch.linspace(-2, 2, 16).view(1, -1, 1).expand(3, -1, net.cfg.dim_x)
+    xq = query_points(16, net.cfg.dim_x, batch=3)
     batched = net.predict(net.condition(x, y), xq)
     for b in range(3):
         single = net.predict(net.condition(x[b : b + 1], y[b : b + 1]), xq[b : b + 1])
@@ -183,7 +184,7 @@ def test_training_forward_equals_streaming_prediction(net, n):
     (accumulators folded in chunks, then merged with the null point) are the same function."""
     x, y = random_points(max(n, 1), net.cfg, batch=2, seed=10)
     x, y = x[:, :n], y[:, :n]
-    xq = torch.linspace(-2, 2, 9).view(1, -1, 1).expand(2, -1, net.cfg.dim_x)
+    xq = query_points(9, net.cfg.dim_x, batch=2)
     state = net.condition(x, y, chunk_size=8) if n else net.empty_state(2)
     mean, var = net.predict(state, xq)
     train_mean, train_std = net(x, y, xq)

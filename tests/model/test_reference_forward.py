@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from model import CMANP
-from tests.model.conftest import random_points
+from tests.model.conftest import query_points, random_points
 
 
 def layer_norm(x, weight=None, bias=None):
@@ -99,7 +99,7 @@ def reference(net: CMANP, xc, yc, xt):
 @pytest.mark.parametrize("n", [1, 30])
 def test_training_and_streaming_paths_match_the_reference(net, n):
     xc, yc = random_points(n, net.cfg, batch=2, seed=11)
-    xt = torch.linspace(-2, 2, 7).view(1, -1, 1).expand(2, -1, net.cfg.dim_x)
+    xt = query_points(7, net.cfg.dim_x, batch=2)
     ref_mean, ref_std = reference(net, xc, yc, xt)
     mean, std = net(xc, yc, xt)
     stream_mean, stream_var = net.predict(net.condition(xc, yc, chunk_size=4), xt)
