@@ -9,7 +9,7 @@ AND_CHECKPOINT := checkpoints/cmanp-and-gp-rbf.safetensors
 GENERAL_CHECKPOINT := checkpoints/cmanp-gp-general.safetensors
 MNIST_CHECKPOINT := checkpoints/cmanp-mnist.safetensors
 
-.PHONY: install run test lint train train-and train-general train-mnist eval eval-and eval-general eval-events eval-mnist bench bench-quick bench-setup bench-memory plot plot-and plot-general plot-mnist clean
+.PHONY: install run test lint train train-and train-general train-mnist train-events eval eval-and eval-general eval-events eval-mnist bench bench-quick bench-setup bench-memory plot plot-and plot-general plot-mnist plot-events clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -64,8 +64,15 @@ eval: $(STAMP)
 	$(PY) -m model.evaluate --checkpoint $(CHECKPOINT) --context-sizes 10,50,100,200,500,1000 \
 		--out runs/eval-streaming.json --card-json $(CARD_JSON)
 
-# The event model beside the true process and a per-sequence MLE fit (model/evaluate_events.py; ~3 min on 2 cores).
+# The event model (docs/MODEL.md, section 9): train on the Hawkes prior, score beside the true process and a
+# per-sequence MLE fit (model/evaluate_events.py; ~3 min on 2 cores), plot its intensity beside the true one.
 EVENT_CHECKPOINT := checkpoints/cmhp-hawkes-exp.safetensors
+train-events: $(STAMP)
+	$(PY) -m model.train --config configs/hawkes-exp.json --out runs/cmhp --resume
+
+plot-events: $(STAMP)
+	$(PY) -m model.plot_events --checkpoint $(EVENT_CHECKPOINT) --out checkpoints/cmhp-hawkes-exp.png
+
 eval-events: $(STAMP)
 	$(PY) -m model.evaluate --checkpoint $(EVENT_CHECKPOINT) --out runs/eval-cmhp-hawkes-exp.json \
 		--card-json $(EVENT_CHECKPOINT:.safetensors=.json)
