@@ -30,8 +30,9 @@ export class Api {
     return this.request("GET", "/v1/models");
   }
 
-  createSession(model) {
-    return this.request("POST", "/v1/sessions", { model });
+  // options: more fields of the request, e.g. {x_transform, y_transform}.
+  createSession(model, options = {}) {
+    return this.request("POST", "/v1/sessions", { model, ...options });
   }
 
   session(id) {
@@ -42,9 +43,9 @@ export class Api {
     return this.request("DELETE", `/v1/sessions/${id}`);
   }
 
-  // xs, ys: arrays of numbers (one feature, one output).
-  addContext(id, xs, ys) {
-    return this.request("POST", `/v1/sessions/${id}/context`, { x: xs.map((v) => [v]), y: ys.map((v) => [v]) });
+  // x, y: one row per point, [dim_x] and [dim_y] numbers.
+  addContext(id, x, y) {
+    return this.request("POST", `/v1/sessions/${id}/context`, { x, y });
   }
 
   // Events of an event session: times (non-decreasing, none before its last event) and marks.
@@ -57,9 +58,10 @@ export class Api {
     return this.request("POST", `/v1/sessions/${id}/forecast`, { quantiles });
   }
 
-  // options: {numSamples, seed} asks for joint sample paths as well; omit for mean and variance only.
-  predict(id, xs, options = {}) {
-    const body = { x: xs.map((v) => [v]) };
+  // x: one row per query. options: {numSamples, seed} asks for joint sample paths as well; omit
+  // for mean and variance only.
+  predict(id, x, options = {}) {
+    const body = { x };
     if (options.numSamples) Object.assign(body, { num_samples: options.numSamples, seed: options.seed });
     return this.request("POST", `/v1/sessions/${id}/predict`, body);
   }

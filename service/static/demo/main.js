@@ -18,6 +18,8 @@ import { Api, ApiError } from "./api.js";
 import { Chart } from "./chart.js";
 import { drawEvents, hawkes, isEvents, markAt, markNote, markRange, QUANTILES, TIME_RANGE } from "./events.js";
 import { normal, rbfDraw } from "./gp.js";
+import { drawHistory } from "./history.js";
+import { plural, serialQueue, shuffled, sleep } from "./util.js";
 
 const GRID_SIZE = 151; // prediction grid over the model's input range
 const NUM_SAMPLES = 3; // joint sample paths to draw
@@ -49,21 +51,7 @@ const view = {
 };
 
 // Requests run one at a time, in order: a click during a stream lands between two streamed points.
-let queue = Promise.resolve();
-let pending = 0;
-
-function enqueue(task) {
-  pending += 1;
-  plotCanvas.dataset.busy = "true";
-  queue = queue
-    .then(task)
-    .catch(showError)
-    .finally(() => {
-      pending -= 1;
-      if (pending === 0) plotCanvas.dataset.busy = "false";
-    });
-  return queue;
-}
+const enqueue = serialQueue(plotCanvas, showError);
 
 function showError(error) {
   const unauthorised = error instanceof ApiError && error.status === 401;
@@ -74,32 +62,18 @@ function showError(error) {
   }
 }
 
-// "1 point", "3 points".
-const plural = (count, noun) => `${count.toLocaleString("en")} ${count === 1 ? noun : `${noun}s`}`;
-
 // Whether the model can draw joint sample paths: models with a joint head list their block size.
 const canSample = (model) => model != null && model.joint_block_size != null;
 
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const linspace = (low, high, n) => Array.from({ length: n }, (_, i) => low + ((high - low) * i) / (n - 1));
 const firstColumn = (rows) => rows.map((row) => row[0]);
-
-function shuffled(items) {
-  const out = [...items];
-  for (let i = out.length - 1; i > 0; i--) {
-    const j = Math.floor(Math.random() * (i + 1));
-    [out[i], out[j]] = [out[j], out[i]];
-  }
-  return out;
-}
 
 // ---- talking to the service --------------------------------------------------------------------
 
 async function loadModels() {
-  const listing = await api.models();
-  view.models = listing.models;
+  view.models = (await api.models()).models;
   $("model").replaceChildren(
-    ...listing.models.map((m) => new Option(`${m.name}${m.default ? " (default)" : ""}`, m.name, m.default, m.default)),
+    ...view.models.map((m) => new Option(`${m.name}${m.default ? " (default)" : ""}`, m.name, m.default, m.default)),
   );
 }
 
@@ -129,7 +103,7 @@ async function newSession() {
 // Mean and variance on the grid, with joint sample paths when the model has a joint head.
 function predictGrid(grid) {
   const options = canSample(view.model) ? { numSamples: NUM_SAMPLES, seed: view.seed } : {};
-  return api.predict(view.sessionId, grid, options);
+  return api.predict(view.sessionId, grid.map((x) => [x]), options);
 }
 
 // Redraw from a prediction on the grid (event sessions: a forecast) and the session's info (asked for unless given).
@@ -157,7 +131,7 @@ async function refresh(info = null) {
 
 async function addPoint(sessionId, x, y) {
   if (view.sessionId !== sessionId) return; // the session was replaced while this waited
-  await api.addContext(sessionId, [x], [y]);
+  await api.addContext(sessionId, [[x]], [[y]]);
   view.points.x.push(x);
   view.points.y.push(y);
   await refresh();
@@ -272,29 +246,11 @@ function render() {
   renderHistory();
 }
 
-// State size against point count: a flat line is the point of the demo.
 function renderHistory() {
-  const history = view.history;
-  if (!history.length) return;
-  const points = history.map(([n]) => n);
-  const kib = history.map(([, bytes]) => bytes / 1024);
-  const chart = new Chart($("history"), {
-    xRange: [0, Math.max(10, ...points)],
-    yRange: [0, Math.max(...kib) * 1.3],
-    xLabel: isEvents(view.model) ? "events" : "context points",
-    yLabel: "KiB",
-  });
-  chart.begin();
-  chart.line(points, kib, { color: "#1d4ed8", width: 2 });
-  chart.dots(points, kib, "#1d4ed8", 2.5);
-  const [first, last] = [history[0], history[history.length - 1]];
-  const bytes = (n) => n.toLocaleString("en");
-  const noun = isEvents(view.model) ? "event" : "point";
-  let note;
-  if (first[0] === last[0]) note = `add ${noun}s and watch it stay ${bytes(last[1])} bytes`;
-  else if (first[1] === last[1]) note = `the same ${bytes(last[1])} bytes at ${first[0]} and at ${plural(last[0], noun)}`;
-  else note = `changed from ${bytes(first[1])} bytes at ${plural(first[0], noun)} to ${bytes(last[1])} at ${plural(last[0], noun)}`;
-  $("state-note").textContent = note;
+  if (!view.history.length) return;
+  const events = isEvents(view.model);
+  const [noun, axisLabel] = events ? ["event", "events"] : ["point", "context points"];
+  $("state-note").textContent = drawHistory($("history"), view.history, noun, axisLabel);
 }
 
 // ---- wiring ------------------------------------------------------------------------------------
