@@ -3,6 +3,7 @@
     python -m model.evaluate --checkpoint C --kernel rbf            # paper protocol, 3000 x 16 tasks
     python -m model.evaluate --checkpoint C --context-sizes 10,50,100,200,500,1000   # streaming curve
     python -m model.evaluate --checkpoint C --kernel rbf --joint   # joint LL (a CMANP-AND), oracle joint too
+    python -m model.evaluate_joint --checkpoint C --kernel rbf   # a CMANP-AND: many blocks, sample paths
     python -m model.evaluate --checkpoint C --kernel broad --context-sizes 10,50,200,1000   # the broad prior
     python -m model.evaluate --checkpoint runs/cmhp/best.safetensors   # an event model: model.evaluate_events
     python -m model.evaluate --checkpoint C --data mnist   # image completion beside a fitted GP (model.evaluate_images)
