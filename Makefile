@@ -96,6 +96,10 @@ eval-and: $(STAMP)
 		--card-json $(AND_CARD_JSON)
 	$(PY) -m model.evaluate --checkpoint $(AND_CHECKPOINT) --kernel matern --joint --out runs/eval-and-matern.json \
 		--card-json $(AND_CARD_JSON)
+	$(PY) -m model.evaluate_joint --checkpoint $(AND_CHECKPOINT) --kernel rbf --out runs/eval-joint-rbf.json \
+		--card-json $(AND_CARD_JSON)
+	$(PY) -m model.evaluate_joint --checkpoint $(AND_CHECKPOINT) --kernel matern --out runs/eval-joint-matern.json \
+		--card-json $(AND_CARD_JSON)
 
 bench-memory: $(STAMP)
 	$(PY) -m bench.constant_memory --checkpoint $(CHECKPOINT)

@@ -3,6 +3,7 @@
     python -m model.evaluate --checkpoint C --kernel rbf            # paper protocol, 3000 x 16 tasks
     python -m model.evaluate --checkpoint C --context-sizes 10,50,100,200,500,1000   # streaming curve
     python -m model.evaluate --checkpoint C --kernel rbf --joint   # joint LL (a CMANP-AND), oracle joint too
+    python -m model.evaluate_joint --checkpoint C --kernel rbf   # a CMANP-AND: many blocks, sample paths
     python -m model.evaluate --checkpoint C --kernel broad --context-sizes 10,50,200,1000   # the broad prior
     python -m model.evaluate --checkpoint runs/cmhp/best.safetensors   # an event model: model.evaluate_events
     python -m model.evaluate --checkpoint C --data mnist   # image completion beside a fitted GP (model.evaluate_images)
@@ -37,6 +38,7 @@ from model.data import TaskBatch
 from model.data.eval_sets import DEFAULT_CACHE, broad_streaming_set, protocol_set, streaming_set
 from model.data.gp import KERNELS
 from model.evaluate_images import CONTEXT_SIZES, card_entries, evaluate_images
+from model.evaluation_cli import parse_evaluation_args
 from model.gp_oracle import gp_joint_log_likelihood, gp_log_likelihood
 from model.neural_process import NeuralProcess
 from model.scores import summarise
@@ -94,13 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--no-gp", action="store_true", help="mnist: score the model alone")
     p.add_argument("--num-targets", type=int, default=50, help="streaming mode: targets per task")
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
-    p.add_argument("--threads", type=int, default=0)
     p.add_argument("--joint", action="store_true", help="score the joint LL per target (needs a CMANP-AND)")
-    p.add_argument("--out", type=Path, help="write the results as JSON here")
-    p.add_argument("--card-json", type=Path, help="merge the headline numbers into this model-card sidecar")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_evaluation_args(p, argv)
 
     net = load_checkpoint(args.checkpoint)
     if args.data != "gp":

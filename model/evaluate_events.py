@@ -49,6 +49,7 @@ from model.checkpoint import load_checkpoint
 from model.cmhp import CMHP
 from model.data.events import EventBatch
 from model.data.hawkes import HawkesParams, HawkesSource, build_source, simulate_hawkes
+from model.evaluation_cli import parse_evaluation_args
 from model.hawkes_mle import HawkesFit, event_log_likelihoods, fit, next_event_forecasts
 
 EVAL_SEED = 180_018  # held-out sequences: not the training stream (seed + 1) nor HELDOUT_SEED (12345)
@@ -296,12 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--restarts", type=int, default=3, help="starting points of each maximum-likelihood fit")
     p.add_argument("--workers", type=int, default=2, help="processes for the fits (the slow part)")
     p.add_argument("--batch-size", type=int, default=64, help="sequences the model streams at once")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--out", type=Path, help="write the results as JSON here")
-    p.add_argument("--card-json", type=Path, help="merge the headline numbers into this model-card sidecar")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_evaluation_args(p, argv)
     sizes = sorted(int(s) for s in args.history_sizes.split(","))
     if sizes[0] < 1 or args.num_predicted < 1 or args.num_sequences < 2:
         p.error("history sizes and --num-predicted must be >= 1, --num-sequences >= 2")

@@ -2,6 +2,8 @@
 
 * ``protocol_set``: the paper protocol (N ~ U{3..46}, M ~ U{3..49-N}), 3000 batches x 16 tasks.
 * ``streaming_set``: for one context size N, tasks with a fixed number of targets.
+* ``joint_set``: the protocol's context sizes with many targets, at random inputs or on a sorted
+  grid (for the joint model: several autoregressive blocks, sample paths).
 Cache files are keyed by every parameter that changes their content, plus a generator version.
 """
 
@@ -84,6 +86,44 @@ def streaming_set(
         sampler = GPSampler(kernel)
         sizes = [min(batch_size, num_tasks - i) for i in range(0, num_tasks, batch_size)]
         return [sampler.sample(b, num_context, num_targets, g) for b in sizes]
+
+    return _cached(cache_dir / f"{name}.npz", kernel, make)
+
+
+JOINT_SEED = 4000  # plus the kernel's index, plus 10 for grid targets
+
+
+def joint_set(
+    kernel: Kernel,
+    num_batches: int,
+    batch_size: int = 16,
+    num_targets: int = 200,
+    grid: bool = False,
+    cache_dir: Path = DEFAULT_CACHE,
+) -> list[GPBatch]:
+    """Tasks with the protocol's contexts (N ~ U{3..46} per batch) and ``num_targets`` targets each.
+
+    The targets are drawn like the context (uniform on the x range, in random order) or, with
+    ``grid``, are the same sorted grid spanning the x range in every task: what a user asks for
+    when drawing sample paths, and where increments between neighbouring points mean something."""
+    seed = JOINT_SEED + KERNELS.index(kernel) + (10 if grid else 0)
+    kind = "grid" if grid else "random"
+    name = f"joint-{kernel}-{num_batches}x{batch_size}-t{num_targets}-{kind}-seed{seed}-v{GENERATOR_VERSION}"
+
+    def make() -> list[GPBatch]:
+        g = torch.Generator().manual_seed(seed)
+        sampler = GPSampler(kernel)
+        batches = []
+        for _ in range(num_batches):
+            nc = int(torch.randint(3, 47, (1,), generator=g))
+            if not grid:
+                batches.append(sampler.sample(batch_size, nc, num_targets, g))
+                continue
+            lo, hi = sampler.x_range
+            xc = lo + (hi - lo) * torch.rand((batch_size, nc, 1), generator=g, dtype=torch.float64)
+            xt = torch.linspace(lo, hi, num_targets, dtype=torch.float64).view(1, -1, 1)
+            batches.append(sampler.sample_at(torch.cat([xc, xt.expand(batch_size, -1, -1)], 1), nc, g))
+        return batches
 
     return _cached(cache_dir / f"{name}.npz", kernel, make)
 

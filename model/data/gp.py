@@ -97,8 +97,14 @@ class GPSampler:
         return lo + (hi - lo) * torch.rand(shape, generator=g, dtype=torch.float64)
 
     def sample(self, batch_size: int, num_context: int, num_target: int, generator: torch.Generator) -> GPBatch:
-        B, n = batch_size, num_context + num_target
-        x = self._uniform(self.x_range, (B, n, self.dim_x), generator)
+        x = self._uniform(self.x_range, (batch_size, num_context + num_target, self.dim_x), generator)
+        return self.sample_at(x, num_context, generator)
+
+    def sample_at(self, x: Tensor, num_context: int, generator: torch.Generator) -> GPBatch:
+        """Tasks at given inputs x [B, n, dx] (float64), the first ``num_context`` of them the context:
+        hyperparameters, f and noise drawn as in ``sample`` (which draws x, then calls this), so a
+        caller can put the targets on a grid of its own."""
+        B, n = x.shape[:2]
         length = self._uniform(self.length_range, (B,), generator)
         scale = self._uniform(self.scale_range, (B,), generator)
         period = self._uniform(self.period_range, (B,), generator)

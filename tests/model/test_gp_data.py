@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from model.data.eval_sets import joint_set
 from model.data.gp import GPSampler, kernel_matrix
 from model.gp_oracle import gp_joint_log_likelihood, gp_log_likelihood, gp_predict
 
@@ -103,3 +104,23 @@ def test_oracle_joint_ll_is_the_chain_of_its_conditionals():
         chain += gp_log_likelihood(step)
     assert torch.allclose(gp_joint_log_likelihood(batch) * 4, chain, rtol=0, atol=1e-8)
     assert not torch.allclose(gp_log_likelihood(batch) * 4, chain, rtol=0, atol=1e-3)  # correlations matter
+
+
+def test_sample_is_sample_at_its_own_inputs():
+    # sample() draws x and hands it to sample_at(): the same generator state gives the same task.
+    a = GPSampler("matern").sample(3, 5, 7, torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(4)
+    x = -2.0 + 4.0 * torch.rand((3, 12, 1), generator=g, dtype=torch.float64)
+    b = GPSampler("matern").sample_at(x, 5, g)
+    for name in ("xc", "yc", "xt", "yt", "length", "scale", "period"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+def test_joint_set_grid_targets_are_one_sorted_grid(tmp_path):
+    grid = joint_set("rbf", 2, 3, num_targets=10, grid=True, cache_dir=tmp_path)
+    assert torch.equal(grid[0].xt[:, :, 0], torch.linspace(-2, 2, 10, dtype=torch.float64).float().expand(3, -1))
+    assert all(3 <= b.xc.shape[1] <= 46 for b in grid)
+    random = joint_set("rbf", 2, 3, num_targets=10, cache_dir=tmp_path)
+    assert not torch.equal(random[0].xt, grid[0].xt) and random[0].xt.abs().max() <= 2
+    again = joint_set("rbf", 2, 3, num_targets=10, grid=True, cache_dir=tmp_path / "fresh")  # regenerated
+    assert all(torch.equal(a.yt, b.yt) for a, b in zip(grid, again, strict=True))
