@@ -47,9 +47,11 @@ def commands(out: Path, quick: bool) -> dict[str, list[str]]:
         "train_throughput": [
             *py,
             "bench.train_throughput",
-            # Quick mode (CI) leaves out the compiled option: its compilation alone takes minutes cold.
+            # Quick mode (CI) times fp32 only: compilation alone takes minutes cold, and eager bf16 runs
+            # 6x slower than fp32 on this CPU (99 s of the suite); tests/model/test_training_precision
+            # covers the bf16 path's correctness.
             *(
-                ["--steps", "3", "--warmup", "1", "--rounds", "1", "--options", "fp32-eager,bf16-eager"]
+                ["--steps", "3", "--warmup", "1", "--rounds", "1", "--options", "fp32-eager"]
                 if quick
                 else ["--steps", "40", "--warmup", "20", "--rounds", "4"]
             ),
