@@ -9,11 +9,15 @@ batched over tasks, and prequential forecast blocks), and the session's verdict 
   * false alarms: the share of sessions on data from the model's own training prior that are
     called ``miscalibrated`` (each session is one check);
   * alarms on sessions whose intervals are in fact fine: each session's function is also observed
-    at ``FRESH`` fresh inputs, predicted from the whole context; a session is *fine* when those
-    fresh readings' mean clipped z^2 lies between that of a forecast whose std is ``STD_FACTOR``
-    (1.5) too large and one whose std is ``VARIANCE_TOLERANCE`` (1.15) too small: what the tests
-    claim to tolerate. An in-prior session on
-    which the model itself is over-confident is not a false alarm when it is flagged.
+    at ``FRESH`` fresh inputs, predicted from the whole context. A session is *fine* when those
+    fresh readings pass every tolerance the monitor's tests claim: their mean clipped z^2 lies
+    between that of a forecast whose std is ``STD_FACTOR`` (1.5) too large and one whose std is
+    ``VARIANCE_TOLERANCE`` (1.15) too small, and the share inside the central 50% and 95% intervals
+    lies in the coverage band of std off by less than ``STD_FACTOR``. An alarm on a fine session is
+    a false alarm; an in-prior session on which the model itself is off (too narrow, or the wrong
+    shape: heavy-tailed or heteroscedastic noise under a Gaussian forecast covers too much at 50%)
+    is not a false alarm when it is flagged. *Variance-fine* applies the first condition alone (the
+    definition of earlier measurements), for comparison.
   * power: the same sessions judged by a forecaster whose standard deviations are ``factor``
     times too small (every predictive variance divided by factor^2): the share called
     ``miscalibrated``.
@@ -25,6 +29,7 @@ import argparse
 import math
 import time
 from pathlib import Path
+from statistics import NormalDist
 
 import torch
 
@@ -34,11 +39,13 @@ from model.data import build_sampler
 from service.calibration import FOLDS, prequential_blocks
 from service.kinds.regression_calibration import (
     STD_FACTOR,
+    TESTED_LEVELS,
     VARIANCE_TOLERANCE,
     Z_CLIP,
     Aggregates,
     Scores,
     clipped_square_moments,
+    tolerated_coverage,
 )
 
 SIZES = (50, 100, 200)
@@ -81,6 +88,21 @@ def _scores(predictions: tuple[Scored, Scored], shrink: float) -> list[Scores]:
     return [Scores(aggregate(interpolation, b), aggregate(forecast, b)) for b in range(B)]
 
 
+def _fine(y: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> tuple[list[bool], list[bool]]:
+    """Per session of fresh readings y [B, m, 1]: (fine, variance-fine), as the module docstring says."""
+    z2 = (y - mean).square() / var
+    fresh = z2.clamp_max(Z_CLIP**2).mean((1, 2))
+    low, high = clipped_square_moments(1 / STD_FACTOR)[0], clipped_square_moments(VARIANCE_TOLERANCE)[0]
+    variance_fine = (fresh >= low) & (fresh <= high)
+    fine = variance_fine.clone()
+    for level in TESTED_LEVELS:
+        half_width = NormalDist().inv_cdf((1 + level) / 2)
+        covered = (z2 <= half_width**2).double().mean((1, 2))
+        allowed_low, allowed_high = tolerated_coverage(level)
+        fine &= (covered >= allowed_low) & (covered <= allowed_high)
+    return fine.tolist(), variance_fine.tolist()
+
+
 def measure(checkpoint: str, data: dict, sessions: int, batch: int, seed: int, sizes: tuple[int, ...] = SIZES) -> dict:
     net = load_checkpoint(checkpoint)
     sampler = build_sampler(data, net.cfg.dim_x, net.cfg.x_range)
@@ -88,7 +110,10 @@ def measure(checkpoint: str, data: dict, sessions: int, batch: int, seed: int, s
     result: dict = {"checkpoint": checkpoint, "data": data, "sessions_per_size": sessions, "sizes": {}}
     with torch.inference_mode():
         for n in sizes:
-            counts = {"false_alarms": 0, "fine": 0, "alarms_when_fine": 0, **{f"flagged_at_{f:g}x": 0 for f in FACTORS}}
+            counts = {
+                "false_alarms": 0, "fine": 0, "alarms_when_fine": 0, "variance_fine": 0, "alarms_when_variance_fine": 0,
+                **{f"flagged_at_{f:g}x": 0 for f in FACTORS},
+            }  # fmt: skip
             reasons: dict[str, int] = {}
             # Per session, the interpolation statistics the tests read (to set their thresholds from data):
             # mean clipped z^2, and the 50% and 95% coverage, at the true variance and at 1.5x too small.
@@ -97,15 +122,15 @@ def measure(checkpoint: str, data: dict, sessions: int, batch: int, seed: int, s
                 tasks = sampler.sample(batch, n, FRESH, g)
                 predictions = _predictions(net, tasks.xc, tasks.yc)
                 mean, var = net.predict(net.condition(tasks.xc, tasks.yc), tasks.xt)
-                fresh = ((tasks.yt - mean).square() / var).clamp_max(Z_CLIP**2).mean((1, 2))
-                low, high = clipped_square_moments(1 / STD_FACTOR)[0], clipped_square_moments(VARIANCE_TOLERANCE)[0]
-                fine = ((fresh >= low) & (fresh <= high)).tolist()
+                fine, variance_fine = _fine(tasks.yt, mean, var)
                 counts["fine"] += sum(fine)
+                counts["variance_fine"] += sum(variance_fine)
                 for shrink, key in [(1.0, "false_alarms")] + [(f * f, f"flagged_at_{f:g}x") for f in FACTORS]:
                     for b, scores in enumerate(_scores(predictions, shrink)):
                         status, verdict_reasons = scores.verdict()
-                        if shrink == 1.0 and fine[b] and status == "miscalibrated":
-                            counts["alarms_when_fine"] += 1
+                        if shrink == 1.0 and status == "miscalibrated":
+                            counts["alarms_when_fine"] += fine[b]
+                            counts["alarms_when_variance_fine"] += variance_fine[b]
                         if shrink in (1.0, 2.25):
                             a = scores.interpolation
                             stats["calibrated" if shrink == 1.0 else "too_narrow_1.5x"].append(
@@ -120,6 +145,7 @@ def measure(checkpoint: str, data: dict, sessions: int, batch: int, seed: int, s
             done = math.ceil(sessions / batch) * batch
             rates = {k: v / done for k, v in counts.items()}
             rates["alarms_when_fine"] = counts["alarms_when_fine"] / max(1, counts["fine"])
+            rates["alarms_when_variance_fine"] = counts["alarms_when_variance_fine"] / max(1, counts["variance_fine"])
             result["sizes"][str(n)] = {"sessions": done, **counts, "rates": rates}
             result["sizes"][str(n)]["false_alarm_reasons"] = reasons
             print(n, result["sizes"][str(n)], flush=True)

@@ -29,6 +29,7 @@ const Y_RANGE = [-3, 3];
 const DEFAULT_X_RANGE = [-2, 2]; // the shipped models' input range, until GET /v1/models says
 const STREAM_POINTS = 25;
 const STREAM_DELAY_MS = 60;
+const MIN_STREAM_EVENTS = 5; // the fewest events a simulated Hawkes stream shows
 const NOISE_STD = 0.02; // observation noise of the streamed draws, as in training (model/data/gp.py)
 const SAMPLE_COLOURS = ["#e4572e", "#17a398", "#9b5de5"];
 
@@ -161,7 +162,12 @@ async function streamDraw() {
     const sessionId = view.sessionId;
     if (!sessionId) return; // the new session could not be made; the error is on the page
     if (isEvents(view.model)) {
-      const { times, marks } = hawkes(Math.random, view.model.num_marks, TIME_RANGE[1]);
+      // Hawkes streams are bursty: some draws hold only two or three events, too few to show the
+      // forecast learning, so redraw until there are enough.
+      let draw;
+      do draw = hawkes(Math.random, view.model.num_marks, TIME_RANGE[1]);
+      while (draw.times.length < MIN_STREAM_EVENTS);
+      const { times, marks } = draw;
       for (const [i, time] of times.entries()) {
         if (view.sessionId !== sessionId) break; // reset or another model
         await enqueue(() => addEvent(sessionId, time, marks[i]));
