@@ -24,7 +24,7 @@ import math
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -195,7 +195,10 @@ def start(
         # Continue from exported weights (e.g. a committed checkpoint in a new session): the
         # schedule resumes at the recorded step; the optimiser moments start afresh.
         init = load_checkpoint(init_from)
-        if init.cfg == mc:
+        # A warm start may change the std floor: it is a constant of the head, not a weight, and
+        # fine-tuning under a new floor re-fits the stds around it.
+        floor_only = warm_start and hasattr(mc, "min_std") and init.cfg == replace(mc, min_std=init.cfg.min_std)
+        if init.cfg == mc or floor_only:
             net.load_state_dict(init.state_dict())
             if warm_start:
                 print(f"warm start from the weights of {init_from}; schedule from step 0")

@@ -70,6 +70,33 @@ def test_init_from_continues_at_the_recorded_step(tmp_path):
     assert torch.load(tmp_path / "c" / "last.pt", weights_only=True)["step"] == 9
 
 
+def test_a_warm_start_may_change_the_std_floor_but_nothing_else(tmp_path):
+    main([*TINY, "--steps", "3", "--out", str(tmp_path / "a")])
+    start = str(tmp_path / "a" / "best.safetensors")
+    # The floor is a constant of the head: the weights carry over, and the new floor is the model's.
+    main(
+        [*TINY, "--steps", "1", "--min-std", "0.05", "--out", str(tmp_path / "b"), "--init-from", start, "--warm-start"]
+    )
+    assert load_checkpoint(tmp_path / "b" / "best.safetensors").cfg.min_std == 0.05
+    with pytest.raises(ValueError, match="has config"):  # without --warm-start: a continued run keeps its config
+        main([*TINY, "--steps", "4", "--min-std", "0.05", "--out", str(tmp_path / "c"), "--init-from", start])
+    with pytest.raises(ValueError, match="has config"):  # another shape is another model
+        main(
+            [
+                *TINY,
+                "--steps",
+                "1",
+                "--ff-width",
+                "16",
+                "--out",
+                str(tmp_path / "d"),
+                "--init-from",
+                start,
+                "--warm-start",
+            ]
+        )
+
+
 def test_curriculum_covers_protocol_long_and_empty_contexts():
     curriculum = ContextCurriculum(long_context_prob=0.3, empty_context_prob=0.1, long_context_max=300)
     source, g = RegressionSource(GPSampler("rbf"), curriculum), torch.Generator().manual_seed(0)
