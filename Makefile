@@ -88,7 +88,7 @@ bench: $(STAMP) bench-setup
 
 # Small versions of every benchmark (under 2 minutes), output in bench/out/quick/; run by the test suite.
 bench-quick: $(STAMP) bench-setup
-	$(PY) -m bench --quick
+	$(PY) -m bench --quick --jobs 3
 
 AND_CARD_JSON := $(AND_CHECKPOINT:.safetensors=.json)
 eval-and: $(STAMP)

@@ -2,6 +2,7 @@
 
     python -m bench            # make bench: full sizes; writes bench/RESULTS.md and bench/*.png
     python -m bench --quick    # make bench-quick: small sizes, output under bench/out/quick/
+    python -m bench --quick --jobs 3    # the test suite: three at a time (harness only, no numbers to trust)
     python -m bench --only model_costs,peers
 
 Each benchmark writes its JSON under the output directory; ``bench/out/runs.json`` records the
@@ -15,7 +16,9 @@ import json
 import shlex
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.common import CHECKPOINT, EVENT_CHECKPOINT, GENERAL_CHECKPOINT, OUT_DIR, machine, write_json
@@ -106,7 +109,12 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--only", help="comma-separated benchmark names (default: all)")
+    # Most quick runs wait on servers starting and fixed-length load rounds, so running a few at once
+    # shortens the suite; their figures then mean nothing, which is why only --quick allows it.
+    p.add_argument("--jobs", type=int, default=1, help="with --quick: benchmarks run at once")
     args = p.parse_args(argv)
+    if args.jobs > 1 and not args.quick:
+        p.error("--jobs > 1 only with --quick: benchmarks that share the CPU measure each other")
     out = QUICK_DIR if args.quick else OUT_DIR
     todo = commands(out, args.quick)
     if args.only:
@@ -118,12 +126,24 @@ def main(argv: list[str] | None = None) -> None:
     runs_path = out / "runs.json"
     previous = json.loads(runs_path.read_text()) if runs_path.exists() else []
     runs = {r["name"]: r for r in previous}  # --only keeps the other benchmarks' records
-    for name, command in todo.items():
+    record = threading.Lock()
+
+    def run(name: str) -> None:
+        command = todo[name]
         print(f"== {name}: {shlex.join(command)}", flush=True)
         t0 = time.perf_counter()
         subprocess.run([sys.executable, *command[1:]], check=True)
-        runs[name] = {"name": name, "command": shlex.join(command), "seconds": time.perf_counter() - t0}
-        write_json(runs_path, list(runs.values()))  # after each one, so a later failure keeps the record
+        with record:  # after each one, so a later failure keeps the record
+            runs[name] = {"name": name, "command": shlex.join(command), "seconds": time.perf_counter() - t0}
+            listed = list(commands(out, args.quick))  # in the listed order, however they finished
+            write_json(
+                runs_path,
+                sorted(runs.values(), key=lambda r: listed.index(r["name"]) if r["name"] in listed else len(listed)),
+            )
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for done in [pool.submit(run, name) for name in todo]:
+            done.result()  # the first failure, in the listed order
     report_dir = out if args.quick else Path("bench")
     path = write_report(out, report_dir)
     print(f"wrote {path}")

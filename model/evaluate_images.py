@@ -108,15 +108,19 @@ def gp_predictor(min_std: float, restarts: int = GP_RESTARTS) -> Predictor:
     return predict
 
 
-def task_scores(predict: Predictor, batches: Sequence[ImageBatch], desc: str) -> tuple[Tensor, Tensor]:
-    """Per task, the mean LL per pixel over its targets and over all its pixels (context included): two [T]."""
-    targets, every = [], []
+def task_scores(predict: Predictor, batches: Sequence[ImageBatch], desc: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Per task, the mean LL per pixel over its targets and over all its pixels (context included), and the
+    RMSE of the predicted mean over all its pixels: three [T]. The RMSE shows whether a predictor conditions:
+    the LL of mostly-background targets is high for the average digit alone (checkpoints/HISTORY.md)."""
+    targets, every, rmse = [], [], []
     for batch in tqdm(batches, desc=desc, mininterval=5, leave=False):
         mean, variance = predict(batch)
-        ll = pixel_log_likelihood(mean, variance, torch.cat([batch.yc, batch.yt], 1).double())
+        y = torch.cat([batch.yc, batch.yt], 1).double()
+        ll = pixel_log_likelihood(mean, variance, y)
         targets.append(ll[:, batch.xc.shape[1] :].mean(-1))
         every.append(ll.mean(-1))
-    return torch.cat(targets), torch.cat(every)
+        rmse.append((mean - y).square().mean((1, 2)).sqrt())
+    return torch.cat(targets), torch.cat(every), torch.cat(rmse)
 
 
 def _summary(values: Tensor) -> dict[str, float]:
@@ -141,8 +145,12 @@ def evaluate_set(
         start = time.perf_counter()
         result["protocol"][name] = _summary(task_scores(predict, protocol, f"{dataset} {name}")[0])
         for n, batches in curve.items():
-            hidden, every = task_scores(predict, batches, f"{dataset} N={n} {name}")
-            result["completion"][str(n)][name] = {"all": _summary(every), "hidden": _summary(hidden)}
+            hidden, every, rmse = task_scores(predict, batches, f"{dataset} N={n} {name}")
+            result["completion"][str(n)][name] = {
+                "all": _summary(every),
+                "hidden": _summary(hidden),
+                "rmse": rmse.mean().item(),
+            }
         seconds[name] = time.perf_counter() - start
     return result, seconds
 
@@ -180,12 +188,14 @@ def _cell(summary: dict[str, float]) -> str:
 
 def format_set(dataset: str, scores: dict) -> str:
     """The set's numbers as a table, mean ± standard error [median]: the protocol's target LL per pixel,
-    then the curve over all pixels and over the hidden ones."""
+    then the curve over all pixels and over the hidden ones, and the RMSE of the mean over all pixels."""
     names = list(scores["protocol"])
     lines = [f"{dataset}, protocol: " + "   ".join(f"{name} {_cell(scores['protocol'][name])}" for name in names)]
-    lines.append(f"{'N':>6} " + " ".join(f"{f'{name}, {part}':>28}" for name in names for part in ("all", "hidden")))
+    head = " ".join(f"{f'{name}, {part}':>28}" for name in names for part in ("all", "hidden"))
+    lines.append(f"{'N':>6} {head} " + " ".join(f"{f'{name}, rmse':>12}" for name in names))
     for n, row in scores["completion"].items():
-        lines.append(f"{n:>6} " + " ".join(_cell(row[name][part]) for name in names for part in ("all", "hidden")))
+        cells = " ".join(_cell(row[name][part]) for name in names for part in ("all", "hidden"))
+        lines.append(f"{n:>6} {cells} " + " ".join(f"{row[name]['rmse']:>12.4f}" for name in names))
     return "\n".join(lines)
 
 

@@ -25,7 +25,7 @@ def export_last(run: Path, out: Path) -> str:
     """Write ``run``'s last.pt weights to ``out``; returns the fingerprint."""
     meta = read_metadata(run / "best.safetensors")
     net = build_model(ARCHITECTURES[meta["architecture"]][1].from_dict(meta["config"]))
-    state = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
+    state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
     net.load_state_dict(state["model"], strict=True)
     info = {k: v for k, v in meta["info"].items() if k != "heldout_ll"}
     info |= {"step": state["step"], "train_seconds": state["elapsed"], "run_best_heldout_ll": state["best"]}

@@ -23,7 +23,7 @@ def test_quick_bench_writes_every_result():
     if shutil.which("wrk") is None:
         pytest.skip("wrk is not installed (make bench-setup; .ci/run installs it)")
     shutil.rmtree(OUT, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "bench", "--quick"], cwd=REPO, check=True, timeout=900)
+    subprocess.run([sys.executable, "-m", "bench", "--quick", "--jobs", "3"], cwd=REPO, check=True, timeout=900)
 
     def load(name: str):
         return json.loads((OUT / f"{name}.json").read_text())

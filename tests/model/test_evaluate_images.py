@@ -76,8 +76,10 @@ def test_the_cli_scores_digits_and_faces_as_the_training_forward_does(tmp_path, 
     values = torch.from_numpy(digits[batch.source_index.numpy()] / 255 - 0.5).float().unsqueeze(-1)
     with torch.no_grad():
         every = net.log_likelihood(batch.xc, batch.yc, grid, values)
-    got = result["sets"]["mnist"]["completion"]["50"]["model"]["all"]["ll"]
-    assert got == pytest.approx(every.mean().item(), abs=1e-5)
+        mean, _ = net.predict(net.condition(batch.xc, batch.yc), grid)
+    got = result["sets"]["mnist"]["completion"]["50"]["model"]
+    assert got["all"]["ll"] == pytest.approx(every.mean().item(), abs=1e-5)
+    assert got["rmse"] == pytest.approx((mean - values).square().mean((1, 2)).sqrt().mean().item(), abs=1e-5)
     saved = json.loads(card.read_text())
     assert saved["fingerprint"] == net.fingerprint
     assert saved["mnist_ll"] == round(result["sets"]["mnist"]["protocol"]["model"]["ll"], 4)

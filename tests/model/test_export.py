@@ -15,7 +15,7 @@ def test_the_exported_checkpoint_holds_last_pt_s_weights_and_step(tmp_path):
     run = tmp_path / "run"
     train([*TINY, "--steps", "5", "--out", str(run)])  # eval at step 3 exports best.safetensors; last.pt is step 5
     export(["--run", str(run), "--out", str(tmp_path / "last.safetensors")])
-    last = torch.load(run / "last.pt", weights_only=False)
+    last = torch.load(run / "last.pt", weights_only=True)
     net = load_checkpoint(tmp_path / "last.safetensors")
     for name, tensor in net.state_dict().items():
         assert torch.equal(tensor, last["model"][name]), name
