@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     previous = json.loads(runs_path.read_text()) if runs_path.exists() else []
     runs = {r["name"]: r for r in previous}  # --only keeps the other benchmarks' records
     record = threading.Lock()
+    listed = list(commands(out, args.quick))  # runs.json keeps this order, however the runs finish
 
     def run(name: str) -> None:
         command = todo[name]
@@ -135,7 +136,6 @@ def main(argv: list[str] | None = None) -> None:
         subprocess.run([sys.executable, *command[1:]], check=True)
         with record:  # after each one, so a later failure keeps the record
             runs[name] = {"name": name, "command": shlex.join(command), "seconds": time.perf_counter() - t0}
-            listed = list(commands(out, args.quick))  # in the listed order, however they finished
             write_json(
                 runs_path,
                 sorted(runs.values(), key=lambda r: listed.index(r["name"]) if r["name"] in listed else len(listed)),

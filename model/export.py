@@ -4,8 +4,8 @@
 
 The loop exports ``best.safetensors`` whenever its held-out score improves, but that score is a
 few fixed batches: on image tasks, where one over-confident pixel costs thousands of nats, it
-swings by a nat between evaluations and "best" can be a lucky early step. The end of the cosine
-schedule is often the better model, so the evaluation compares both (checkpoints/HISTORY.md).
+swings by a nat between evaluations and "best" can be a lucky step. The end of the cosine schedule
+can be the better model, so an evaluation should compare both (checkpoints/HISTORY.md).
 The new checkpoint takes ``best.safetensors``'s info (config record, data, recipe) with the step,
 elapsed seconds and the run's best score from ``last.pt``; ``heldout_ll`` is dropped, because it
 was measured on other weights.
@@ -18,16 +18,15 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import ARCHITECTURES, build_model, read_metadata, save_checkpoint
+from model.checkpoint import load_checkpoint, save_checkpoint
 
 
 def export_last(run: Path, out: Path) -> str:
     """Write ``run``'s last.pt weights to ``out``; returns the fingerprint."""
-    meta = read_metadata(run / "best.safetensors")
-    net = build_model(ARCHITECTURES[meta["architecture"]][1].from_dict(meta["config"]))
+    net = load_checkpoint(run / "best.safetensors")  # the run's architecture, config and record
     state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
     net.load_state_dict(state["model"], strict=True)
-    info = {k: v for k, v in meta["info"].items() if k != "heldout_ll"}
+    info = {k: v for k, v in net.info.items() if k != "heldout_ll"}
     info |= {"step": state["step"], "train_seconds": state["elapsed"], "run_best_heldout_ll": state["best"]}
     return save_checkpoint(net.eval(), out, info=info)
 
