@@ -10,7 +10,6 @@ import sys
 
 import uvicorn
 
-from service.app import create_app
 from service.logs import configure_logging
 from service.settings import Settings
 from service.workers import Supervisor, shared_by_workers
@@ -34,6 +33,8 @@ def main() -> None:
         "timeout_graceful_shutdown": settings.shutdown_grace_seconds,
     }
     if settings.workers == 1:
+        from service.app import create_app  # here: a supervisor of worker processes never loads torch
+
         uvicorn.run(create_app(settings), **options)
         return
     with shared_by_workers(settings):

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -34,8 +34,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from service.body_limit import BodySizeLimit
+from service.bundled_redis import start_bundled_redis
 from service.dependencies import Services
-from service.embedded_redis import EmbeddedRedis
 from service.inference import Inference
 from service.logs import REQUEST_ID_HEADER, RequestContext
 from service.metrics import Metrics
@@ -57,14 +57,6 @@ def connect_redis(url: str, timeout: float, cluster: bool = False) -> Redis | Re
     # The cluster client still follows MOVED/ASK redirections, which never re-run a command.
     options = {"socket_timeout": timeout, "socket_connect_timeout": timeout, "retry": Retry(NoBackoff(), 0)}
     return RedisCluster.from_url(url, **options) if cluster else Redis.from_url(url, **options)
-
-
-@contextmanager
-def start_bundled_redis(settings: Settings) -> Iterator[EmbeddedRedis]:
-    """The bundled redis-server on ``REDIS_DATA_DIR``, running until the block exits."""
-    with EmbeddedRedis(settings.redis_data_dir, options={"appendfsync": settings.redis_appendfsync}) as bundled:
-        logger.info("started the bundled redis-server at %s (data in %s)", bundled.url, settings.redis_data_dir)
-        yield bundled
 
 
 FOLD_DRAIN_SECONDS = 10.0

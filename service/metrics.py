@@ -31,8 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.kinds.events_calibration import EventScores
 from service.kinds.regression_calibration import LEVELS, PIT_BINS, Aggregates
-
-MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus-client when it is imported
+from service.settings import MULTIPROCESS_DIR_ENV
 
 
 class Metrics:

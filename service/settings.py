@@ -23,6 +23,10 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+# prometheus-client's multiprocess directory (``service.metrics``), read when it is imported: the
+# supervisor (``service.workers``) sets it for its worker processes.
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
 
 def parse_origins(spec: str) -> list[str]:
     """``"https://a.example,https://b.example"`` -> a list; ``"*"`` allows any origin."""

@@ -46,11 +46,10 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.config import STARTUP_FAILURE
 
-from service.app import create_app, start_bundled_redis
+from service.bundled_redis import start_bundled_redis
 from service.logs import configure_logging
-from service.metrics import MULTIPROCESS_DIR_ENV
 from service.parent_death import terminate_with_parent
-from service.settings import Settings
+from service.settings import MULTIPROCESS_DIR_ENV, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +79,8 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
 
 def worker_app() -> FastAPI:
     """The app of one worker process: uvicorn calls this factory in each worker."""
+    from service.app import create_app  # here, not at the top: the supervisor never loads the app or torch
+
     settings = Settings()
     configure_logging(settings.log_level)  # a spawned interpreter starts with no logging set up
     return create_app(settings)

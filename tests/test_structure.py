@@ -133,6 +133,7 @@ def test_every_service_module_is_either_domain_or_edge_or_plumbing() -> None:
         "service",
         "service.__main__",
         "service.body_limit",
+        "service.bundled_redis",
         "service.client",
         "service.embedded_redis",
         "service.logs",

@@ -210,3 +210,11 @@ def test_a_port_in_use_stops_the_service_and_its_redis(tmp_path: Path, checkpoin
     redis_port = int(re.search(r"bundled redis-server at redis://127\.0\.0\.1:(\d+)", output).group(1))
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", redis_port)) != 0, "redis-server outlived the failed start"
+
+
+def test_the_supervisor_loads_neither_the_app_nor_torch() -> None:
+    """Only the workers serve: a supervisor that imported the app would spend a torch import (seconds
+    of CPU, hundreds of MB) on every start for nothing."""
+    probe = "import sys, service.__main__, service.workers; print(sorted({'torch', 'service.app'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
