@@ -66,7 +66,7 @@ def commands(out: Path, quick: bool) -> dict[str, list[str]]:
             *py,
             "bench.calibration_cost",
             *(
-                ["--seconds", "2", "--rounds", "1", "--fold-repeats", "3"]
+                ["--seconds", "1", "--rounds", "1", "--fold-repeats", "3"]
                 if quick
                 else ["--seconds", "6", "--rounds", "3"]
             ),
