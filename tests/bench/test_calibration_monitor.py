@@ -16,9 +16,11 @@ from tests.service.helpers import REPO
 def test_alarms_only_on_sessions_whose_intervals_are_too_narrow_and_most_of_those() -> None:
     torch.set_num_threads(1)
     checkpoint = str(REPO / "checkpoints" / "cmanp-gp-rbf.safetensors")
-    result = measure(checkpoint, {"kind": "gp", "kernel": "rbf"}, sessions=192, batch=64, seed=99, sizes=(100,))
+    result = measure(checkpoint, {"kind": "gp", "kernel": "rbf"}, sessions=128, batch=64, seed=99, sizes=(100,))
     at_100 = result["sizes"]["100"]
-    assert at_100["fine"] >= 150  # most in-prior sessions are fine: the check below is about them
+    # Most in-prior sessions are fine: the check below is about them. A false-alarm rate of 5% would
+    # show in 100 of them with probability 0.994 (the monitor's measured rate is ~5e-4).
+    assert at_100["fine"] >= 100
     assert at_100["alarms_when_fine"] == 0, at_100
     # Measured over 1,024 sessions: 69% at 1.5x and 99% at 2x (bench/RESULTS.md).
     assert at_100["rates"]["flagged_at_1.5x"] >= 0.5, at_100
