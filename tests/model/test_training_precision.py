@@ -1,6 +1,8 @@
 """bf16 autocast and torch.compile in training: the same gradients as float32 eager, within
 bf16's precision, and a loss that goes down. Float32 eager is the independent reference."""
 
+import functools
+
 import pytest
 import torch
 
@@ -62,9 +64,13 @@ def test_bf16_is_refused_for_the_joint_head():
 
 
 @pytest.mark.slow
-def test_compiled_bf16_training_matches_eager_fp32_and_learns():
-    # One compilation (the configured bf16 path): a cold torch.compile costs minutes on 2 busy cores.
-    # Wrong compiled kernels would move the gradient far beyond bf16's 3% (see the eager bf16 test).
+def test_compiled_bf16_training_matches_eager_fp32_and_learns(monkeypatch: pytest.MonkeyPatch):
+    # The configured bf16 path through torch.compile's tracing (dynamo, dynamic shapes, AOT autograd:
+    # where our code can break it), on the aot_eager backend: inductor's C++ code generation is
+    # torch's, and took 2-3 minutes cold on 2 busy cores (aot_eager: ~35 s). `make bench` trains
+    # with inductor (train_throughput's bf16-compiled option). A wrong trace would move the gradient
+    # far beyond bf16's 3% (see the eager bf16 test).
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
     net = small_model(cfg=ONE_BLOCK).train()
     ref_loss, ref = gradients(net, training_loss(net, "fp32"))
     loss_fn = training_loss(net, "bf16", compile=True)  # compiled once, checked, then trained with
