@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     source = load_checkpoint(args.checkpoint)
     widened = widen(source, args.dim_x, tuple(args.x_range))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     info = {"widened_from": source.fingerprint, "widened_from_path": str(args.checkpoint), "step": 0}
     print(f"{args.out}: fingerprint {save_checkpoint(widened, args.out, info=info)}")
 
