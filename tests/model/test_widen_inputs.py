@@ -50,8 +50,8 @@ def test_the_cli_writes_a_checkpoint_that_loads(tmp_path) -> None:
             "-1",
             "1",
             "--out",
-            str(tmp_path / "wide.safetensors"),
+            str(tmp_path / "runs" / "wide.safetensors"),
         ]
     )
-    wide = load_checkpoint(tmp_path / "wide.safetensors")
+    wide = load_checkpoint(tmp_path / "runs" / "wide.safetensors")
     assert wide.cfg.dim_x == 2 and wide.info["widened_from"] == small_model().fingerprint
