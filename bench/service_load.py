@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true", help="few sessions, short runs: checks the harness")
     p.add_argument("--sessions", type=int, default=None, help="default 10000 (quick: 100)")
-    p.add_argument("--duration", type=float, default=None, help="seconds per scenario (default 15, quick 1)")
+    p.add_argument("--duration", type=float, default=None, help="seconds per scenario (default 15, quick 2)")
     p.add_argument("--threads", type=int, default=1, help="wrk threads")
     p.add_argument("--post-connections", type=int, default=16)
     p.add_argument("--predict-connections", type=int, default=8)
@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", type=Path, default=OUT_DIR / "service_load.json")
     args = p.parse_args(argv)
     sessions = args.sessions or (100 if args.quick else 10_000)
-    duration = args.duration or (1.0 if args.quick else 15.0)
+    duration = args.duration or (2.0 if args.quick else 15.0)
     only = tuple(args.scenarios.split(","))
     if unknown := set(only) - set(SCENARIOS):
         p.error(f"unknown scenarios {sorted(unknown)}; choose from {', '.join(SCENARIOS)}")
