@@ -35,8 +35,8 @@ from service.app import create_app
 from service.embedded_redis import EmbeddedRedis
 from tests.service.helpers import make_settings
 
-MAX_CASES = 600
-MIN_CASES = 500
+MAX_CASES = 400
+MIN_CASES = 330
 FUZZ_KEY = "fuzz-key"
 CHECKS = [
     not_a_server_error,
