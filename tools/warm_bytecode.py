@@ -2,7 +2,7 @@
 
 ``make install`` runs this instead of letting pip byte-compile the ~14,000 modules it installs,
 which took about half of the install's time on one core; the project imports ~4,000 of them.
-Without .pyc files, and with PYTHONDONTWRITEBYTECODE set (as on our CI machines), every process
+Without .pyc files, and with PYTHONDONTWRITEBYTECODE set (as in our development environment), every process
 would compile its imports again. Run it with PYTHONDONTWRITEBYTECODE unset; later runs read the
 .pyc files wherever it is set.
 """
@@ -14,7 +14,7 @@ import pkgutil
 import sys
 
 PACKAGES = ("model", "service", "bench", "tools", "tests")
-# Imported lazily at run time, not by any module: what torch.compile loads (the compiled-training path).
+# Imported lazily at run time, not by any module: what torch.compile loads (dynamo, AOT autograd, inductor).
 RUNTIME_IMPORTS = ("torch._inductor.compile_fx", "torch._inductor.codegen.cpp")
 
 
