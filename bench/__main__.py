@@ -43,7 +43,7 @@ def commands(out: Path, quick: bool) -> dict[str, list[str]]:
             "bench.constant_memory",
             *ckpt,
             "--sizes",
-            "1000,100000" if quick else "100,10000,1000000",
+            "1000,10000" if quick else "100,10000,1000000",
             *json_out("constant_memory"),
         ],
         "peers": [*py, "bench.peers", *ckpt, *quick_flag, *json_out("peers")],

@@ -1,6 +1,9 @@
-"""``python -m bench --quick`` runs every benchmark end to end and writes the expected fields.
+"""``python -m bench --quick`` runs the benchmarks end to end and writes the expected fields.
 
 Timings are never asserted: this keeps the harness from rotting, the numbers live in bench/RESULTS.md.
+Two benchmarks are left to their own tests, which run the same code in-process: ``event_costs``
+(tests/bench/test_event_costs.py runs its ``main``) and ``calibration_monitor_rbf`` (the paper model's
+monitor rates, tests/bench/test_calibration_monitor.py); here they would add ~20 s to the suite.
 """
 
 from __future__ import annotations
@@ -14,8 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from bench.__main__ import commands
+
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "bench" / "out" / "quick"
+OWN_TESTS = ("event_costs", "calibration_monitor_rbf")
 
 
 @pytest.mark.slow
@@ -23,7 +29,10 @@ def test_quick_bench_writes_every_result():
     if shutil.which("wrk") is None:
         pytest.skip("wrk is not installed (make bench-setup; .ci/run installs it)")
     shutil.rmtree(OUT, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "bench", "--quick", "--jobs", "3"], cwd=REPO, check=True, timeout=900)
+    only = ",".join(n for n in commands(OUT, quick=True) if n not in OWN_TESTS)
+    subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--jobs", "3", "--only", only], cwd=REPO, check=True, timeout=900
+    )
 
     def load(name: str):
         return json.loads((OUT / f"{name}.json").read_text())
@@ -43,7 +52,7 @@ def test_quick_bench_writes_every_result():
         assert -10 < row["gp_ll"] < 10 and -10 < row["ours_ll"] < 10
 
     memory = load("constant_memory")
-    assert [r["n"] for r in memory] == [1000, 100_000]
+    assert [r["n"] for r in memory] == [1000, 10_000]
 
     train = load("train_throughput")["rows"]
     assert any(r["config"].startswith("paper") and r["batch_size"] == 16 and r["tasks_per_s"] > 0 for r in train)
@@ -74,9 +83,8 @@ def test_quick_bench_writes_every_result():
     for row in real["series"]:
         assert row["statuses"] and 0 <= row["model"]["coverage_95"] <= 1 and math.isfinite(row["ll_gap"])
 
-    for name in ("calibration_monitor", "calibration_monitor_rbf"):
-        monitor = load(name)["sizes"]["100"]
-        assert monitor["sessions"] == 64 and 0 <= monitor["alarms_when_fine"] <= monitor["fine"] <= 64
+    monitor = load("calibration_monitor")["sizes"]["100"]
+    assert monitor["sessions"] == 64 and 0 <= monitor["alarms_when_fine"] <= monitor["fine"] <= 64
     wait = load("replication_wait")["results"]
     for path in ("store", "http"):
         assert set(wait[path]) == {"no WAIT", "WAIT 1 replica"}
@@ -87,22 +95,19 @@ def test_quick_bench_writes_every_result():
     assert capacity["by_kind"]["new"]["mean_bytes"] < capacity["by_kind"]["large"]["mean_bytes"]
     assert capacity["by_kind"]["large"]["mean_bytes"] > capacity["state_bytes"]  # folded: a stored blob
 
-    events = load("event_costs")
-    assert len({r["state_bytes"] for r in events["cmhp"]}) == 1 and events["transformer"]["step_median_ms"] > 0
-
     runs = load("runs")
     names = [
         "model_costs", "constant_memory", "peers", "train_throughput", "service_load", "calibration_cost", "real_data",
-        "calibration_monitor", "calibration_monitor_rbf",
-        "replication_wait", "capacity", "event_costs",
+        "calibration_monitor", "replication_wait", "capacity",
     ]  # fmt: skip
     assert [r["name"] for r in runs] == names
     report = (OUT / "RESULTS.md").read_text()
     headings = (
         "## Machine", "## Commands", "## 1. Model", "## 2. Against peers", "## 3. Service under load", "## 5.", "## 6.",
         "## 7.",
-        "## 8.", "## 9.", "## 10.",
+        "## 8.", "## 9.",
     )  # fmt: skip
     for heading in headings:
         assert heading in report
+    assert "Not run." in report.split("## 10. Event model")[1]  # left to its own test, and the report says so
     assert (OUT / "peers.png").stat().st_size > 0

@@ -75,7 +75,7 @@ PIT_BIN_SHARE = (0.03, 0.17)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1])  # two functions of 1,000 points, ~12 s each through the service
 def test_calibrated_gp_data_is_ok(shipped_server: str, seed: int) -> None:
     x, y, length, scale = gp_stream(seed)
     with CMANPClient(shipped_server, API_KEYS["alice"]) as client:
