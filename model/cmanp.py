@@ -13,9 +13,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from model.blocks import mlp, mlp_layers
+from model.blocks import mlp_layers
 from model.cmab import CMABEncoder
 from model.decoder import Decoder
+from model.fourier_features import FourierFeatures
 from model.heads import GaussianHead
 from model.neural_process import NeuralProcess
 
@@ -33,6 +34,9 @@ class CMANPConfig:
     min_std: float = 1e-3  # floor of the predictive std, keeps the likelihood finite
     # Input range seen in training, per x dimension; the service maps user units into it.
     x_range: tuple[float, float] = (-2.0, 2.0)
+    # sin/cos of x at this many periods, geometric over fourier_periods, beside x (model.fourier_features).
+    fourier_features: int = 0
+    fourier_periods: tuple[float, float] = (0.1, 8.0)
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -41,6 +45,12 @@ class CMANPConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         object.__setattr__(self, "x_range", tuple(float(v) for v in self.x_range))
+        object.__setattr__(self, "fourier_periods", tuple(float(v) for v in self.fourier_periods))
+        FourierFeatures(self.dim_x, self.fourier_features, self.fourier_periods)  # raises on a bad ladder
+
+    @property
+    def x_features(self) -> FourierFeatures:
+        return FourierFeatures(self.dim_x, self.fourier_features, self.fourier_periods)
 
     @property
     def head_dim(self) -> int:
@@ -49,6 +59,9 @@ class CMANPConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["x_range"] = list(self.x_range)
+        d["fourier_periods"] = list(self.fourier_periods)
+        if not self.fourier_features:  # the paper's model: its config, and so its fingerprint, as before the option
+            del d["fourier_features"], d["fourier_periods"]
         return d
 
     @classmethod
@@ -61,18 +74,29 @@ class CMANPConfig:
 
 
 class PairEmbedding(nn.Sequential):
-    """The regression family's data embedding: an MLP on the pair ``[x | y]`` of each point.
+    """The regression family's data embedding: an MLP on the pair ``[features(x) | y]`` of each point.
 
     A Sequential of the MLP's layers, so its tensors keep the names ``context_embed.0.weight``, ...
     """
 
-    def __init__(self, dim_x: int, dim_y: int, d_model: int, depth: int) -> None:
-        super().__init__(*mlp_layers(dim_x + dim_y, d_model, depth))
+    def __init__(self, features: FourierFeatures, dim_y: int, d_model: int, depth: int) -> None:
+        super().__init__(*mlp_layers(features.dim_out + dim_y, d_model, depth))
+        self.features = features  # a plain function, not a module: the layers stay the Sequential's only parts
 
-    @staticmethod
-    def pack(x: Tensor, y: Tensor) -> Tensor:
-        """x [B, k, dx], y [B, k, dy] -> the embedding's input [B, k, dx + dy]."""
-        return torch.cat([x, y], dim=-1)
+    def pack(self, x: Tensor, y: Tensor) -> Tensor:
+        """x [B, k, dx], y [B, k, dy] -> the embedding's input [B, k, features + dy]."""
+        return torch.cat([self.features(x), y], dim=-1)
+
+
+class QueryEmbedding(nn.Sequential):
+    """The regression family's query embedding: an MLP on ``features(x)`` (names ``query_embed.0.weight``, ...)."""
+
+    def __init__(self, features: FourierFeatures, d_model: int, depth: int) -> None:
+        super().__init__(*mlp_layers(features.dim_out, d_model, depth))
+        self.features = features
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(self.features(x))
 
 
 def regression_parts(cfg: CMANPConfig) -> dict[str, Any]:
@@ -83,9 +107,9 @@ def regression_parts(cfg: CMANPConfig) -> dict[str, Any]:
     """
     D = cfg.d_model
     return {
-        "context_embed": PairEmbedding(cfg.dim_x, cfg.dim_y, D, cfg.embed_depth),
+        "context_embed": PairEmbedding(cfg.x_features, cfg.dim_y, D, cfg.embed_depth),
         "encoder": CMABEncoder(D, cfg.n_heads, cfg.n_blocks, cfg.n_latents, cfg.ff_width),
-        "query_embed": mlp(cfg.dim_x, D, cfg.embed_depth),
+        "query_embed": QueryEmbedding(cfg.x_features, D, cfg.embed_depth),
         "decoder": Decoder(cfg.n_blocks, D, cfg.n_heads, cfg.ff_width),
         "head": GaussianHead(D, cfg.dim_y, cfg.min_std),
     }

@@ -15,6 +15,7 @@ SMALL = CMANPConfig(d_model=32, n_heads=4, n_blocks=3, n_latents=16, ff_width=64
 SMALL_AND = CMANPANDConfig(**SMALL.to_dict(), block_size=8, cov_features=4, cov_layers=1)  # with a joint head
 SMALL_EVENTS = CMHPConfig(num_marks=3, d_model=32, n_heads=4, n_blocks=2, n_latents=8, ff_width=64, components=4)
 SMALL_2D = CMANPConfig(**{**SMALL.to_dict(), "dim_x": 2})  # pixel coordinates in: the image family's inputs
+SMALL_FOURIER = CMANPConfig(**{**SMALL.to_dict(), "fourier_features": 4, "fourier_periods": (0.2, 4.0)})
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -42,11 +43,12 @@ def small() -> CMANP:
     return small_model()
 
 
-@pytest.fixture(scope="session", params=["small", "small-2d", "shipped", "general"])
+@pytest.fixture(scope="session", params=["small", "small-2d", "small-fourier", "shipped", "general"])
 def net(request: pytest.FixtureRequest) -> CMANP:
-    """Each exactness test runs on a random model with dim_x 1 and 2 and on both trained ones (sharper attention)."""
-    if request.param == "small-2d":
-        return small_model(cfg=SMALL_2D)
+    """Each exactness test runs on random models (dim_x 1 and 2, Fourier features of x) and on both
+    trained ones (sharper attention)."""
+    if request.param in ("small-2d", "small-fourier"):
+        return small_model(cfg=SMALL_2D if request.param == "small-2d" else SMALL_FOURIER)
     return small_or_shipped(request.param, small_model(), GENERAL if request.param == "general" else CHECKPOINT)
 
 

@@ -118,7 +118,7 @@ def test_accumulators_match_plain_attention(net, chunk):
     streamed = net.encoder.data_attn.read(state.log_norm, state.value_sum)
 
     attn = net.encoder.data_attn
-    emb = F.layer_norm(net.context_embed(torch.cat([x, y], -1)), (cfg.d_model,))
+    emb = F.layer_norm(net.context_embed(net.context_embed.pack(x, y)), (cfg.d_model,))
     kv = attn.kv(emb).view(1, 57, cfg.n_blocks, 2, cfg.n_heads, cfg.head_dim)
     keys = kv[:, :, :, 0].permute(0, 2, 3, 1, 4)  # [1, K, H, N, Dh]
     values = kv[:, :, :, 1].permute(0, 2, 3, 1, 4)

@@ -48,6 +48,15 @@ def reference(net: CMANP, xc, yc, xt):
     def norm(x, name):
         return layer_norm(x, p[f"{name}.weight"], p[f"{name}.bias"])
 
+    def lift(x):  # Fourier features: x, sin, cos at periods max * (min / max)^(k / (K - 1)), dimension-major
+        K = cfg.fourier_features
+        if K == 0:
+            return x
+        low, high = cfg.fourier_periods
+        periods = torch.tensor([high * (low / high) ** (k / (K - 1)) for k in range(K)])
+        angles = torch.stack([2 * torch.pi * x[..., d : d + 1] / periods for d in range(cfg.dim_x)], -2).flatten(-2)
+        return torch.cat([x, angles.sin(), angles.cos()], -1)
+
     def mlp(x, name, depth):
         for i in range(depth):
             x = nn_linear(x, f"{name}.{2 * i}")
@@ -70,7 +79,7 @@ def reference(net: CMANP, xc, yc, xt):
         return x + nn_linear(attention(q, k, v, H), f"{name}.out")
 
     B = xc.shape[0]
-    emb = layer_norm(mlp(torch.cat([xc, yc], -1), "context_embed", cfg.embed_depth))
+    emb = layer_norm(mlp(torch.cat([lift(xc), yc], -1), "context_embed", cfg.embed_depth))
     kv = nn_linear(emb, "data_attn.kv").view(B, -1, cfg.n_blocks, 2, D)
     y = p["input_latents"].expand(B, -1, -1)
     outputs = []
@@ -87,7 +96,7 @@ def reference(net: CMANP, xc, yc, xt):
         r = f"readouts.{k}"
         y = ff(self_attn(ff(cross(y, x, f"{r}.cross"), f"{r}.ff1"), f"{r}.attn"), f"{r}.ff2")
         outputs.append(y)
-    z = mlp(xt, "query_embed", cfg.embed_depth)
+    z = mlp(lift(xt), "query_embed", cfg.embed_depth)
     for k in range(cfg.n_blocks):
         z = ff(cross(z, outputs[k], f"decoder.{k}.cross"), f"decoder.{k}.ff")
     h = nn_linear(F.gelu(nn_linear(norm(z, "head.0"), "head.1")), "head.3")
