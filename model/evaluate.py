@@ -62,18 +62,30 @@ def session_kind(checkpoint: Path) -> str:
     return ARCHITECTURES[read_metadata(checkpoint)["architecture"]][0].session_kind
 
 
-def score(net: NeuralProcess, batches: list[TaskBatch], desc: str, joint: bool = False) -> dict[str, dict[str, float]]:
-    model_lls, oracle_lls, gaussian = [], [], []
+def score(net: NeuralProcess, batches: list[TaskBatch], desc: str, joint: bool = False) -> dict[str, dict]:
+    """Model and oracle LL per task; on the broad prior also over its Gaussian-noise tasks (where the oracle
+    is the Bayes predictor), and those again by task family (``BroadBatch.families``)."""
+    model_lls, oracle_lls, gaussian, families = [], [], [], []
     oracle = gp_joint_log_likelihood if joint else gp_log_likelihood
     for b in tqdm(batches, desc=desc, mininterval=5, leave=False):
         model_lls.append(model_log_likelihood(net, b.to(net.device), joint=joint))
         oracle_lls.append(oracle(b))
         exact = b.oracle_exact if hasattr(b, "oracle_exact") else torch.ones(len(model_lls[-1]), dtype=torch.bool)
         gaussian.append(exact)
+        families += b.families() if hasattr(b, "families") else []
     model_ll, oracle_ll, mask = torch.cat(model_lls), torch.cat(oracle_lls), torch.cat(gaussian)
-    result = {"model": summarise(model_ll), "oracle": summarise(oracle_ll)}
+    result: dict[str, dict] = {"model": summarise(model_ll), "oracle": summarise(oracle_ll)}
     if not mask.all():
         result["gaussian_noise"] = {"model": summarise(model_ll[mask]), "oracle": summarise(oracle_ll[mask])}
+    if families:
+        result["gaussian_noise_by_family"] = {}
+        for family in sorted(set(families)):
+            rows = torch.tensor([f == family for f in families]) & mask
+            if rows.any():  # the gap is paired: model minus oracle on the same tasks
+                gap = model_ll[rows].double() - oracle_ll[rows].double()
+                result["gaussian_noise_by_family"][family] = {
+                    "model": summarise(model_ll[rows]), "oracle": summarise(oracle_ll[rows]), "gap": summarise(gap)
+                }  # fmt: skip
     return result
 
 
@@ -132,6 +144,8 @@ def main(argv: list[str] | None = None) -> dict:
             if "gaussian_noise" in r:
                 gauss = r["gaussian_noise"]
                 line += f"   Gaussian-noise tasks: {gauss['model']['ll']:.3f} vs {gauss['oracle']['ll']:.3f}"
+            for family, f in r.get("gaussian_noise_by_family", {}).items():
+                line += f"; {family} ({f['gap']['num_tasks']}) {f['gap']['ll']:+.3f} ± {f['gap']['se']:.3f}"
             print(line, flush=True)
     else:
         if args.kernel == "broad":

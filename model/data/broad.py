@@ -30,6 +30,7 @@ from torch import Tensor
 STATIONARY = ("rbf", "matern12", "matern32", "matern52", "rq")
 HETERO_FEATURES = 16
 JITTER = 1e-6  # relative to the task's signal variance; far below the smallest noise variance
+ROUGH_LENGTH = 0.15  # model units: about four sample spacings of a 120-point window mapped onto [-2, 2]
 
 
 def _stationary(kind: int, d: Tensor, length: Tensor, alpha: Tensor) -> Tensor:
@@ -81,6 +82,16 @@ class BroadBatch:
     def noise_variance(self) -> Tensor:
         """Each task's observation-noise variance [B] (for Student-t: its scale squared)."""
         return self.params["noise"].square()
+
+    def families(self) -> list[str]:
+        """Each task's family for a breakdown of scores: "periodic" (a periodic part, added or multiplying),
+        else "rough" (the base length-scale below ``ROUGH_LENGTH``), else "smooth"."""
+        p = self.params
+        periodic = (p["weights"][:, 1] > 0) | p["per_multiplies"]
+        return [
+            "periodic" if bool(per) else "rough" if float(length) < ROUGH_LENGTH else "smooth"
+            for per, length in zip(periodic, p["length"], strict=True)
+        ]
 
 
 def covariance(p: dict[str, Tensor], x1: Tensor, x2: Tensor) -> Tensor:

@@ -42,3 +42,13 @@ def test_the_default_prior_mixes_noise_kinds_in_the_stated_shares() -> None:
     for key, share in (("hetero", BroadPrior.p_hetero), ("student_t", BroadPrior.p_student_t)):
         observed = params[key].double().mean().item()
         assert abs(observed - share) < 5 * math.sqrt(share * (1 - share) / 20_000), key
+
+
+def test_families_follow_each_task_s_kernel() -> None:
+    batch = BroadPrior().sample(400, 3, 2, torch.Generator().manual_seed(3))
+    p, families = batch.params, batch.families()
+    assert set(families) == {"periodic", "rough", "smooth"}
+    for i, family in enumerate(families):
+        periodic = float(p["weights"][i, 1]) > 0 or bool(p["per_multiplies"][i])
+        rough = float(p["length"][i]) < 0.15
+        assert family == ("periodic" if periodic else "rough" if rough else "smooth"), i
