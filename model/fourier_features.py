@@ -6,7 +6,8 @@ the broad prior, the broad model without them is about 1 nat per point below the
 periodic part, against 0.4 on the others (checkpoints/HISTORY.md, cmanp-gp-general, run 5), and it loses
 most to the fitted GP on real series with many short cycles (nottem, sunspot.year). With sin and cos of x
 at periods spanning the prior's, a periodic or rough function is nearly a linear read-out of the
-embedding's input instead of something the MLP must first build.
+embedding's input instead of something the MLP must first build. (Measured since: added to the trained
+model, they did not narrow that gap; HISTORY.md has the runs. The option stays for such experiments.)
 
 The ladder is fixed by two config fields, so there is nothing to store: K periods, geometric from
 ``periods[1]`` down to ``periods[0]``, applied to every input dimension. K = 0 is the identity (the
