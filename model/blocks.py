@@ -144,10 +144,5 @@ def mlp_layers(d_in: int, d: int, depth: int) -> list[nn.Module]:
     return layers
 
 
-def mlp(d_in: int, d: int, depth: int) -> nn.Sequential:
-    """The MLP of ``mlp_layers`` as one module (its tensors are named 0.weight, 2.weight, ...)."""
-    return nn.Sequential(*mlp_layers(d_in, d, depth))
-
-
 def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())

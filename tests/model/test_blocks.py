@@ -14,7 +14,7 @@ from model.blocks import (
     StackedLinear,
     attend,
     merge_heads,
-    mlp,
+    mlp_layers,
     split_heads,
 )
 
@@ -113,7 +113,7 @@ def test_cross_attention_is_torchs_multihead_attention_with_a_residual():
 
 
 def test_an_mlp_has_depth_linear_layers_with_gelus_between():
-    net = mlp(3, D, depth=3)
+    net = nn.Sequential(*mlp_layers(3, D, depth=3))
     assert [type(m) for m in net] == [nn.Linear, nn.GELU, nn.Linear, nn.GELU, nn.Linear]
     assert list(dict(net.named_parameters())) == [f"{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias")]
     assert net(torch.randn(5, 3)).shape == (5, D)
