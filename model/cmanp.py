@@ -46,7 +46,7 @@ class CMANPConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         object.__setattr__(self, "x_range", tuple(float(v) for v in self.x_range))
         object.__setattr__(self, "fourier_periods", tuple(float(v) for v in self.fourier_periods))
-        FourierFeatures(self.dim_x, self.fourier_features, self.fourier_periods)  # raises on a bad ladder
+        _ = self.x_features  # raises on a bad ladder
 
     @property
     def x_features(self) -> FourierFeatures:
