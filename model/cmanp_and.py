@@ -32,6 +32,10 @@ class CMANPANDConfig(CMANPConfig):
     cov_features: int = 20  # P: rank of the low-rank part of a block's covariance
     cov_layers: int = 2  # transformer layers over a block's target encodings
     min_cov_var: float = 1e-6  # floor of the diagonal term (the base head's min_std squared)
+    # K: RBF kernels at length-scales geometric over kernel_scales (x's model units) for a smooth
+    # full-rank part of the covariance (model.heads.JointHead); 0 = the low-rank part and diagonal only.
+    cov_kernels: int = 0
+    kernel_scales: tuple[float, float] = (0.05, 4.0)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -40,6 +44,19 @@ class CMANPANDConfig(CMANPConfig):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.min_cov_var > 0:
             raise ValueError(f"min_cov_var must be > 0, got {self.min_cov_var}")
+        if self.cov_kernels < 0:
+            raise ValueError(f"cov_kernels must be >= 0, got {self.cov_kernels}")
+        object.__setattr__(self, "kernel_scales", tuple(float(v) for v in self.kernel_scales))
+        low, high = self.kernel_scales
+        if not 0 < low <= high:
+            raise ValueError(f"kernel_scales must be 0 < low <= high, got {self.kernel_scales}")
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        d["kernel_scales"] = list(self.kernel_scales)
+        if not self.cov_kernels:  # a head without a bank: its config, and so its fingerprint, as before the option
+            del d["cov_kernels"], d["kernel_scales"]
+        return d
 
     def base(self) -> CMANPConfig:
         """The config of the marginal CMANP whose parts this model shares."""
@@ -57,7 +74,15 @@ class CMANPAND(NeuralProcess):
     def __init__(self, cfg: CMANPANDConfig) -> None:
         super().__init__(cfg, **regression_parts(cfg))
         self.joint_head = JointHead(
-            cfg.d_model, cfg.n_heads, cfg.ff_width, cfg.dim_y, cfg.cov_features, cfg.cov_layers, cfg.min_cov_var
+            cfg.d_model,
+            cfg.n_heads,
+            cfg.ff_width,
+            cfg.dim_y,
+            cfg.cov_features,
+            cfg.cov_layers,
+            cfg.min_cov_var,
+            cfg.cov_kernels,
+            cfg.kernel_scales,
         )
 
     @property
@@ -83,7 +108,7 @@ class CMANPAND(NeuralProcess):
 
     def _joint_block(self, latents: Tensor, xb: Tensor) -> tuple[Tensor, Tensor]:
         """Checked queries of one block xb [B, m, dx] -> mean [B, m, dy], covariance [B, dy, m, m]."""
-        return self.joint_head(self.target_encodings(latents, xb))
+        return self.joint_head(self.target_encodings(latents, xb), xb)
 
     def _fold(self, state: CMANPState, x: Tensor, y: Tensor) -> CMANPState:
         """A new state with checked points (x, y) folded in: the encoder's update, unchecked."""

@@ -338,8 +338,12 @@ def _add_dataclass_flags(p: argparse.ArgumentParser, cls: type) -> None:
     for f in fields(cls):
         if f.name == "x_range":
             continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, tuple):  # a (low, high) pair: two numbers
+            p.add_argument(flag, type=float, nargs=len(f.default), default=None)
+            continue
         kind = _parse_bool if isinstance(f.default, bool) else type(f.default)
-        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None)
+        p.add_argument(flag, type=kind, default=None)
 
 
 def _parse_bool(text: str) -> bool:

@@ -12,7 +12,7 @@ CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "cmanp-gp-rbf
 # The default model: same architecture, other weights (a broad prior); the exactness suite runs on it too.
 GENERAL = CHECKPOINT.with_name("cmanp-gp-general.safetensors")
 SMALL = CMANPConfig(d_model=32, n_heads=4, n_blocks=3, n_latents=16, ff_width=64, embed_depth=2)
-SMALL_AND = CMANPANDConfig(**SMALL.to_dict(), block_size=8, cov_features=4, cov_layers=1)  # with a joint head
+SMALL_AND = CMANPANDConfig(**SMALL.to_dict(), block_size=8, cov_features=4, cov_layers=1, cov_kernels=3)  # a joint head
 SMALL_EVENTS = CMHPConfig(num_marks=3, d_model=32, n_heads=4, n_blocks=2, n_latents=8, ff_width=64, components=4)
 SMALL_2D = CMANPConfig(**{**SMALL.to_dict(), "dim_x": 2})  # pixel coordinates in: the image family's inputs
 SMALL_FOURIER = CMANPConfig(**{**SMALL.to_dict(), "fourier_features": 4, "fourier_periods": (0.2, 4.0)})

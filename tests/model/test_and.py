@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from model import CMANP, CMANPAND, load_checkpoint, save_checkpoint
+from model import CMANP, CMANPAND, CMANPANDConfig, load_checkpoint, save_checkpoint
 from model.checkpoint import read_metadata
 from tests.model.conftest import SMALL, SMALL_AND, random_points, small_model, small_or_shipped
 
@@ -150,3 +150,16 @@ def test_a_plain_cmanp_checkpoint_still_loads_as_cmanp(tmp_path):
     path = tmp_path / "base.safetensors"
     save_checkpoint(base, path)
     assert type(load_checkpoint(path)) is CMANP
+
+
+def test_the_kernel_bank_is_in_the_config_only_when_used():
+    """A head without a bank writes the config it had before the option existed (so checkpoints trained
+    then keep their fingerprints); one with a bank records its size and length-scales, and bad ones are refused."""
+    plain = CMANPANDConfig(**SMALL.to_dict())
+    assert "cov_kernels" not in plain.to_dict() and "kernel_scales" not in plain.to_dict()
+    banked = CMANPANDConfig(**SMALL.to_dict(), cov_kernels=4, kernel_scales=(0.1, 3.0))
+    assert CMANPANDConfig.from_dict(banked.to_dict()) == banked
+    assert banked.to_dict()["kernel_scales"] == [0.1, 3.0]
+    for bad in ({"cov_kernels": -1}, {"kernel_scales": (0.0, 1.0)}, {"kernel_scales": (2.0, 1.0)}):
+        with pytest.raises(ValueError, match="cov_kernels|kernel_scales"):
+            CMANPANDConfig(**SMALL.to_dict(), **bad)

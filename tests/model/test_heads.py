@@ -33,30 +33,58 @@ def test_the_gaussian_head_stays_float32_under_bf16_autocast():
     torch.testing.assert_close(mean, head(z.bfloat16().float())[0])
 
 
-def joint_head(seed: int = 0, dim_y: int = 2) -> JointHead:
+def joint_head(seed: int = 0, dim_y: int = 2, kernels: int = 0) -> JointHead:
     torch.manual_seed(seed)
-    return JointHead(d_model=16, heads=2, ff_width=32, dim_y=dim_y, cov_features=3, cov_layers=1, min_cov_var=1e-4)
+    return JointHead(
+        d_model=16, heads=2, ff_width=32, dim_y=dim_y, cov_features=3, cov_layers=1, min_cov_var=1e-4,
+        cov_kernels=kernels, kernel_scales=(0.1, 2.0),
+    )  # fmt: skip
 
 
 @torch.no_grad()
-def test_the_joint_covariance_is_symmetric_with_eigenvalues_above_its_floor():
-    head = joint_head()
-    mean, cov = head(torch.randn(3, 7, 16))
+@pytest.mark.parametrize("kernels", [0, 4])
+def test_the_joint_covariance_is_symmetric_with_eigenvalues_above_its_floor(kernels):
+    head = joint_head(kernels=kernels)
+    mean, cov = head(torch.randn(3, 7, 16), torch.randn(3, 7, 1))
     assert mean.shape == (3, 7, 2) and cov.shape == (3, 2, 7, 7) and cov.dtype == torch.float64
     c = cov.numpy()
-    assert np.array_equal(c, np.swapaxes(c, -1, -2))
-    # A A^T / P is positive semi-definite, so the diagonal floor bounds every eigenvalue from below.
+    assert np.allclose(c, np.swapaxes(c, -1, -2), rtol=0, atol=1e-15)
+    # Every other term is positive semi-definite, so the diagonal floor bounds every eigenvalue from below.
     assert np.linalg.eigvalsh(c).min() >= 1e-4 * (1 - 1e-9)
+
+
+@torch.no_grad()
+def test_the_kernel_bank_adds_amplitude_scaled_rbf_kernels_of_the_inputs():
+    """With the features and diagonal values fixed by the last layer's bias, the covariance is the
+    floor, the diagonal, the features' product and s_i s_j sum_k w_k exp(-|x_i - x_j|^2 / 2 l_k^2),
+    computed here with numpy from the formula and l_k = 0.1 * 20^(k/3) (geometric over 0.1..2)."""
+    head = joint_head(dim_y=1, kernels=4)
+    out, weights = head.cov_out[-1], head.kernel_weights[-1]
+    raw = torch.tensor([0.3, -0.2, 0.5, -1.0, 0.7])  # 3 features, diagonal, amplitude
+    w_raw = torch.tensor([0.1, -2.0, 1.0, 0.4])
+    out.weight.zero_(), out.bias.copy_(raw), weights.weight.zero_(), weights.bias.copy_(w_raw)
+    x = torch.randn(2, 6, 2)  # two input dims: the distance is Euclidean
+    _, cov = head(torch.randn(2, 6, 16), x)
+
+    def softplus(v):
+        return np.log1p(np.exp(np.asarray(v, dtype=np.float64)))
+
+    a, s, w = raw[:3].numpy().astype(np.float64), softplus(0.7), softplus(w_raw.numpy())
+    scales = 0.1 * 20.0 ** (np.arange(4) / 3)
+    sq = ((x.numpy()[:, :, None, :].astype(np.float64) - x.numpy()[:, None, :, :]) ** 2).sum(-1)
+    bank = sum(w[k] * np.exp(-sq / (2 * scales[k] ** 2)) for k in range(4))
+    want = a @ a / 3 + (1e-4 + softplus(-1.0)) * np.eye(6) + s * s * bank
+    np.testing.assert_allclose(cov[:, 0].numpy(), want, rtol=1e-6)
 
 
 @torch.no_grad()
 def test_the_joint_mean_can_start_from_a_gaussian_heads_mean():
     torch.manual_seed(1)
     gaussian, joint = GaussianHead(16, 2, 1e-3), joint_head(seed=2)
-    z = torch.randn(2, 5, 16)
-    assert not torch.allclose(joint(z)[0], gaussian(z)[0])
+    z, x = torch.randn(2, 5, 16), torch.randn(2, 5, 1)
+    assert not torch.allclose(joint(z, x)[0], gaussian(z)[0])
     joint.init_mean_from(gaussian)
-    torch.testing.assert_close(joint(z)[0], gaussian(z)[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(joint(z, x)[0], gaussian(z)[0], rtol=0, atol=1e-6)
 
 
 def test_the_joint_log_density_matches_scipy():
