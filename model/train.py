@@ -225,10 +225,31 @@ def load_state(run: Run, path: Path, device: str) -> None:
     # weights_only: tensors and plain containers only, no code is unpickled.
     ckpt = torch.load(path, map_location=device, weights_only=True)
     run.net.load_state_dict(ckpt["model"])
+    check_moments(run.opt, ckpt["optim"], path)
     run.opt.load_state_dict(ckpt["optim"])
     run.data_rng.set_state(ckpt["data_rng"])
     torch.set_rng_state(ckpt["torch_rng"])
     run.step, run.best, run.elapsed = ckpt["step"], ckpt["best"], ckpt["elapsed"]
+
+
+def check_moments(opt: torch.optim.Optimizer, saved: dict, path: Path) -> None:
+    """Raise ValueError unless every saved moment has the shape of the parameter at its position.
+
+    AdamW keeps its moments by parameter position, not name: a model whose parameters were
+    registered in another order would pair moments with the wrong tensors (the fused CPU step
+    crashes the process on a shape mismatch rather than raising)."""
+    params = [p for group in opt.param_groups for p in group["params"]]
+    for i, moments in saved["state"].items():
+        if i >= len(params):
+            raise ValueError(
+                f"{path}: the optimiser state has moments for {i + 1}+ parameters, the model {len(params)}"
+            )
+        for key, t in moments.items():
+            if torch.is_tensor(t) and t.dim() > 0 and t.shape != params[i].shape:
+                raise ValueError(
+                    f"{path}: optimiser moment {key} of parameter {i} has shape {tuple(t.shape)}, the parameter "
+                    f"{tuple(params[i].shape)}: the model's parameters are registered in another order or shape"
+                )
 
 
 # ---- saving -----------------------------------------------------------------------------------

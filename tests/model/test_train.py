@@ -64,6 +64,17 @@ def test_resume_continues_exactly(tmp_path, speed):
     assert (tmp_path / "a" / "best.safetensors").exists()
 
 
+def test_resuming_with_moments_of_other_shapes_is_refused(tmp_path):
+    main([*TINY, "--steps", "2", "--out", str(tmp_path / "a")])
+    state = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    moments = state["optim"]["state"]
+    first = next(i for i in sorted(moments) if moments[i]["exp_avg"].shape != moments[i + 1]["exp_avg"].shape)
+    moments[first], moments[first + 1] = moments[first + 1], moments[first]  # as if two were registered swapped
+    torch.save(state, tmp_path / "a" / "last.pt")
+    with pytest.raises(ValueError, match="registered in another order"):
+        main([*TINY, "--steps", "4", "--out", str(tmp_path / "a"), "--resume"])
+
+
 def test_init_from_continues_at_the_recorded_step(tmp_path):
     main([*TINY, "--steps", "6", "--out", str(tmp_path / "a")])
     main([*TINY, "--steps", "9", "--out", str(tmp_path / "c"), "--init-from", str(tmp_path / "a" / "best.safetensors")])
