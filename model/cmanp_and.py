@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from model.cmanp import CMANPConfig, regression_parts
+from model.data.tasks import TaskBatch
 from model.heads import JointHead, gaussian_log_prob
 from model.neural_process import NeuralProcess
 from model.state import CMANPState
@@ -194,6 +195,15 @@ class CMANPAND(NeuralProcess):
         return torch.cat(groups, dim=0)
 
     # ---- training --------------------------------------------------------------------------------
+    def loss(self, batch: TaskBatch) -> Tensor:
+        """Minus the joint target LL per target; when the shared encoder and decoder train too (an
+        unfrozen base), minus the marginal head's target LL as well, so that the marginal
+        predictions (``predict``) stay matched to the encodings they read."""
+        loss = super().loss(batch)
+        if any(p.requires_grad for p in self.head.parameters()):
+            loss = loss - NeuralProcess.log_likelihood(self, batch.xc, batch.yc, batch.xt, batch.yt).mean()
+        return loss
+
     def log_likelihood(self, xc: Tensor, yc: Tensor, xt: Tensor, yt: Tensor) -> Tensor:
         """Per-task joint target log-likelihood per target [B] (autoregressive over blocks of b_Q)."""
         # A transient state of a training batch: no fingerprint (computing one would hash the weights).

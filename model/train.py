@@ -72,6 +72,9 @@ class TrainConfig:
     device: str = "cpu"
     threads: int = 0  # 0: leave torch's default
     freeze_base: bool = False  # CMANP-AND only: train the joint head alone, on a fixed CMANP
+    # CMANP-AND with a trained base: the base's lr as a fraction of lr (end-to-end fine-tuning
+    # under a trained joint head: the base moves little, the marginal head keeps its own loss).
+    base_lr_scale: float = 1.0
     # Speed (see training_loss): "bf16" runs the forward's matmuls in bfloat16 autocast (weights,
     # optimiser and likelihood stay float32); compile runs the loss through torch.compile.
     precision: str = "bf16"
@@ -186,7 +189,16 @@ def start(
         for p in net.base_parameters():
             p.requires_grad_(False)
     trainable = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=tc.weight_decay, fused=tc.device == "cpu")
+    groups: list[dict] = [{"params": trainable}]
+    if tc.base_lr_scale != 1.0:
+        if tc.freeze_base or getattr(net, "joint_block_size", None) is None or not tc.base_lr_scale > 0:
+            raise ValueError("base_lr_scale (> 0) needs a model with a joint head and freeze_base false")
+        base = {id(p) for p in net.base_parameters()}
+        groups = [
+            {"params": [p for p in trainable if id(p) not in base]},
+            {"params": [p for p in trainable if id(p) in base], "lr_scale": tc.base_lr_scale},
+        ]
+    opt = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay, fused=tc.device == "cpu")
     run = Run(net, opt, torch.Generator().manual_seed(tc.seed + 1))
     if resume and state_path.exists():
         load_state(run, state_path, tc.device)
@@ -304,7 +316,7 @@ def fit(run: Run, source: TrainingSource, tc: TrainConfig, out: Path, record: di
         while run.step < stop:
             batch = source.sample_batch(tc.batch_size, g).to(tc.device)
             for group in opt.param_groups:
-                group["lr"] = lr_at(run.step, tc)
+                group["lr"] = lr_at(run.step, tc) * group.get("lr_scale", 1.0)
             loss = train_step(net, opt, batch, tc.grad_clip, loss_fn)
             run.step += 1
             tasks += tc.batch_size

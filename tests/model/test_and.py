@@ -145,6 +145,24 @@ def test_joint_training_loss_is_the_per_target_joint_ll():
     assert math.isfinite(net.loss(empty_context).item())  # the empty context works too
 
 
+def test_the_loss_adds_the_marginal_ll_only_when_the_base_trains():
+    """Frozen base: minus the joint LL per target. Trained base: minus the marginal head's mean
+    Gaussian LL too, computed here from ``predict`` (mean, variance) with torch's Normal."""
+    net = small_and(seed=3)
+    x, y = random_points(9, net.cfg, batch=3, seed=6)
+    xt, yt = random_points(5, net.cfg, batch=3, seed=7)
+    batch = SimpleNamespace(xc=x, yc=y, xt=xt, yt=yt)
+    with torch.no_grad():
+        state = net.condition(x, y)
+        joint = (net.joint_log_prob(state, xt, yt) / 5).mean()
+        mean, var = net.predict(state, xt)
+        marginal = torch.distributions.Normal(mean, var.sqrt()).log_prob(yt).mean()
+        assert net.loss(batch).item() == pytest.approx(-(joint + marginal).item(), abs=1e-4)
+        for p in net.base_parameters():
+            p.requires_grad_(False)
+        assert net.loss(batch).item() == pytest.approx(-joint.item(), abs=1e-4)
+
+
 def test_a_plain_cmanp_checkpoint_still_loads_as_cmanp(tmp_path):
     base = CMANP(SMALL)
     path = tmp_path / "base.safetensors"

@@ -162,6 +162,22 @@ def test_joint_head_trains_alone_on_a_plain_cmanp(tmp_path):
         main([*TINY, "--freeze-base", "maybe"])
 
 
+def test_an_unfrozen_base_can_train_at_a_fraction_of_the_heads_lr(tmp_path):
+    main([*TINY, "--steps", "3", "--out", str(tmp_path / "base")])
+    joint = [*TINY, "--architecture", "cmanp-and", "--cov-features", "3", "--cov-layers", "1", "--precision", "fp32"]
+    main(
+        [*joint, "--base-lr-scale", "0.1", "--steps", "4", "--out", str(tmp_path / "and")]
+        + ["--init-from", str(tmp_path / "base" / "best.safetensors")]
+    )
+    state = torch.load(tmp_path / "and" / "last.pt", weights_only=True)
+    head, base = state["optim"]["param_groups"]
+    assert head["lr"] > 0 and base["lr"] == pytest.approx(0.1 * head["lr"], rel=1e-9)
+    joint_tensors = sum(name.startswith("joint_head.") for name in state["model"])
+    assert (len(head["params"]), len(base["params"])) == (joint_tensors, len(state["model"]) - joint_tensors)
+    with pytest.raises(ValueError, match="base_lr_scale"):  # a frozen base has no lr to scale
+        main([*joint, "--base-lr-scale", "0.1", "--freeze-base", "true", "--steps", "1", "--out", str(tmp_path / "x")])
+
+
 def test_old_configs_keep_the_curriculum_in_train_and_it_moves_to_the_data_spec():
     old = {"data": {"kind": "broad"}, "train": {"steps": 5, "long_context_prob": 0.05}}
     data, train = data_spec(old, {"long_context_max": 300, "empty_context_prob": None})
