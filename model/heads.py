@@ -67,9 +67,9 @@ class JointHead(nn.Module):
     l_k, geometric over ``kernel_scales`` (model units of x). Every term is positive semi-definite
     (the last is a Schur product of s s^T with a sum of RBF kernels) and the floor makes Sigma
     positive-definite. Why the bank: a low-rank part alone must build a smooth covariance from
-    finitely many features, and what it misses lands in the diagonal, so its sample paths jitter
-    (1.6-1.8x the exact GP's squared increments, checkpoints/HISTORY.md); the bank is smooth in x
-    by construction and full-rank, and leaves the features the context's corrections.
+    finitely many features, and what it misses lands in the diagonal, so its sample paths jitter;
+    the bank is smooth in x by construction and full-rank, and leaves the features the context's
+    corrections (measurements: checkpoints/HISTORY.md, cmanp-and-gp-rbf run 2).
     """
 
     def __init__(
@@ -81,8 +81,8 @@ class JointHead(nn.Module):
         cov_features: int,
         cov_layers: int,
         min_cov_var: float,
-        cov_kernels: int = 0,
-        kernel_scales: tuple[float, float] = (0.05, 4.0),
+        cov_kernels: int,
+        kernel_scales: tuple[float, float],
     ) -> None:
         super().__init__()
         D = d_model
