@@ -130,8 +130,10 @@ def test_accumulators_match_plain_attention(net, chunk):
     weights = scores.softmax(-1)
     out = weights[..., :-1] @ values + weights[..., -1:] * attn.null_value.unsqueeze(0)
     direct = attn.latents + out[0].transpose(1, 2).flatten(-2) @ attn.out.weight + attn.out.bias  # [K, L, D]
-    # float32 rounding: relative to latents of magnitude ~10 in the trained model. streamed is block-major [K, B, L, D].
-    torch.testing.assert_close(streamed[:, 0], direct, rtol=1e-5, atol=1e-4)
+    # float32 rounding, relative to latents of magnitude ~10 in the trained model: the largest difference
+    # measured is 1.1e-4 (one element in 24,576, on an AMD EPYC); the null score shifted by 0.1 moves it by 0.3.
+    # streamed is block-major [K, B, L, D].
+    torch.testing.assert_close(streamed[:, 0], direct, rtol=1e-5, atol=3e-4)
 
 
 def test_derived_latents_are_cached_per_state_without_grad(small, monkeypatch):
