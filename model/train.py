@@ -39,6 +39,7 @@ from model.cmanp import CMANP, CMANPConfig
 from model.cmanp_and import CMANPANDConfig
 from model.data import DEFAULT_DATA, Batch, TrainingSource, build_source
 from model.data.regression import ContextCurriculum
+from model.embedding_init import init_embeddings
 
 
 class Trainable(Protocol):
@@ -80,6 +81,9 @@ class TrainConfig:
     precision: str = "bf16"
     compile: bool = True
     run_steps: int = 0  # stop this invocation after this many steps (0: run to `steps`); resume later
+    # How a fresh model's embedding MLPs start (model.embedding_init): "torch" (its default init)
+    # or "variance_preserving", without which a 2-D model stays long at the unconditional solution.
+    embed_init: str = "torch"
 
 
 # Options of the regression sources that older configs (and run directories) keep in "train".
@@ -183,6 +187,7 @@ def start(
     """
     torch.manual_seed(tc.seed)
     net = build_model(mc).to(tc.device)
+    init_embeddings(net, tc.embed_init)  # resumed or initialised weights replace it below
     if tc.freeze_base:
         if getattr(net, "joint_block_size", None) is None:
             raise ValueError("freeze_base needs a model with a joint head (--architecture cmanp-and)")
