@@ -37,6 +37,9 @@ class CMANPANDConfig(CMANPConfig):
     # full-rank part of the covariance (model.heads.JointHead); 0 = the low-rank part and diagonal only.
     cov_kernels: int = 0
     kernel_scales: tuple[float, float] = (0.05, 4.0)
+    # r: each target's weight on each kernel is an r-vector (a rank-r modulation of the bank, which can
+    # cut correlations across a context point); 0 = one shared amplitude per target (model.heads.JointHead).
+    kernel_rank: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -47,6 +50,8 @@ class CMANPANDConfig(CMANPConfig):
             raise ValueError(f"min_cov_var must be > 0, got {self.min_cov_var}")
         if self.cov_kernels < 0:
             raise ValueError(f"cov_kernels must be >= 0, got {self.cov_kernels}")
+        if self.kernel_rank < 0 or (self.kernel_rank and not self.cov_kernels):
+            raise ValueError(f"kernel_rank must be >= 0, and 0 without a kernel bank, got {self.kernel_rank}")
         object.__setattr__(self, "kernel_scales", tuple(float(v) for v in self.kernel_scales))
         low, high = self.kernel_scales
         if not 0 < low <= high:
@@ -57,6 +62,8 @@ class CMANPANDConfig(CMANPConfig):
         d["kernel_scales"] = list(self.kernel_scales)
         if not self.cov_kernels:  # a head without a bank: its config, and so its fingerprint, as before the option
             del d["cov_kernels"], d["kernel_scales"]
+        if not self.kernel_rank:  # likewise for a bank with shared amplitudes
+            del d["kernel_rank"]
         return d
 
     def base(self) -> CMANPConfig:
@@ -84,6 +91,7 @@ class CMANPAND(NeuralProcess):
             cfg.min_cov_var,
             cfg.cov_kernels,
             cfg.kernel_scales,
+            cfg.kernel_rank,
         )
 
     @property

@@ -66,10 +66,15 @@ class JointHead(nn.Module):
     with per-block weights w_k >= 0 (from the mean of the block's encodings) over K length-scales
     l_k, geometric over ``kernel_scales`` (model units of x). Every term is positive semi-definite
     (the last is a Schur product of s s^T with a sum of RBF kernels) and the floor makes Sigma
-    positive-definite. Why the bank: a low-rank part alone must build a smooth covariance from
-    finitely many features, and what it misses lands in the diagonal, so its sample paths jitter;
-    the bank is smooth in x by construction and full-rank, and leaves the features the context's
-    corrections (measurements: checkpoints/HISTORY.md, cmanp-and-gp-rbf run 2).
+    positive-definite. With ``kernel_rank`` r > 0 the amplitude s_i becomes an r-vector u_ik per
+    kernel, and the last term sum_k w_k (u_ik . u_jk / r) exp(...): still a sum of Schur products of
+    positive semi-definite matrices, but a target's weight on each length-scale is its own, and two
+    targets on either side of a context point can be decorrelated (orthogonal u's), as in a GP
+    posterior; r = 1 with u_ik = s_i is the shared-amplitude form. Why the bank: a low-rank part
+    alone must build a smooth covariance from finitely many features, and what it misses lands in
+    the diagonal, so its sample paths jitter; the bank is smooth in x by construction and full-rank,
+    and leaves the features the context's corrections (measurements: checkpoints/HISTORY.md,
+    cmanp-and-gp-rbf run 2).
     """
 
     def __init__(
@@ -83,18 +88,21 @@ class JointHead(nn.Module):
         min_cov_var: float,
         cov_kernels: int,
         kernel_scales: tuple[float, float],
+        kernel_rank: int,
     ) -> None:
         super().__init__()
         D = d_model
         self.dim_y, self.cov_features, self.min_cov_var = dim_y, cov_features, min_cov_var
-        self.cov_kernels = cov_kernels
+        self.cov_kernels, self.kernel_rank = cov_kernels, kernel_rank
         self.mean = nn.Sequential(*head_layers(D, dim_y))
         self.cov_in = nn.Linear(D, D)
         self.cov_layers = nn.ModuleList(
             nn.Sequential(SelfAttention(D, heads), FeedForward(D, ff_width)) for _ in range(cov_layers)
         )
-        # Per target and output dim: P features, the diagonal value and, with a bank, the amplitude.
-        self.cov_out = nn.Sequential(nn.LayerNorm(D), nn.Linear(D, dim_y * (cov_features + 1 + (cov_kernels > 0))))
+        # Per target and output dim: P features, the diagonal value and, with a bank, the amplitude
+        # (or, with kernel_rank r, r weights per kernel).
+        bank_outputs = cov_kernels * kernel_rank if kernel_rank else int(cov_kernels > 0)
+        self.cov_out = nn.Sequential(nn.LayerNorm(D), nn.Linear(D, dim_y * (cov_features + 1 + bank_outputs)))
         if cov_kernels:
             scales = torch.logspace(math.log10(kernel_scales[0]), math.log10(kernel_scales[1]), cov_kernels)
             # A constant of the config, not a weight: kept out of the state dict (and the fingerprint's tensors).
@@ -116,12 +124,15 @@ class JointHead(nn.Module):
         diag = self.min_cov_var + F.softplus(out[..., P].double())
         cov = factors @ factors.mT + torch.diag_embed(diag)
         if K:
-            amplitude = F.softplus(out[..., P + 1].double())  # [B, dy, m]
+            if self.kernel_rank:
+                u = out[..., P + 1 :].double().unflatten(-1, (K, self.kernel_rank))  # [B, dy, m, K, r]
+            else:  # one amplitude per target, shared by the kernels
+                u = F.softplus(out[..., P + 1].double())[..., None, None].expand(-1, -1, -1, K, 1)
             weights = F.softplus(self.kernel_weights(h.mean(1)).double()).unflatten(-1, (self.dim_y, K))  # [B, dy, K]
             sq_dist = torch.cdist(x.double(), x.double()).square().unsqueeze(1)  # [B, 1, m, m]
             bank = torch.exp(-sq_dist / (2 * self.length_scales.square().view(-1, 1, 1)))  # [B, K, m, m]
-            smooth = torch.einsum("bdk,bkij->bdij", weights, bank)
-            cov = cov + amplitude.unsqueeze(-1) * amplitude.unsqueeze(-2) * smooth
+            modulation = torch.einsum("bdikr,bdjkr->bdkij", u, u) / u.shape[-1]  # [B, dy, K, m, m]
+            cov = cov + torch.einsum("bdk,bdkij,bkij->bdij", weights, modulation, bank)
         return self.mean(z), cov
 
 

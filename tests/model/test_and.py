@@ -178,6 +178,13 @@ def test_the_kernel_bank_is_in_the_config_only_when_used():
     banked = CMANPANDConfig(**SMALL.to_dict(), cov_kernels=4, kernel_scales=(0.1, 3.0))
     assert CMANPANDConfig.from_dict(banked.to_dict()) == banked
     assert banked.to_dict()["kernel_scales"] == [0.1, 3.0]
-    for bad in ({"cov_kernels": -1}, {"kernel_scales": (0.0, 1.0)}, {"kernel_scales": (2.0, 1.0)}):
-        with pytest.raises(ValueError, match="cov_kernels|kernel_scales"):
+    assert "kernel_rank" not in banked.to_dict()
+    modulated = CMANPANDConfig(**SMALL.to_dict(), cov_kernels=4, kernel_rank=2)
+    assert CMANPANDConfig.from_dict(modulated.to_dict()) == modulated and modulated.to_dict()["kernel_rank"] == 2
+    bad_configs = (
+        {"cov_kernels": -1}, {"kernel_scales": (0.0, 1.0)}, {"kernel_scales": (2.0, 1.0)}, {"kernel_rank": 2},
+        {"cov_kernels": 4, "kernel_rank": -1},
+    )  # fmt: skip
+    for bad in bad_configs:
+        with pytest.raises(ValueError, match="cov_kernels|kernel_scales|kernel_rank"):
             CMANPANDConfig(**SMALL.to_dict(), **bad)

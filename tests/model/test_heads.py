@@ -33,18 +33,18 @@ def test_the_gaussian_head_stays_float32_under_bf16_autocast():
     torch.testing.assert_close(mean, head(z.bfloat16().float())[0])
 
 
-def joint_head(seed: int = 0, dim_y: int = 2, kernels: int = 0) -> JointHead:
+def joint_head(seed: int = 0, dim_y: int = 2, kernels: int = 0, rank: int = 0) -> JointHead:
     torch.manual_seed(seed)
     return JointHead(
         d_model=16, heads=2, ff_width=32, dim_y=dim_y, cov_features=3, cov_layers=1, min_cov_var=1e-4,
-        cov_kernels=kernels, kernel_scales=(0.1, 2.0),
+        cov_kernels=kernels, kernel_scales=(0.1, 2.0), kernel_rank=rank,
     )  # fmt: skip
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("kernels", [0, 4])
-def test_the_joint_covariance_is_symmetric_with_eigenvalues_above_its_floor(kernels):
-    head = joint_head(kernels=kernels)
+@pytest.mark.parametrize(("kernels", "rank"), [(0, 0), (4, 0), (4, 2)])
+def test_the_joint_covariance_is_symmetric_with_eigenvalues_above_its_floor(kernels, rank):
+    head = joint_head(kernels=kernels, rank=rank)
     mean, cov = head(torch.randn(3, 7, 16), torch.randn(3, 7, 1))
     assert mean.shape == (3, 7, 2) and cov.shape == (3, 2, 7, 7) and cov.dtype == torch.float64
     c = cov.numpy()
@@ -75,6 +75,35 @@ def test_the_kernel_bank_adds_amplitude_scaled_rbf_kernels_of_the_inputs():
     bank = sum(w[k] * np.exp(-sq / (2 * scales[k] ** 2)) for k in range(4))
     want = a @ a / 3 + (1e-4 + softplus(-1.0)) * np.eye(6) + s * s * bank
     np.testing.assert_allclose(cov[:, 0].numpy(), want, rtol=1e-6)
+
+
+@torch.no_grad()
+def test_a_rank_modulated_bank_gives_each_target_its_own_weight_vector_per_kernel():
+    """With kernel_rank r = 2, the bank term is sum_k w_k (u_ik . u_jk / 2) exp(-|x_i - x_j|^2 / 2 l_k^2),
+    computed here with numpy from per-target u's that the test sets through the last layer."""
+    head = joint_head(dim_y=1, kernels=3, rank=2)
+    out, weights = head.cov_out[-1], head.kernel_weights[-1]
+    z = torch.randn(1, 5, 16)
+    normed = head.cov_out[0](head.cov_layers[0](head.cov_in(z)))  # what the last layer reads
+    u = torch.randn(5, 3, 2, dtype=torch.float64)  # per target, kernel and rank
+    # Solve for a last layer that outputs features 0, diagonal raw 0 and these u's at the five targets.
+    want_out = torch.cat([torch.zeros(5, 4, dtype=torch.float64), u.flatten(1)], 1)  # [5, 3 + 1 + 6]
+    design = torch.cat([normed[0].double(), torch.ones(5, 1, dtype=torch.float64)], 1)  # [5, 17]
+    solution = torch.linalg.lstsq(design, want_out).solution  # exact: 5 equations, 17 unknowns
+    out.weight.copy_(solution[:16].T), out.bias.copy_(solution[16])
+    w_raw = torch.tensor([0.2, -1.0, 0.8])
+    weights.weight.zero_(), weights.bias.copy_(w_raw)
+    x = torch.randn(1, 5, 1)
+    _, cov = head(z, x)
+
+    def softplus(v):
+        return np.log1p(np.exp(np.asarray(v, dtype=np.float64)))
+
+    w, un, scales = softplus(w_raw.numpy()), u.numpy(), 0.1 * 20.0 ** (np.arange(3) / 2)
+    sq = (x.numpy()[0, :, None, 0].astype(np.float64) - x.numpy()[0, None, :, 0]) ** 2
+    bank = sum(w[k] * (un[:, k] @ un[:, k].T / 2) * np.exp(-sq / (2 * scales[k] ** 2)) for k in range(3))
+    want = (1e-4 + softplus(0.0)) * np.eye(5) + bank
+    np.testing.assert_allclose(cov[0, 0].numpy(), want, rtol=1e-5, atol=1e-9)
 
 
 @torch.no_grad()
