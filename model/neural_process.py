@@ -217,6 +217,20 @@ class NeuralProcess(FingerprintedModel):
         targets, then over tasks (``model.train`` minimises it)."""
         return -self.heldout_score(batch).mean()
 
+    def beta_nll_loss(self, batch: TaskBatch, beta: float) -> Tensor:
+        """The beta-NLL training loss (Seitzer et al., ICLR 2022): each target's Gaussian NLL weighted
+        by its predictive variance to the power beta, the weight taken as a constant (no gradient).
+
+        Why: under the plain NLL the mean's gradient at a target is (mean - y) / var, so targets the
+        model is unsure of teach the mean least, and a model can settle at sharp stds on easy targets
+        (an image's background) with a mean that ignores the context. beta = 1 gives the mean the
+        squared error's gradient and still trains the std; beta = 0 is the plain NLL. Averaged like
+        ``loss``: over targets, then tasks.
+        """
+        mean, std = self(batch.xc, batch.yc, batch.xt)
+        nll = -torch.distributions.Normal(mean, std).log_prob(batch.yt)
+        return (std.detach().pow(2 * beta) * nll).sum(-1).mean(-1).mean()
+
     def heldout_score(self, batch: TaskBatch) -> Tensor:
         """Per-task mean target log-likelihood [B] of a batch (``model.train`` keeps the weights
         whose mean over the held-out batches is highest)."""

@@ -84,6 +84,9 @@ class TrainConfig:
     # How a fresh model's embedding MLPs start (model.embedding_init): "torch" (its default init)
     # or "variance_preserving", without which a 2-D model stays long at the unconditional solution.
     embed_init: str = "torch"
+    # > 0: train on the beta-NLL (NeuralProcess.beta_nll_loss) instead of the NLL; the held-out score
+    # that picks the exported weights stays the plain log-likelihood. Marginal models only.
+    nll_beta: float = 0.0
 
 
 # Options of the regression sources that older configs (and run directories) keep in "train".
@@ -123,8 +126,9 @@ LossFn = Callable[[Batch], Tensor]
 PRECISIONS = ("fp32", "bf16")
 
 
-def training_loss(net: Trainable, precision: str = "fp32", compile: bool = False) -> LossFn:
-    """``net.loss`` for training, in the given precision, optionally compiled.
+def training_loss(net: Trainable, precision: str = "fp32", compile: bool = False, nll_beta: float = 0.0) -> LossFn:
+    """``net.loss`` (with ``nll_beta`` > 0, ``net.beta_nll_loss``) for training, in the given precision,
+    optionally compiled.
 
     "bf16" autocasts the forward's matmuls to bfloat16 (the CPU's bf16 dot products double the
     float32 rate); the parameters, their gradients, the optimiser and the output head stay float32.
@@ -139,11 +143,15 @@ def training_loss(net: Trainable, precision: str = "fp32", compile: bool = False
         raise ValueError(
             f"bf16 training is not validated for {getattr(net, 'architecture', type(net).__name__)}: use precision fp32"
         )
+    if nll_beta < 0 or (nll_beta and (not hasattr(net, "beta_nll_loss") or net.joint_block_size is not None)):
+        raise ValueError(
+            f"nll_beta must be >= 0, and 0 unless the model's predictions are marginal Gaussians; got {nll_beta}"
+        )
     device_type = next(net.parameters()).device.type
 
     def loss(batch: Batch) -> Tensor:
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            return net.loss(batch)
+            return net.beta_nll_loss(batch, nll_beta) if nll_beta else net.loss(batch)
 
     return torch.compile(loss, dynamic=True) if compile else loss
 
@@ -309,7 +317,7 @@ def fit(run: Run, source: TrainingSource, tc: TrainConfig, out: Path, record: di
     trained = sum(p.numel() for group in opt.param_groups for p in group["params"])
     print(f"model: {count_parameters(net):,} parameters ({trained:,} trained); training to step {tc.steps}")
     net.train()
-    loss_fn = training_loss(net, tc.precision, tc.compile)
+    loss_fn = training_loss(net, tc.precision, tc.compile, tc.nll_beta)
     last_save, t0, tasks = time.time(), time.time(), 0
     # A background job ignores SIGINT and dies on SIGTERM without unwinding: make both raise
     # KeyboardInterrupt, so the `finally` below saves the training state before exiting.

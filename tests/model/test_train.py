@@ -9,16 +9,20 @@ import sys
 from dataclasses import dataclass
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
+from scipy.stats import norm
 
 from model.checkpoint import load_checkpoint
 from model.cmanp import CMANPConfig
+from model.cmanp_and import CMANPAND
 from model.data import DEFAULT_DATA
 from model.data.gp import GPSampler
 from model.data.regression import ContextCurriculum, RegressionSource
-from model.train import Run, TrainConfig, data_spec, fit, lr_at, main
+from model.train import Run, TrainConfig, data_spec, fit, lr_at, main, training_loss
+from tests.model.conftest import SMALL_AND, small_model
 
 TINY = [
     "--d-model",
@@ -244,3 +248,42 @@ def test_the_loop_trains_a_family_with_its_own_batch_type(tmp_path):
     with safe_open(str(tmp_path / "best.safetensors"), framework="pt") as f:
         info = json.loads(f.metadata()["info"])
     assert info["data"] == {"kind": "toy"} and abs(info["heldout_ll"] - (math.log(2.0) - 1.0)) < 0.15
+
+
+def test_beta_nll_weighs_each_targets_nll_by_its_variance_and_leaves_the_weight_without_gradient():
+    """The value against scipy's normal log-density, weighted by var^beta; at beta = 1 the mean's
+    gradient is the squared error's, (mean - y) / (targets * tasks), not divided by the variance, and
+    the std's is var * d NLL / d std = std - (y - mean)^2 / std (the weight is a constant)."""
+    net = small_model()
+    batch = GPSampler("rbf").sample(3, 5, 7, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        mean, std = net(batch.xc, batch.yc, batch.xt)
+    m, s, y = mean.double().numpy(), std.double().numpy(), batch.yt.double().numpy()
+    for beta in (0.5, 1.0):
+        want = (s ** (2 * beta) * -norm.logpdf(y, m, s)).mean()
+        got = training_loss(net, nll_beta=beta)(batch)
+        assert got.item() == pytest.approx(want, rel=1e-5)
+    assert training_loss(net, nll_beta=0.0)(batch).item() == pytest.approx(-norm.logpdf(y, m, s).mean(), rel=1e-5)
+
+    captured = {}
+    original = net.head.forward
+
+    def keep_outputs(z):
+        outputs = original(z)
+        for name, t in zip(("mean", "std"), outputs, strict=True):
+            t.retain_grad()
+            captured[name] = t
+        return outputs
+
+    net.head.forward = keep_outputs
+    net.beta_nll_loss(batch, 1.0).backward()
+    grad = {k: v.grad.double().numpy() for k, v in captured.items()}
+    np.testing.assert_allclose(grad["mean"], (m - y) / y.size, rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(grad["std"], (s - (y - m) ** 2 / s) / y.size, rtol=1e-4, atol=1e-9)
+
+
+def test_beta_nll_is_refused_for_a_joint_model_and_for_negative_beta():
+    with pytest.raises(ValueError, match="nll_beta"):
+        training_loss(CMANPAND(SMALL_AND), nll_beta=0.5)
+    with pytest.raises(ValueError, match="nll_beta"):
+        training_loss(small_model(), nll_beta=-1.0)
