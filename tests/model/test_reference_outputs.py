@@ -2,7 +2,7 @@
 
 ``fixtures/reference.npz`` was written by ``fixtures/make_reference.py`` with the code of commit
 80f82a4 (one file for blocks, encoder and heads); its ``and/`` keys were re-recorded when the joint
-checkpoint was replaced (session 14). The split moved code between files and composed
+checkpoint was replaced (sessions 14 and 15). The split moved code between files and composed
 the joint model from public parts, but kept each tensor operation and its order: on the CPU that
 recorded the fixture every output was bit-for-bit the same (CI at 4e61172). Another CPU picks other
 vector kernels for the same float32 operations (an AVX2 AMD EPYC differs by up to 4e-6 relative,
