@@ -28,7 +28,9 @@ from tests.service.helpers import live_server, make_settings, sample_points
 from tests.service.history import History, check_session, resolve, wait_for_acks, write
 from tests.service.processes import LocalRedisCluster
 
-WRITERS, POINTS = 4, 2_000
+# Writers stop at their first failed post, so unposted points cost nothing; there must be enough
+# that none runs out before the master dies (a loaded 2-core host once posted all of 2,000 first).
+WRITERS, POINTS = 4, 8_000
 ACKS_BEFORE_THE_LAG = 40
 LAG_SECONDS = 0.6  # posts while the replica applies nothing, before the master dies
 PAUSE_MS = 3_000  # the replica's pause; it outlasts the master
