@@ -4,12 +4,12 @@ Why: PyTorch's default ``nn.Linear`` init draws weights with variance 1 / (3 fan
 the same scale, so every layer of a GELU MLP shrinks the input-dependent part of its output by about
 6x while the biases add a constant part. After the embeddings' four layers (and the affine-free
 LayerNorm the encoder applies), two different points get nearly the same embedding: the spread of
-the embeddings across points is ~12% of their norm (``embedding_spread``). The encoder's attention
+the embeddings across points is ~10% of their norm (``embedding_spread``). The encoder's attention
 then starts out unable to tell points apart, and the model must leave a long plateau before it can
 condition on anything. With one input dimension the plateau is short; with two (pixel coordinates)
 it is not: a small 2-D model on y = s sin(3 x1) stayed at the unconditional solution for 600 steps
 from torch's init and learned the task within 150 steps from this one (checkpoints/HISTORY.md,
-cmanp-mnist run 4).
+cmanp-mnist, session 15).
 
 The fix is the standard variance-preserving (He) init: weights N(0, 2 / fan_in), zero biases, for
 every linear layer of the model's ``context_embed`` and ``query_embed``. The rest of the model keeps
