@@ -34,8 +34,8 @@ from statistics import NormalDist
 import torch
 
 from bench.common import write_json
-from model import load_checkpoint
 from model.data import build_sampler
+from model.tiled import load_served
 from service.calibration import FOLDS, prequential_blocks
 from service.kinds.regression_calibration import (
     STD_FACTOR,
@@ -104,7 +104,7 @@ def _fine(y: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> tuple[list[
 
 
 def measure(checkpoint: str, data: dict, sessions: int, batch: int, seed: int, sizes: tuple[int, ...] = SIZES) -> dict:
-    net = load_checkpoint(checkpoint)
+    net = load_served(checkpoint)
     sampler = build_sampler(data, net.cfg.dim_x, net.cfg.x_range)
     g = torch.Generator().manual_seed(seed)
     result: dict = {"checkpoint": checkpoint, "data": data, "sessions_per_size": sessions, "sizes": {}}

@@ -24,9 +24,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.baselines.fitted_gp import by_evidence, fit_both  # noqa: E402
-from model import load_checkpoint  # noqa: E402
 from model.data.real_series import Window, real_windows  # noqa: E402
 from model.plot import save_figure  # noqa: E402
+from model.tiled import load_served  # noqa: E402
 
 SHOWN = ("datasets/AirPassengers/0", "datasets/Nile/0", "datasets/lynx/0", "MASS/mcycle/0")
 Z95 = 1.959964
@@ -53,7 +53,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     torch.set_num_threads(1)
-    net = load_checkpoint(args.checkpoint)
+    net = load_served(args.checkpoint)
     windows = {w.key: w for w in real_windows()}
     fig, axes = plt.subplots(2, 2, figsize=(12, 7))
     for ax, key in zip(axes.flat, SHOWN, strict=True):

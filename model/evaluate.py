@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from model import evaluate_events
 from model.card import read_card, write_card
-from model.checkpoint import ARCHITECTURES, load_checkpoint, read_metadata
+from model.checkpoint import ARCHITECTURES, read_metadata
 from model.data import TaskBatch
 from model.data.eval_sets import DEFAULT_CACHE, broad_streaming_set, protocol_set, streaming_set
 from model.data.gp import KERNELS
@@ -42,6 +42,7 @@ from model.evaluation_cli import parse_evaluation_args
 from model.gp_oracle import gp_joint_log_likelihood, gp_log_likelihood
 from model.neural_process import NeuralProcess
 from model.scores import summarise
+from model.tiled import load_served
 
 
 @torch.no_grad()
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--joint", action="store_true", help="score the joint LL per target (needs a CMANP-AND)")
     args = parse_evaluation_args(p, argv)
 
-    net = load_checkpoint(args.checkpoint)
+    net = load_served(args.checkpoint)  # as the service serves it (tiled where its card says so)
     if args.data != "gp":
         return _images(p, args, net)
     args.num_batches, args.num_tasks = args.num_batches or 3000, args.num_tasks or 64

@@ -88,6 +88,11 @@ class CMANPState:
             return self._derived[1]
         return None
 
+    @property
+    def derived_entry(self) -> tuple[str, Tensor] | None:
+        """(owner key, latents) kept by ``keep_derived``, if any."""
+        return self._derived
+
     def keep_derived(self, fingerprint: str, latents: Tensor) -> None:
         """Cache latents derived by model ``fingerprint``: the state is immutable, so they stay valid,
         and a repeated predict on an unchanged session only decodes."""
@@ -108,12 +113,18 @@ class CMANPState:
             return states[0]
         if len({s.fingerprint for s in states}) != 1:
             raise ValueError("cannot batch states of different models")
-        return CMANPState(
+        batch = CMANPState(
             torch.cat([s.log_norm for s in states]),
             torch.cat([s.value_sum for s in states]),
             torch.cat([s.num_points for s in states]),
             states[0].fingerprint,
         )
+        # Latents the states' model already derived stay valid in the batch (derived latents are
+        # batch-major on dim 1 for every model), so a batched predict over hot sessions only decodes.
+        cached = [s.derived_entry for s in states]
+        if all(c is not None and c[0] == cached[0][0] for c in cached):  # type: ignore[index]
+            batch.keep_derived(cached[0][0], torch.cat([c[1] for c in cached], dim=1))  # type: ignore[index]
+        return batch
 
     def tile(self, copies: int) -> CMANPState:
         """``copies`` independent copies of the batch, copy-major ([copies * B]); self is untouched."""

@@ -70,6 +70,21 @@ class FoldedStates(Generic[State]):
             self._remember(key, _Folded(snapshot.state, snapshot.log, snapshot.session.num_points, state))
         return state
 
+    def exact(self, fingerprint: str, snapshot: Snapshot, build: Callable[[Snapshot], State]) -> State:
+        """The state ``build(snapshot)`` makes, reused only for a snapshot with the very same blob and
+        log: for states that depend on the whole log at once (an auto-scaled session's provisional
+        map moves with every post), so that repeated queries with no post between share one state
+        (and what the model cached on it) instead of rebuilding it each time."""
+        key = (fingerprint + ":exact", snapshot.session.session_id)
+        with self._lock:
+            cached = self._entries.get(key)
+        if cached is not None and cached.blob == snapshot.state and cached.log == snapshot.log:
+            return cached.state
+        state = build(snapshot)
+        if self.capacity:
+            self._remember(key, _Folded(snapshot.state, snapshot.log, snapshot.session.num_points, state))
+        return state
+
     def _remember(self, key: tuple[str, str], entry: _Folded[State]) -> None:
         with self._lock:
             current = self._entries.get(key)

@@ -3,6 +3,7 @@
 Models of every kind are served side by side: regression models (``NeuralProcess``) and event
 models (``CMHP``); each declares the kind of session it serves (``session_kind``). A model card
 sidecar ``<stem>.json`` (headline eval numbers) is served as the model's metrics when present;
+its ``tiling`` section serves a 1-D model on a pyramid of zoomed tiles (``model.tiled``);
 for a regression model its ``y_range``, the training output range, feeds the range guard
 (``service.training_range``). Sessions pin a model's name and fingerprint; ``pinned`` refuses a session whose
 model is gone or was replaced by different weights, so a session never gets silently wrong
@@ -17,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model import NeuralProcess, load_checkpoint
+from model import NeuralProcess
 from model.checkpoint import Model
+from model.tiled import TiledNP, load_served
 from service.errors import ConflictError, NotFoundError
 from service.training_range import TrainingRange
 
@@ -28,7 +30,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ServedModel:
     name: str
-    net: Model
+    net: Model | TiledNP
     metrics: dict[str, Any] | None
     empty_state: bytes  # the state blob of a new session
     # The inputs and outputs a regression model was trained on; None for a model whose data are not
@@ -62,13 +64,13 @@ class ServedModel:
 
     @classmethod
     def load(cls, path: Path) -> ServedModel:
-        net = load_checkpoint(path)
+        net = load_served(path)
         card = path.with_suffix(".json")
         metrics = json.loads(card.read_text()) if card.is_file() else None
         y_range = (metrics or {}).pop("y_range", None)
         y_default = (metrics or {}).pop("y_transform_default", None)
         training_range = None
-        if isinstance(net, NeuralProcess):
+        if isinstance(net, NeuralProcess | TiledNP):
             training_range = TrainingRange(net.cfg.x_range, tuple(y_range) if y_range else None)
         return cls(path.stem, net, metrics, net.empty_state(batch_size=1).to_bytes(), training_range, y_default)
 

@@ -293,7 +293,7 @@ class RegressionKind:
     ) -> tuple[CMANPState, AffineMap]:
         """The snapshot's state with its log folded in, and the y map it is in; call under
         ``torch.inference_mode``. A provisional auto map changes with every post, so such states
-        are folded afresh and not kept."""
+        are folded afresh from the whole log, and reused only while the log is unchanged."""
         params = self.params(snapshot.session)
         y_map = _y_map(model, params, snapshot)
 
@@ -301,8 +301,12 @@ class RegressionKind:
             return model.net.update(state, *_model_points(model, params, y_map, entries))
 
         if params.y_provisional:
-            state = stored_state(model, snapshot)
-            return (update(state, snapshot.log) if snapshot.log else state), y_map
+
+            def build(snapshot: Snapshot) -> CMANPState:
+                state = stored_state(model, snapshot)
+                return update(state, snapshot.log) if snapshot.log else state
+
+            return folded.exact(model.fingerprint, snapshot, build), y_map
         return folded.state(model.fingerprint, snapshot, functools.partial(stored_state, model), update), y_map
 
     @torch.inference_mode()

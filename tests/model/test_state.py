@@ -86,6 +86,22 @@ def test_concat_batches_sessions_in_order_and_refuses_other_models(small, state)
         state.merge(foreign)
 
 
+def test_concat_keeps_latents_the_states_model_derived_and_they_match_a_fresh_derivation(small):
+    (xa, ya), (xb, yb) = random_points(7, small.cfg, seed=4), random_points(3, small.cfg, seed=5)
+    xq = torch.linspace(-2, 2, 9).view(1, -1, 1).expand(2, -1, -1)
+    with torch.no_grad():
+        a, b = small.condition(xa, ya), small.condition(xb, yb)
+        fresh = small.predict(CMANPState.concat([a, b]), xq)  # nothing cached yet: derived in the batch
+        small.predict(a, xq[:1]), small.predict(b, xq[:1])  # each caches its own latents
+        both = CMANPState.concat([a, b])
+        assert both.derived(small.fingerprint) is not None
+        reused = small.predict(both, xq)
+        half = CMANPState.concat([a, small.condition(xb, yb)])  # one state without latents: none kept
+        assert half.derived(small.fingerprint) is None
+    for got, want in zip(reused, fresh, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
 def test_the_empty_state_predicts_the_prior_and_round_trips(small):
     empty = small.empty_state(3)
     with torch.no_grad():

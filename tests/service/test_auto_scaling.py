@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from model import CMANP, load_checkpoint
 from model.data.real_series import load_series
+from model.tiled import load_served
 from service.client import CMANPClient, CMANPError
 from tests.service.helpers import API_KEYS, REPO, live_server, make_settings, wait_for_folds
 
@@ -34,8 +34,9 @@ def auto_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def net(auto_dir: Path) -> CMANP:
-    return load_checkpoint(auto_dir / f"{MODEL}.safetensors")
+def net(auto_dir: Path) -> torch.nn.Module:
+    """The model as the service serves it (tiled, as its card says), conditioned here in one batch."""
+    return load_served(auto_dir / f"{MODEL}.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +87,9 @@ def test_a_raw_series_without_y_transform_matches_a_hand_set_transform(auto_serv
     assert abs(hand["shift"]) > 100 * hand["scale"] / 100
 
 
-def test_the_first_fold_fixes_the_map_from_the_points_it_folds(redis_server, redis_client, auto_dir: Path, net: CMANP):
+def test_the_first_fold_fixes_the_map_from_the_points_it_folds(
+    redis_server, redis_client, auto_dir: Path, net: torch.nn.Module
+):
     x, y = nile()
     settings = make_settings(redis_server.url, auto_dir, default_model=MODEL, fold_threshold_points=FOLD_EVERY)
     span = {"low": float(x.min()), "high": float(x.max())}

@@ -94,3 +94,22 @@ def test_an_older_snapshot_does_not_replace_a_newer_state() -> None:
     r.state(cache, snapshot([b"x"], blob=b"B"))  # a query of a snapshot with fewer points ends last
     assert r.state(cache, snapshot([b"a", b"b", b"c", b"d"])) == (None, b"a", b"b", b"c", b"d")
     assert r.folded[-1] == [b"d"]
+
+
+def test_an_exact_entry_is_reused_only_for_the_very_same_blob_and_log() -> None:
+    """``exact`` serves states that depend on the whole log at once (a provisional auto map): a
+    longer log is rebuilt from scratch, never extended."""
+    built: list[list[bytes]] = []
+
+    def build(snap: Snapshot) -> tuple:
+        built.append(list(snap.log))
+        return (snap.state, *snap.log)
+
+    cache = FoldedStates(4)
+    first = cache.exact("fp", snapshot([b"a"]), build)
+    assert cache.exact("fp", snapshot([b"a"]), build) is first
+    assert cache.exact("fp", snapshot([b"a", b"b"]), build) == (None, b"a", b"b")
+    assert cache.exact("fp", snapshot([b"a", b"b"], blob=b"B"), build) == (b"B", b"a", b"b")
+    assert built == [[b"a"], [b"a", b"b"], [b"a", b"b"]]
+    nothing_kept = FoldedStates(0)
+    assert nothing_kept.exact("fp", snapshot([b"a"]), build) is not nothing_kept.exact("fp", snapshot([b"a"]), build)
