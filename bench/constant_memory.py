@@ -21,10 +21,10 @@ from pathlib import Path
 def child(checkpoint: str, n: int, chunk_size: int) -> None:
     import torch
 
-    from model import load_checkpoint
+    from model.tiled import load_served
 
     torch.set_num_threads(1)
-    net = load_checkpoint(checkpoint)
+    net = load_served(checkpoint)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(1, n, net.cfg.dim_x, generator=g) * 4 - 2
     y = torch.sin(3 * x[..., :1]).expand(1, n, net.cfg.dim_y).contiguous()

@@ -7,7 +7,8 @@ Per-point update latency: states with N = 10, 100, ..., 10^6 points are built fi
 a shared machine hits every N alike; the median over many repeats is reported. Derived latents stay
 lazy (``update`` never derives them). Predict latency against the number of targets M is timed on a
 fresh state (latents not yet derived: what the first predict after an update pays) and on a cached
-one. One torch thread throughout. Writes JSON (default bench/out/model_costs.json).
+one. One torch thread throughout. The model is loaded as the service serves it (tiled where its
+card says so). Writes JSON (default bench/out/model_costs.json).
 """
 
 from __future__ import annotations
@@ -18,18 +19,20 @@ import time
 import torch
 
 from bench.common import checkpoint_cli
-from model import CMANP, CMANPState, load_checkpoint
+from model import CMANP, CMANPState
+from model.tiled import TiledNP, load_served
 
 CHUNK = 1024
+Net = CMANP | TiledNP  # a plain model, or one served on tiles
 
 
-def random_points(net: CMANP, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def random_points(net: Net, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.rand(1, n, net.cfg.dim_x, generator=g) * 4 - 2
     y = torch.sin(3 * x[..., :1]).expand(1, n, net.cfg.dim_y) + 0.1 * torch.randn(1, n, net.cfg.dim_y, generator=g)
     return x, y
 
 
-def states_by_size(net: CMANP, sizes: list[int], g: torch.Generator) -> dict[int, CMANPState]:
+def states_by_size(net: Net, sizes: list[int], g: torch.Generator) -> dict[int, CMANPState]:
     """One growing stream, folded in chunks of CHUNK; a snapshot of the state at every size."""
     states, state, n = {}, net.empty_state(), 0
     for target in sorted(sizes):
@@ -41,7 +44,7 @@ def states_by_size(net: CMANP, sizes: list[int], g: torch.Generator) -> dict[int
     return states
 
 
-def update_latency(net: CMANP, states: dict[int, CMANPState], repeats: int, g: torch.Generator) -> list[dict]:
+def update_latency(net: Net, states: dict[int, CMANPState], repeats: int, g: torch.Generator) -> list[dict]:
     """Median single-point update latency per N, timed round-robin over N."""
     x, y = random_points(net, 1, g)
     times: dict[int, list[float]] = {n: [] for n in states}
@@ -62,7 +65,7 @@ def update_latency(net: CMANP, states: dict[int, CMANPState], repeats: int, g: t
     ]
 
 
-def predict_latency(net: CMANP, state: CMANPState, targets: list[int], repeats: int, g: torch.Generator) -> list[dict]:
+def predict_latency(net: Net, state: CMANPState, targets: list[int], repeats: int, g: torch.Generator) -> list[dict]:
     """Median predict latency per M: on a fresh state (derives latents) and on a cached one."""
     rows = []
     for m in targets:
@@ -86,7 +89,7 @@ def predict_latency(net: CMANP, state: CMANPState, targets: list[int], repeats: 
     return rows
 
 
-def conditioning_throughput(net: CMANP, n: int, chunk_sizes: list[int], g: torch.Generator) -> list[dict]:
+def conditioning_throughput(net: Net, n: int, chunk_sizes: list[int], g: torch.Generator) -> list[dict]:
     """Points/s of ``net.condition`` over n points, per chunk size (best of 2)."""
     x, y = random_points(net, n, g)
     rows = []
@@ -102,7 +105,7 @@ def conditioning_throughput(net: CMANP, n: int, chunk_sizes: list[int], g: torch
 
 def run(checkpoint: str, quick: bool) -> dict:
     torch.set_num_threads(1)
-    net = load_checkpoint(checkpoint)
+    net = load_served(checkpoint)  # as served: a tiled model's costs are its tiles'
     g = torch.Generator().manual_seed(0)
     max_exp = 4 if quick else 6
     sizes = [10**e for e in range(1, max_exp + 1)]

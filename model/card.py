@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-# Keys that describe the training data and the session defaults, not one set of weights.
-RECIPE_KEYS = ("y_range", "y_transform_default")
+# Keys that describe the training data, the session defaults and how the weights are served (the
+# tiling, model.tiled), not the figures of one set of weights.
+RECIPE_KEYS = ("y_range", "y_transform_default", "tiling")
 
 
 def read_card(path: Path, fingerprint: str) -> dict:
