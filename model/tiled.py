@@ -10,20 +10,21 @@ per tile. A stretched draw from a broad prior is still a draw from it (its lengt
 periods grow by the zoom), so each tile is an in-prior task with fewer points over more room.
 
 Zooming costs where data are sparse: a tile that holds 3 points knows less than the whole range
-does. So the state keeps a pyramid of levels (``levels``, e.g. 1, 2, 4, 8 tiles) and a query reads
-the finest level whose tiles around it hold enough points: level k takes over from the coarser
-ones as its local point count rises from ``min_points`` to twice that. The count is the tiles'
-own ``num_points``, a function of the set of points, so predictions still do not depend on the
-order or chunking of updates, and states still merge exactly (tile by tile).
+does. So the state keeps a pyramid of levels (``levels``: 1 and 3 tiles for the shipped default),
+and a query reads the finest level whose tiles around it hold enough points: a level takes over
+from the coarser ones as its local point count rises from ``min_points`` to twice that. The count
+is the tiles' own ``num_points``, a function of the set of points, so predictions still do not
+depend on the order or chunking of updates, and states still merge exactly (tile by tile).
 
 Within a level, neighbouring tiles' predictions are blended over a ramp (``blend``, a share of a
 tile's width) so the predictive mean has no jumps at tile edges. A query's predictive is the
 mixture over (level, tile) with those weights, returned as its mean and variance (the moment-
 matched Gaussian, the form every regression caller reads).
 
-Costs: the state is ``sum(levels)`` CMANP states (15 for 1, 2, 4, 8), a point is folded into
-about 1 + 1.5 (len(levels) - 1) tiles, and a predict decodes every tile. bench/RESULTS.md has the
-measured latencies. 1-D inputs only.
+Costs: the state is ``sum(levels)`` CMANP states (4 for levels 1 and 3), a point is folded into
+about 1 + 1.5 (len(levels) - 1) tiles, and a fresh predict derives the latents of the tiles that
+carry weight at its queries (decoding each query at those tiles only); the model card has the
+measured costs. 1-D inputs only.
 
 The state is a ``CMANPState`` of batch ``B * T`` (T tiles per session, session-major, level by
 level), owned by this wrapper's fingerprint (a hash of the inner model's and the tiling), so its
