@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import secrets
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -34,6 +35,10 @@ SUM_PREFIX = "sum:"  # meta fields that hold a fold's sums
 COUNTER_DIGITS = 16  # num_points and version, zero-padded decimal: exact up to 2^53 in Lua
 RECORD_BYTES = 2 * DIGEST_BYTES + 2 * COUNTER_DIGITS
 MAX_ATTEMPTS = 20  # folds/appends lost to concurrent folds before giving up (never seen in practice)
+# A fold's lease on its session, across processes: a fold takes well under a second; a holder that
+# dies leaves the session to the others once this expires. Only CPU depends on it, never exactness.
+FOLD_LEASE_MS = 5_000
+LEASE_POLL_SECONDS = 0.01  # how often a post that waits for room (the log is full) asks for the lease
 REDIRECT_ATTEMPTS = 3  # durable writes sent to a node that no longer owns the slot (failover, resharding)
 
 _TOUCH = """
@@ -127,6 +132,25 @@ for i = sums, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 
 
 def session_keys(session_id: str) -> list[str]:
     return [f"{KEY_PREFIX}:{{{session_id}}}:{part}" for part in KEY_PARTS]
+
+
+def fold_lease_key(session_id: str) -> str:
+    """The key of the session's fold lease (short-lived; not one of the session's own keys)."""
+    return f"{KEY_PREFIX}:{{{session_id}}}:fold_lease"
+
+
+# Take a fold lease (ARGV: token, expiry in ms) if it is free or already the caller's.
+_CLAIM_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+# Release a fold lease only if it is still the caller's (it may have expired and been taken since).
+_RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 def _digest(data: bytes) -> bytes:
@@ -336,6 +360,10 @@ class SessionStore:
         # Sessions whose log reached the threshold while their fold was in flight here: it reads the log again.
         self._refold: set[str] = set()
         self._background: set[asyncio.Task] = set()  # folds started by posts, which did not wait for them
+        # This process's fold leases carry its token. It holds the in-process claim whenever it takes
+        # one, so a lease with its token is a leftover whose release Redis lost (a failover that
+        # dropped the DEL): it takes such a lease over instead of waiting for it to expire.
+        self._lease_token = secrets.token_hex(8)
         # Fixed metadata of recently used sessions (see `fixed`), as `Session.fixed_fields` tuples;
         # at most `cached_sessions`, LRU.
         self._fixed: OrderedDict[str, tuple] = OrderedDict()
@@ -347,6 +375,8 @@ class SessionStore:
         self._create = redis.register_script(_CREATE)
         self._append = redis.register_script(_APPEND)
         self._commit_fold = redis.register_script(_COMMIT_FOLD)
+        self._claim_lease = redis.register_script(_CLAIM_LEASE)
+        self._release_lease = redis.register_script(_RELEASE_LEASE)
 
     async def ping(self) -> bool:
         if isinstance(self.redis, RedisCluster):
@@ -513,6 +543,7 @@ class SessionStore:
         keys = session_keys(session_id)
         if not await self._write(None, keys, []):
             raise _not_found(session_id)
+        await self.redis.delete(fold_lease_key(session_id))  # of a fold in flight, if any: it ends quietly
 
     async def append(
         self,
@@ -583,7 +614,7 @@ class SessionStore:
             # found this fold in flight and started none.
             while True:
                 self._refold.discard(session_id)
-                if await self._fold_once(session, compute, on_commit) is not None:
+                if await self._fold_once(session, compute, on_commit, wait=False) is not None:
                     self._wake_waiters(session_id)  # posts refused because the log was full: there is room
                 elif session_id not in self._refold:
                     break
@@ -614,14 +645,15 @@ class SessionStore:
         Single flight per session and process: a caller that finds a fold of the session in
         flight here waits for it to end and returns None, instead of computing the same fold
         again only to lose the commit (concurrent writers of a hot session would otherwise all
-        fold at once, each burning a full fold of CPU). Folds of other processes still race;
-        the commit's epoch check keeps them exact.
+        fold at once, each burning a full fold of CPU). Across processes, a lease in Redis
+        (``_take_lease``) keeps them from folding the same log at once; the commit's epoch check,
+        not the lease, keeps folds exact (a lease can expire while its fold still runs).
         """
         if not self._claim_fold(session.session_id):
             await self._folding[session.session_id].wait()
             return None
         try:
-            return await self._fold_once(session, compute, on_commit)
+            return await self._fold_once(session, compute, on_commit, wait=True)
         finally:
             self._release_fold(session.session_id)
 
@@ -640,17 +672,39 @@ class SessionStore:
         woken, self._folding[session_id] = self._folding[session_id], asyncio.Event()
         woken.set()
 
-    async def _fold_once(self, session: Session, compute: FoldFn, on_commit: OnCommit) -> Fold | None:
-        """One fold, by whoever claimed the session's fold; None if the log was below the threshold."""
+    async def _fold_once(self, session: Session, compute: FoldFn, on_commit: OnCommit, wait: bool) -> Fold | None:
+        """One fold, by whoever claimed the session's fold in this process and holds its lease across
+        processes; None if the log was below the threshold, or (unless ``wait``) if another process
+        holds the lease: that one reads the log again once it has committed (``_background_fold``)."""
         for _ in range(MAX_ATTEMPTS):
-            snapshot = await self.snapshot(session.session_id, session.tenant)
-            if snapshot.log_points < self.fold_threshold:
+            if not await self._take_lease(session.session_id, wait):
                 return None
-            fold = await compute(snapshot)
-            if await self._commit(snapshot, fold):
-                on_commit(fold)
-                return fold
+            try:
+                snapshot = await self.snapshot(session.session_id, session.tenant)
+                if snapshot.log_points < self.fold_threshold:
+                    return None
+                fold = await compute(snapshot)
+                if await self._commit(snapshot, fold):
+                    on_commit(fold)
+                    return fold
+            finally:
+                await self._release_lease(keys=[fold_lease_key(session.session_id)], args=[self._lease_token])
         return None
+
+    async def _take_lease(self, session_id: str, wait: bool) -> bool:
+        """Take the session's fold lease; False if another process holds it. With ``wait``, poll until
+        it is free, or until the holder's fold has committed (room for the post that waits: False),
+        or until the lease would have expired."""
+        token, key, meta = self._lease_token, fold_lease_key(session_id), session_keys(session_id)[0]
+        epoch = await self.redis.hget(meta, "fold_epoch") if wait else None
+        deadline = asyncio.get_running_loop().time() + FOLD_LEASE_MS / 1000
+        while not await self._claim_lease(keys=[key], args=[token, FOLD_LEASE_MS]):
+            if not wait or asyncio.get_running_loop().time() > deadline:
+                return False
+            await asyncio.sleep(LEASE_POLL_SECONDS)
+            if await self.redis.hget(meta, "fold_epoch") != epoch:
+                return False
+        return True
 
     async def _commit(self, snapshot: Snapshot, fold: Fold) -> bool:
         """Replace the state by the fold's (= snapshot state + snapshot log) and add its sums, unless

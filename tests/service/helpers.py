@@ -26,7 +26,7 @@ from model import CMANP, CMHP, CMANPANDConfig, CMANPConfig, CMANPState, CMHPConf
 from model.checkpoint import build_model
 from service.app import create_app
 from service.settings import Settings
-from service.store import KEY_PREFIX
+from service.store import KEY_PREFIX, fold_lease_key
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = CMANPConfig(n_blocks=2, n_latents=16, d_model=32, ff_width=64, embed_depth=2)
@@ -116,8 +116,10 @@ def session_keys_in_redis(client: redis.Redis, session_id: str) -> list[bytes]:
 
 
 def raw_session(client: redis.Redis, session_id: str) -> dict[bytes, bytes]:
-    """Every key of the session with its serialised value (DUMP); TTLs are not part of it."""
-    return {key: client.dump(key) for key in session_keys_in_redis(client, session_id)}
+    """Every key of the session with its serialised value (DUMP); TTLs are not part of it, nor is the
+    fold lease (which a fold in flight holds for seconds: coordination between processes, not data)."""
+    lease = fold_lease_key(session_id).encode()
+    return {key: client.dump(key) for key in session_keys_in_redis(client, session_id) if key != lease}
 
 
 def logged_points(client: redis.Redis, session_id: str, dim_x: int, dim_y: int) -> tuple[np.ndarray, np.ndarray]:
@@ -131,10 +133,10 @@ def _log_rows(log: list[bytes], dim_x: int, dim_y: int) -> tuple[np.ndarray, np.
 
 
 def wait_for_folds(client: redis.Redis, session_id: str, fold_threshold: int, timeout: float = 30.0) -> None:
-    """Wait until the session's log is below the fold threshold: a post that takes it there starts
-    the fold in the background and answers without waiting for it."""
+    """Wait until the session's log is below the fold threshold and no fold holds its lease: a post
+    that takes it there starts the fold in the background and answers without waiting for it."""
     key, deadline = f"{KEY_PREFIX}:{{{session_id}}}:meta", time.monotonic() + timeout
-    while int(client.hget(key, "log_points")) >= fold_threshold:
+    while int(client.hget(key, "log_points")) >= fold_threshold or client.exists(fold_lease_key(session_id)):
         if time.monotonic() > deadline:
             raise TimeoutError(f"session {session_id}: the log stayed at the fold threshold for {timeout} s")
         time.sleep(0.005)
