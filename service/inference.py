@@ -10,11 +10,21 @@ Queries are micro-batched per kind and model (``service.batcher``): a query that
 worker joins a queue, and the one that gets the worker answers every queued query (up to
 ``max_batch``) in one call of its kind's ``answer``. Folded states are cached per session
 (``service.folded_states``), so a query on a hot session folds only the entries posted since.
+
+Folds are background work (a post answers before its fold ends), so they run in a lane of their
+own: one thread per process, at a lower CPU priority (``fold_nice``, Linux). Sharing the query
+workers, a hot session's predicts queued behind its folds (tens to hundreds of ms each); measured
+in bench.service_load's predict_hot with the tiled default, docs/OPERATIONS.md.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import functools
+import logging
+import os
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -30,14 +40,33 @@ from service.registry import ServedModel
 from service.store import Fold, Snapshot
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
+
+
+def _run_at_nice(nice: int) -> None:
+    """Lower the calling thread's CPU priority by ``nice`` (Linux: a thread has its own nice value)."""
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError as e:  # not Linux, or not allowed: folds run at the process's priority
+        logger.warning("fold thread keeps the process's priority (setpriority failed: %s)", e)
 
 
 class Inference:
     def __init__(
-        self, workers: int, torch_threads: int, max_batch: int = 16, scoring: bool = True, folded_states: int = 64
+        self,
+        workers: int,
+        torch_threads: int,
+        max_batch: int = 16,
+        scoring: bool = True,
+        folded_states: int = 64,
+        fold_nice: int = 0,
     ) -> None:
         torch.set_num_threads(torch_threads)
         self._limiter = anyio.CapacityLimiter(workers)
+        self._fold_thread = concurrent.futures.ThreadPoolExecutor(
+            1, "fold", initializer=_run_at_nice if fold_nice else None, initargs=(fold_nice,) if fold_nice else ()
+        )
         self._max_batch = max_batch
         self._batchers: dict[tuple[str, str, str], Batcher] = {}  # per kind, model name and fingerprint
         self.scoring = scoring
@@ -48,8 +77,14 @@ class Inference:
         return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._limiter)
 
     async def fold(self, kind: SessionKind, model: ServedModel, snapshot: Snapshot) -> Fold:
-        """The session's state with its log folded in (exact update), and the log's calibration sums."""
-        return await self.run(kind.fold, model, snapshot, self.scoring)
+        """The session's state with its log folded in (exact update), and the log's calibration sums;
+        in the fold thread."""
+        fold = functools.partial(kind.fold, model, snapshot, self.scoring)
+        return await asyncio.get_running_loop().run_in_executor(self._fold_thread, fold)
+
+    def close(self) -> None:
+        """Let the fold thread end once its folds in flight (if any) have."""
+        self._fold_thread.shutdown(wait=False)
 
     async def score_log(self, kind: SessionKind, model: ServedModel, snapshot: Snapshot) -> Calibration:
         """The calibration sums the next fold of this snapshot would commit; writes nothing."""
