@@ -79,6 +79,14 @@ def commands(out: Path, quick: bool) -> dict[str, list[str]]:
             *quick_flag,
             *json_out("real_data"),
         ],
+        "real_data_held_out": [
+            *py,
+            "bench.real_data",
+            *["--model", "cmanp-gp-general", "--checkpoint", GENERAL_CHECKPOINT, "--y-transform", "auto"],
+            *["--set", "held-out"],
+            *quick_flag,
+            *json_out("real_data_held_out"),
+        ],
         "calibration_monitor": [
             *py,
             "bench.calibration_monitor",

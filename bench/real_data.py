@@ -1,9 +1,12 @@
 """How calibrated a served model is on real series, beside a GP fitted to the same context (issue 17).
 
-    python -m bench.real_data [--model NAME] [--checkpoint PATH] [--y-transform context|auto] [--quick] [--out DIR]
+    python -m bench.real_data [--model NAME] [--checkpoint PATH] [--y-transform context|auto]
+                              [--set development|held-out] [--quick] [--out DIR]
 
-The data: the fixed windows of ``model.data.real_series`` (13 R series, 19 windows; each window
-split into a random half of context, streamed in time order, and the other half as targets).
+The data: the fixed windows of ``model.data.real_series`` (each window split into a random half
+of context, streamed in time order, and the other half as targets): the development set (13 R
+series, 19 windows), on which serving choices are made, or the held-out set (10 other series, 13
+windows), which only reports them.
 
 The model, through the real service: ``python -m service`` started as ``bench.service_load``
 starts it (bundled redis-server, append-only file on), serving only the checkpoint under test
@@ -48,7 +51,7 @@ from bench.baselines.fitted_gp import by_evidence, fit_both
 from bench.common import CHECKPOINT, OUT_DIR, write_json
 from bench.report import real_data_section
 from bench.service_load import start_server, stop_server
-from model.data.real_series import Window, real_windows
+from model.data.real_series import SETS, Window, real_windows
 from service.client import CMANPClient, CMANPError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -207,9 +210,9 @@ def average(rows: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
-def run(checkpoint: Path, model: str, y_mode: str, quick: bool) -> dict[str, Any]:
-    """Score the model (through the service) and the fitted GP on every window."""
-    windows = real_windows()
+def run(checkpoint: Path, model: str, y_mode: str, quick: bool, which: str = "development") -> dict[str, Any]:
+    """Score the model (through the service) and the fitted GP on every window of a set."""
+    windows = real_windows(which)
     if quick:
         first = {}
         for w in windows:
@@ -235,6 +238,7 @@ def run(checkpoint: Path, model: str, y_mode: str, quick: bool) -> dict[str, Any
         "checkpoint": str(checkpoint),
         "model": model,
         "y_transform": y_mode,
+        "set": which,
         "quick": quick,
         "gp_seconds": gp_seconds,
         "service_seconds": time.perf_counter() - t0,
@@ -261,6 +265,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--checkpoint", type=Path, help=f"default: checkpoints/MODEL.safetensors with --model, else {CHECKPOINT}"
     )
     p.add_argument("--y-transform", choices=Y_TRANSFORMS, default="context")
+    p.add_argument("--set", choices=tuple(SETS), default="development", help="which real-data set")
     p.add_argument("--quick", action="store_true", help="three windows, for CI: checks the harness, not the numbers")
     p.add_argument("--out", type=Path, help="JSON file, or a directory for real_data.json; default bench/out/")
     args = p.parse_args(argv)
@@ -268,8 +273,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not checkpoint.is_file():
         raise SystemExit(f"no checkpoint at {checkpoint}")
     out = args.out or OUT_DIR
-    out = out / "real_data.json" if out.suffix != ".json" else out
-    result = run(checkpoint, args.model or checkpoint.stem, args.y_transform, args.quick)
+    name = "real_data.json" if args.set == "development" else f"real_data_{args.set.replace('-', '_')}.json"
+    out = out / name if out.suffix != ".json" else out
+    result = run(checkpoint, args.model or checkpoint.stem, args.y_transform, args.quick, args.set)
     report(result)
     write_json(out, result)
     print(f"wrote {out}")

@@ -389,7 +389,7 @@ def _statuses(statuses: list[str]) -> str:
     return ", ".join(s if n == 1 else f"{s} ×{n}" for s, n in counts.items())
 
 
-def real_data_section(real: dict | None) -> list[str]:
+def real_data_section(real: dict | None, held_out: dict | None = None) -> list[str]:
     lines = ["## 6. Real series: calibration beside a fitted GP (issue 17)", ""]
     if real is None:
         return [*lines, "Not run.", ""]
@@ -404,7 +404,21 @@ def real_data_section(real: dict | None) -> list[str]:
         "(unit-free). *Prequential*: the session's own 95% coverage of its context points, and its "
         f"calibration status.{quick}",
         "",
+        *_real_data_table(real),
     ]
+    if held_out is not None:
+        lines += [
+            "### The held-out set",
+            "",
+            "The same protocol on 10 other series (`HELD_OUT_SERIES`), which no serving choice was made on "
+            f"(`bench/real_data.py --set held-out`), the same model and y_transform `{held_out['y_transform']}`.",
+            "",
+            *_real_data_table(held_out),
+        ]
+    return lines
+
+
+def _real_data_table(real: dict) -> list[str]:
     rows = []
     for r in real["series"]:
         m, g, b = r["model"], r["gp"], r["gp_best_on_targets"]
@@ -420,7 +434,7 @@ def real_data_section(real: dict | None) -> list[str]:
          f"{a['model_coverage_95']:.2f}", f"{a['gp_coverage_95']:.2f}", f"{a['prequential_coverage_95']:.2f}",
          f"{a['miscalibrated_series']} series miscalibrated"]
     )  # fmt: skip
-    lines += _table(
+    lines = _table(
         ["series", "windows", "targets", "LL model", "LL GP", "gap", "LL GP best on targets", "RMSE model",
          "RMSE GP", "95% cov. model", "95% cov. GP", "prequential 95% cov.", "status"],
         rows,
@@ -620,7 +634,7 @@ def write_report(out: Path, report_dir: Path) -> Path:
     lines += ["", "## Commands", "", "Run from the repository root, each in its own process:", ""]
     order = [
         "model_costs", "constant_memory", "peers", "train_throughput", "service_load", "calibration_cost", "real_data",
-        "calibration_monitor", "calibration_monitor_rbf",
+        "real_data_held_out", "calibration_monitor", "calibration_monitor_rbf",
         "replication_wait", "capacity", "event_costs",
     ]  # fmt: skip
     runs = sorted(runs, key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
@@ -631,7 +645,7 @@ def write_report(out: Path, report_dir: Path) -> Path:
     lines += service_section(load, load is not None)  # type: ignore[arg-type]
     lines += speedups_section(out)
     lines += calibration_section(_load(out, "calibration_cost"))  # type: ignore[arg-type]
-    lines += real_data_section(_load(out, "real_data"))  # type: ignore[arg-type]
+    lines += real_data_section(_load(out, "real_data"), _load(out, "real_data_held_out"))  # type: ignore[arg-type]
     lines += calibration_monitor_section(_load(out, "calibration_monitor"), _load(out, "calibration_monitor_rbf"))  # type: ignore[arg-type]
     lines += replication_wait_section(_load(out, "replication_wait"))  # type: ignore[arg-type]
     lines += capacity_section(_load(out, "capacity"))  # type: ignore[arg-type]

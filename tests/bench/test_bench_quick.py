@@ -78,10 +78,11 @@ def test_quick_bench_writes_every_result():
     calibration = load("calibration_cost")
     assert {"on", "off"} == set(calibration["median_posts_per_s"]) and calibration["throughput_ratio_on_over_off"] > 0
 
-    real = load("real_data")
-    assert len(real["windows"]) == len(real["series"]) == 3
-    for row in real["series"]:
-        assert row["statuses"] and 0 <= row["model"]["coverage_95"] <= 1 and math.isfinite(row["ll_gap"])
+    for name, which in (("real_data", "development"), ("real_data_held_out", "held-out")):
+        real = load(name)
+        assert real["set"] == which and len(real["windows"]) == len(real["series"]) == 3
+        for row in real["series"]:
+            assert row["statuses"] and 0 <= row["model"]["coverage_95"] <= 1 and math.isfinite(row["ll_gap"])
 
     monitor = load("calibration_monitor")["sizes"]["100"]
     assert monitor["sessions"] == 64 and 0 <= monitor["alarms_when_fine"] <= monitor["fine"] <= 64
@@ -98,7 +99,7 @@ def test_quick_bench_writes_every_result():
     runs = load("runs")
     names = [
         "model_costs", "constant_memory", "peers", "train_throughput", "service_load", "calibration_cost", "real_data",
-        "calibration_monitor", "replication_wait", "capacity",
+        "real_data_held_out", "calibration_monitor", "replication_wait", "capacity",
     ]  # fmt: skip
     assert [r["name"] for r in runs] == names
     report = (OUT / "RESULTS.md").read_text()
@@ -109,5 +110,6 @@ def test_quick_bench_writes_every_result():
     )  # fmt: skip
     for heading in headings:
         assert heading in report
+    assert "### The held-out set" in report.split("## 6.")[1].split("## 7.")[0]
     assert "Not run." in report.split("## 10. Event model")[1]  # left to its own test, and the report says so
     assert (OUT / "peers.png").stat().st_size > 0

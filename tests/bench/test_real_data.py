@@ -1,4 +1,4 @@
-"""The real-data development set, its protocol, the fitted-GP baseline and the scores of ``bench.real_data``."""
+"""The real-data sets (development and held-out), their protocol, the fitted GP and the scores of bench.real_data."""
 
 from __future__ import annotations
 
@@ -10,7 +10,15 @@ import pytest
 
 from bench.baselines.fitted_gp import KERNELS, by_evidence, fit, fit_both
 from bench.real_data import gaussian_scores, pooled, y_transform_for
-from model.data.real_series import SERIES, WINDOW, load_series, real_windows, split_window, window_starts
+from model.data.real_series import (
+    HELD_OUT_SERIES,
+    SERIES,
+    WINDOW,
+    load_series,
+    real_windows,
+    split_window,
+    window_starts,
+)
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +30,14 @@ def test_the_set_has_at_least_8_series_from_at_least_2_packages(windows):
     assert len({(w.package, w.name) for w in windows}) >= 8
     assert len({w.package for w in windows}) >= 2
     assert len({(w.package, w.name) for w in windows}) == len(SERIES)  # every listed series gave a window
+
+
+def test_the_held_out_set_loads_and_shares_no_series_with_the_development_set():
+    held_out = real_windows("held-out")
+    names = {(w.package, w.name) for w in held_out}
+    assert len(names) == len(HELD_OUT_SERIES) >= 8  # every listed series gave a window
+    assert not names & {(p, name) for p, name, _, _ in SERIES}
+    assert all(len(w.x_context) >= 20 and np.all(np.diff(w.x_context) >= 0) for w in held_out)
 
 
 def test_window_rule():
