@@ -115,6 +115,7 @@ def measure(checkpoint: str, data: dict, sessions: int, batch: int, seed: int, s
                 **{f"flagged_at_{f:g}x": 0 for f in FACTORS},
             }  # fmt: skip
             reasons: dict[str, int] = {}
+            fine_reasons: dict[str, int] = {}  # the same, on fine sessions only: what the false alarms are
             # Per session, the interpolation statistics the tests read (to set their thresholds from data):
             # mean clipped z^2, and the 50% and 95% coverage, at the true variance and at 1.5x too small.
             stats: dict[str, list[list[float]]] = {"calibrated": [], "too_narrow_1.5x": []}
@@ -142,12 +143,15 @@ def measure(checkpoint: str, data: dict, sessions: int, batch: int, seed: int, s
                                 for r in verdict_reasons:
                                     short = r[:60]
                                     reasons[short] = reasons.get(short, 0) + 1
+                                    if fine[b]:
+                                        fine_reasons[short] = fine_reasons.get(short, 0) + 1
             done = math.ceil(sessions / batch) * batch
             rates = {k: v / done for k, v in counts.items()}
             rates["alarms_when_fine"] = counts["alarms_when_fine"] / max(1, counts["fine"])
             rates["alarms_when_variance_fine"] = counts["alarms_when_variance_fine"] / max(1, counts["variance_fine"])
             result["sizes"][str(n)] = {"sessions": done, **counts, "rates": rates}
             result["sizes"][str(n)]["false_alarm_reasons"] = reasons
+            result["sizes"][str(n)]["reasons_when_fine"] = fine_reasons
             print(n, result["sizes"][str(n)], flush=True)
             result["sizes"][str(n)]["interpolation_stats"] = stats
     return result

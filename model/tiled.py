@@ -12,7 +12,7 @@ periods grow by the zoom), so each tile is an in-prior task with fewer points ov
 Zooming costs where data are sparse: a tile that holds 3 points knows less than the whole range
 does. So the state keeps a pyramid of levels (``levels``: 1 and 3 tiles for the shipped default),
 and a query reads the finest level whose tiles around it hold enough points: a level takes over
-from the coarser ones as its local point count rises from ``min_points`` to twice that. The count
+from the coarser ones as its local point count rises from ``min_points`` to ``full_points``. The count
 is the tiles' own ``num_points``, a function of the set of points, so predictions still do not
 depend on the order or chunking of updates, and states still merge exactly (tile by tile).
 
@@ -49,6 +49,10 @@ from model.state import CMANPState
 class TilingConfig:
     levels: tuple[int, ...] = (1, 2, 4, 8)  # tiles per level, coarse to fine; the first is 1
     min_points: float = 15.0  # a level starts to take over where its tiles hold this many points
+    # ... and has taken over where they hold this many (None: twice ``min_points``). A short ramp
+    # keeps short sessions on the coarse level (one tile to derive per predict) and still lets a
+    # session of a few dozen points read its finest level alone.
+    full_points: float | None = None
     overlap: float = 0.25  # each tile reaches this share of its width into each neighbour
     blend: float = 0.1  # half-width of the ramp between neighbouring tiles, a share of a tile's width
 
@@ -59,6 +63,10 @@ class TilingConfig:
             raise ValueError(f"levels must start at 1 and increase, got {levels}")
         if self.min_points <= 0:
             raise ValueError(f"min_points must be > 0, got {self.min_points}")
+        if self.full_points is None:
+            object.__setattr__(self, "full_points", 2.0 * self.min_points)
+        elif self.full_points <= self.min_points:
+            raise ValueError(f"need full_points > min_points, got {self.full_points} <= {self.min_points}")
         if not 0 < self.blend <= self.overlap:
             # The ramp must stay inside the region both neighbours were conditioned on.
             raise ValueError(f"need 0 < blend <= overlap, got blend {self.blend}, overlap {self.overlap}")
@@ -168,8 +176,8 @@ class TiledNP(nn.Module):
         n_levels = len(self.tiling.levels)
         counts = torch.zeros(*w.shape[:-1], n_levels, dtype=w.dtype, device=w.device)
         counts = counts.index_add(-1, self.level, w * num_points.unsqueeze(1).to(w.dtype))  # [B, m, levels]
-        t = self.tiling.min_points
-        take = ((counts - t) / t).clamp(0, 1)  # how far each level has taken over from the coarser ones
+        start, full = self.tiling.min_points, self.tiling.full_points
+        take = ((counts - start) / (full - start)).clamp(0, 1)  # how far each level has taken over
         take[..., 0] = 1.0
         # pi_l = take_l * prod_{l' > l} (1 - take_l'): the finest adequate level wins, smoothly.
         keep = torch.flip(torch.cumprod(torch.flip(1 - take, [-1]), -1), [-1])  # prod_{l' >= l} (1 - take_l')

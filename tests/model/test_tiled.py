@@ -77,7 +77,8 @@ def reference(plain: torch.nn.Module, x: np.ndarray, y: np.ndarray, xq: np.ndarr
                 w.append(wt)
             w = np.array(w) / sum(w)
             count = sum(wi * tile[2] for wi, tile in zip(w, tiles, strict=True))
-            take = 1.0 if not take_prev else min(max((count - cfg.min_points) / cfg.min_points, 0.0), 1.0)
+            ramp = cfg.full_points - cfg.min_points
+            take = 1.0 if not take_prev else min(max((count - cfg.min_points) / ramp, 0.0), 1.0)
             take_prev.append(take)
             comps.append([(wi, tile[3][i], tile[4][i]) for wi, tile in zip(w, tiles, strict=True)])
         weights = [take_prev[lv] * np.prod([1 - t for t in take_prev[lv + 1 :]]) for lv in range(len(levels))]
@@ -88,14 +89,33 @@ def reference(plain: torch.nn.Module, x: np.ndarray, y: np.ndarray, xq: np.ndarr
     return np.array(out_mean), np.array(out_var)
 
 
-def test_predictions_match_a_hand_written_pyramid(plain: torch.nn.Module, tiled: TiledNP) -> None:
-    x, y = points(80, seed=1)
+@pytest.mark.parametrize(
+    ("cfg", "n"),
+    # 19 points: each third reaches about half the range, so its count (~10) is inside the 8-11 ramp.
+    [(TILING, 80), (TilingConfig(levels=(1, 3), min_points=8.0, full_points=11.0), 19)],
+    ids=["ramp 6-12", "ramp 8-11"],
+)
+def test_predictions_match_a_hand_written_pyramid(plain: torch.nn.Module, cfg: TilingConfig, n: int) -> None:
+    tiled = TiledNP(plain, cfg)
+    x, y = points(n, seed=1)
     xq = torch.linspace(-2.3, 2.3, 47).view(1, -1, 1)
     with torch.no_grad():
         mean, var = tiled.predict(tiled.condition(x, y), xq)
-        ref_mean, ref_var = reference(plain, x.flatten().numpy(), y.flatten().numpy(), xq.flatten().numpy(), TILING)
+        ref_mean, ref_var = reference(plain, x.flatten().numpy(), y.flatten().numpy(), xq.flatten().numpy(), cfg)
     np.testing.assert_allclose(mean.flatten().numpy(), ref_mean, atol=1e-5)
     np.testing.assert_allclose(var.flatten().numpy(), ref_var, rtol=1e-4, atol=1e-6)
+
+
+def test_full_points_sets_where_the_finer_level_has_taken_over(plain: torch.nn.Module) -> None:
+    """The hand-written pyramid above checks the formula; this, that the setting is not ignored."""
+    x, y = points(19, seed=1)
+    xq = torch.linspace(-2, 2, 30).view(1, -1, 1)
+    means = []
+    with torch.no_grad():
+        for full in (11.0, 30.0):
+            tiled = TiledNP(plain, TilingConfig(levels=(1, 3), min_points=8.0, full_points=full))
+            means.append(tiled.predict(tiled.condition(x, y), xq)[0])
+    assert (means[0] - means[1]).abs().max() > 1e-3  # a longer ramp gives the finer level less weight
 
 
 def test_a_short_session_predicts_as_the_plain_model(plain: torch.nn.Module, tiled: TiledNP) -> None:
@@ -178,7 +198,14 @@ def test_bad_points_are_refused_with_the_plain_models_messages(tiled: TiledNP) -
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"levels": (2, 4)}, {"levels": (1, 4, 2)}, {"min_points": 0}, {"blend": 0.3, "overlap": 0.2}]
+    "kwargs",
+    [
+        {"levels": (2, 4)},
+        {"levels": (1, 4, 2)},
+        {"min_points": 0},
+        {"min_points": 10, "full_points": 10},
+        {"blend": 0.3, "overlap": 0.2},
+    ],
 )
 def test_bad_tilings_are_refused(kwargs: dict) -> None:
     with pytest.raises(ValueError):
