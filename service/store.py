@@ -702,7 +702,8 @@ class SessionStore:
             if not wait or asyncio.get_running_loop().time() > deadline:
                 return False
             await asyncio.sleep(LEASE_POLL_SECONDS)
-            if await self.redis.hget(meta, "fold_epoch") != epoch:
+            current = await self.redis.hget(meta, "fold_epoch")
+            if current is None or current != epoch:  # committed meanwhile, or deleted: the caller looks again
                 return False
         return True
 
