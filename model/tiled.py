@@ -34,6 +34,7 @@ blob format, merge and concat are the plain model's.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -61,12 +62,12 @@ class TilingConfig:
         object.__setattr__(self, "levels", levels)
         if not levels or levels[0] != 1 or any(b <= a for a, b in zip(levels, levels[1:], strict=False)):
             raise ValueError(f"levels must start at 1 and increase, got {levels}")
-        if self.min_points <= 0:
-            raise ValueError(f"min_points must be > 0, got {self.min_points}")
+        if not (math.isfinite(self.min_points) and self.min_points > 0):
+            raise ValueError(f"min_points must be finite and > 0, got {self.min_points}")
         if self.full_points is None:
             object.__setattr__(self, "full_points", 2.0 * self.min_points)
-        elif self.full_points <= self.min_points:
-            raise ValueError(f"need full_points > min_points, got {self.full_points} <= {self.min_points}")
+        elif not (math.isfinite(self.full_points) and self.full_points > self.min_points):
+            raise ValueError(f"need a finite full_points > min_points, got {self.full_points} and {self.min_points}")
         if not 0 < self.blend <= self.overlap:
             # The ramp must stay inside the region both neighbours were conditioned on.
             raise ValueError(f"need 0 < blend <= overlap, got blend {self.blend}, overlap {self.overlap}")
@@ -76,7 +77,12 @@ class TilingConfig:
         return sum(self.levels)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "levels": list(self.levels)}
+        """As a card writes it; ``full_points`` only where it is not the default (so a config from
+        before the setting keeps its fingerprint)."""
+        d = {**asdict(self), "levels": list(self.levels)}
+        if self.full_points == 2.0 * self.min_points:
+            del d["full_points"]
+        return d
 
 
 class TiledNP(nn.Module):

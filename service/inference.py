@@ -48,7 +48,7 @@ def _run_at_nice(nice: int) -> None:
     tid = threading.get_native_id()
     try:
         os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
-    except OSError as e:  # not Linux, or not allowed: folds run at the process's priority
+    except (OSError, AttributeError) as e:  # not Linux, or not allowed: folds run at the process's priority
         logger.warning("fold thread keeps the process's priority (setpriority failed: %s)", e)
 
 

@@ -204,6 +204,8 @@ def test_bad_points_are_refused_with_the_plain_models_messages(tiled: TiledNP) -
         {"levels": (1, 4, 2)},
         {"min_points": 0},
         {"min_points": 10, "full_points": 10},
+        {"min_points": 10, "full_points": float("nan")},
+        {"min_points": float("nan")},
         {"blend": 0.3, "overlap": 0.2},
     ],
 )

@@ -211,3 +211,48 @@ def test_processes_do_not_fold_the_same_log_at_once_and_none_is_left_behind(redi
                 await second.redis.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_post_whose_fold_another_process_holds_is_folded_by_the_holder(redis_server) -> None:
+    """The holder's last read of the log (lease held) finds it below the threshold; a post of
+    another store then takes the log to the threshold and finds the lease taken, so it leaves the
+    fold to the holder. The holder's release must find that request and read the log again;
+    otherwise the log stays at the threshold until some later post (found by review)."""
+
+    async def scenario() -> None:
+        async with one_session(redis_server, "lease-mark") as (redis, first, session):
+            second = SessionStore(
+                Redis.from_url(redis_server.url),
+                fold_threshold=THRESHOLD,
+                max_points_per_request=PER_REQUEST,
+                idempotency_keys=2,
+            )
+            try:
+                fold, reads, in_read, gate = HeldFold(), [], asyncio.Event(), asyncio.Event()
+                fold.release()
+                original = first.snapshot
+
+                async def slow_snapshot(session_id: str, tenant: str) -> Snapshot:
+                    got = await original(session_id, tenant)
+                    reads.append(got.log_points)
+                    if len(reads) == 2:  # the read after the first commit, with the lease held
+                        in_read.set()
+                        await gate.wait()
+                    return got
+
+                first.snapshot = slow_snapshot  # type: ignore[method-assign]
+                await post(first, session, THRESHOLD, fold)
+                await asyncio.wait_for(in_read.wait(), 5)
+                await post(second, session, THRESHOLD, fold)  # at the threshold; the lease is the first's
+                await asyncio.sleep(0.05)
+                assert not second._background  # it left the fold to the holder
+                gate.set()
+                await asyncio.wait_for(first.wait_for_folds(), 5)
+                await asyncio.wait_for(second.wait_for_folds(), 5)
+                assert reads[1] == 0  # the holder's second read came before the other store's post
+                log_points, folds, points = await counters(redis, session)
+                assert log_points < THRESHOLD and folds == 2 and points == 2 * THRESHOLD
+            finally:
+                await second.redis.aclose()
+
+    asyncio.run(scenario())

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from service.calibration import prequential_blocks, wilson_interval
 from service.kinds.regression_calibration import Aggregates, tolerated_coverage
-from service.store import Fold, Session, SessionStore
+from service.store import Fold, Session, SessionStore, fold_lease_key
 
 
 @pytest.mark.parametrize("start", [0, 1, 5, 256, 300, 1000, 4000])
@@ -101,8 +101,9 @@ def test_a_dropped_fold_adds_nothing(redis_server) -> None:
     async def scenario() -> tuple[float, tuple[Fold, ...], int]:
         redis = Redis.from_url(redis_server.url)
         store = SessionStore(redis, fold_threshold=4, max_points_per_request=8, idempotency_keys=2)
-        # Another process on the same Redis: folds are single-flight per process, so only another
-        # one's fold can race this process's (its commit then fails the epoch check).
+        # Another process on the same Redis: folds are single-flight per process, and across
+        # processes while a fold's lease holds, so only another process's fold after a lapsed lease
+        # can race this process's (its commit then fails the epoch check).
         other = SessionStore(redis, fold_threshold=4, max_points_per_request=8, idempotency_keys=2)
         session = Session("dropped-fold", "t", "m", "f", "test", {}, created_at=0.0, ttl_seconds=60)
         session = await store.create(session, b"empty state")
@@ -111,7 +112,8 @@ def test_a_dropped_fold_adds_nothing(redis_server) -> None:
         async def compute(snapshot) -> Fold:  # noqa: ANN001
             nonlocal calls
             calls += 1
-            if calls == 1:  # another process folds and commits while this fold computes
+            if calls == 1:  # this fold's lease lapses, and another process folds and commits meanwhile
+                await redis.delete(fold_lease_key(session.session_id))
                 assert await other.fold(session, compute) is not None
             return Fold(b"state", {"points": float(snapshot.log_points)})
 
