@@ -57,6 +57,21 @@ async def one_session(redis_server, session_id: str) -> AsyncIterator[tuple[Redi
         await redis.aclose()
 
 
+@asynccontextmanager
+async def another_process(redis_server) -> AsyncIterator[SessionStore]:
+    """A second store on the same Redis: what another server process would be."""
+    store = SessionStore(
+        Redis.from_url(redis_server.url),
+        fold_threshold=THRESHOLD,
+        max_points_per_request=PER_REQUEST,
+        idempotency_keys=2,
+    )
+    try:
+        yield store
+    finally:
+        await store.redis.aclose()
+
+
 async def counters(redis: Redis, session: Session) -> tuple[int, int, int]:
     """log_points, fold_epoch and num_points of the session, as Redis holds them."""
     meta = await redis.hgetall(session_keys(session.session_id)[0])
@@ -182,13 +197,7 @@ def test_processes_do_not_fold_the_same_log_at_once_and_none_is_left_behind(redi
 
     async def scenario() -> None:
         async with one_session(redis_server, "two-procs") as (redis, first, session):
-            second = SessionStore(
-                Redis.from_url(redis_server.url),
-                fold_threshold=THRESHOLD,
-                max_points_per_request=PER_REQUEST,
-                idempotency_keys=2,
-            )
-            try:
+            async with another_process(redis_server) as second:
                 fold = HeldFold()
                 await post(first, session, THRESHOLD, fold)
                 await fold.started()  # the first store folds 4 points, held
@@ -207,8 +216,6 @@ def test_processes_do_not_fold_the_same_log_at_once_and_none_is_left_behind(redi
                 assert points == THRESHOLD + PER_REQUEST + 1 == sum(fold.folded) + log_points
                 assert folds == len(fold.folded) and log_points < THRESHOLD  # every fold computed was committed
                 assert fold.folded[1] >= THRESHOLD  # the holder's second read found the other store's posts
-            finally:
-                await second.redis.aclose()
 
     asyncio.run(scenario())
 
@@ -221,13 +228,7 @@ def test_a_post_whose_fold_another_process_holds_is_folded_by_the_holder(redis_s
 
     async def scenario() -> None:
         async with one_session(redis_server, "lease-mark") as (redis, first, session):
-            second = SessionStore(
-                Redis.from_url(redis_server.url),
-                fold_threshold=THRESHOLD,
-                max_points_per_request=PER_REQUEST,
-                idempotency_keys=2,
-            )
-            try:
+            async with another_process(redis_server) as second:
                 fold, reads, in_read, gate = HeldFold(), [], asyncio.Event(), asyncio.Event()
                 fold.release()
                 original = first.snapshot
@@ -252,7 +253,5 @@ def test_a_post_whose_fold_another_process_holds_is_folded_by_the_holder(redis_s
                 assert reads[1] == 0  # the holder's second read came before the other store's post
                 log_points, folds, points = await counters(redis, session)
                 assert log_points < THRESHOLD and folds == 2 and points == 2 * THRESHOLD
-            finally:
-                await second.redis.aclose()
 
     asyncio.run(scenario())
