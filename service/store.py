@@ -139,31 +139,21 @@ def fold_lease_key(session_id: str) -> str:
     return f"{KEY_PREFIX}:{{{session_id}}}:fold_lease"
 
 
-# The fold lease holds its process's token; a trailing '!' marks it: a process found it taken and
-# left a fold to the holder, which must read the log again when it is done.
-# Take it (ARGV: token, expiry in ms) if it is free or already the caller's; else mark it.
+# Take a fold lease (ARGV: token, expiry in ms) if it is free or already the caller's.
 _CLAIM_LEASE = """
 local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] and holder ~= ARGV[1] .. '!' then
-  local ttl = redis.call('PTTL', KEYS[1])
-  if string.sub(holder, -1) ~= '!' and ttl > 0 then redis.call('SET', KEYS[1], holder .. '!', 'PX', ttl) end
-  return 0
-end
+if holder and holder ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
-# Extend the caller's lease (ARGV: token, expiry in ms), keeping its mark; 0 if it is not the caller's.
+# Extend the caller's lease (ARGV: token, expiry in ms); 0 if it is not the caller's.
 _RENEW_LEASE = """
-local holder = redis.call('GET', KEYS[1])
-if holder ~= ARGV[1] and holder ~= ARGV[1] .. '!' then return 0 end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 """
-# Release the caller's lease: 1, or 2 if it was marked (a fold was left to it); 0 if it is not the
-# caller's (it expired and was taken since).
+# Release a fold lease only if it is still the caller's (it may have expired and been taken since).
 _RELEASE_LEASE = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then redis.call('DEL', KEYS[1]) return 1 end
-if holder == ARGV[1] .. '!' then redis.call('DEL', KEYS[1]) return 2 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
@@ -673,7 +663,7 @@ class SessionStore:
             return await self._fold_once(session, compute, on_commit, wait=True)
         finally:
             self._release_fold(session.session_id)
-            if session.session_id in self._refold:  # a post here or a refused claim elsewhere asked for one
+            if session.session_id in self._refold:  # a post here reached the threshold meanwhile
                 self._refold.discard(session.session_id)
                 self._fold_in_background(session, compute, on_commit)
 
@@ -695,18 +685,16 @@ class SessionStore:
     async def _fold_once(self, session: Session, compute: FoldFn, on_commit: OnCommit, wait: bool) -> Fold | None:
         """One fold, by whoever claimed the session's fold in this process and holds its lease across
         processes; None if the log was below the threshold, or (unless ``wait``) if another process
-        holds the lease: the refused claim marks it, and the holder reads the log again when done
-        (its release finds the mark and asks for another round: ``_refold``)."""
-        session_id = session.session_id
+        holds the lease: that one reads the log again once it has committed (``_background_fold``)."""
         for _ in range(MAX_ATTEMPTS):
-            if not await self._take_lease(session_id, wait):
+            if not await self._take_lease(session.session_id, wait):
                 return None
             # The fold may queue for the fold thread behind other sessions' folds: keep the lease alive.
-            renewing = asyncio.create_task(self._keep_lease(session_id))
+            renewing = asyncio.create_task(self._keep_lease(session.session_id))
             self._renewals.add(renewing)  # a reference, so the task lives until it ends
             renewing.add_done_callback(self._renewals.discard)
             try:
-                snapshot = await self.snapshot(session_id, session.tenant)
+                snapshot = await self.snapshot(session.session_id, session.tenant)
                 if snapshot.log_points < self.fold_threshold:
                     return None
                 fold = await compute(snapshot)
@@ -715,9 +703,7 @@ class SessionStore:
                     return fold
             finally:
                 renewing.cancel()
-                key, token = fold_lease_key(session_id), self._lease_token
-                if await self._release_lease(keys=[key], args=[token]) == 2:
-                    self._refold.add(session_id)
+                await self._release_lease(keys=[fold_lease_key(session.session_id)], args=[self._lease_token])
         return None
 
     async def _keep_lease(self, session_id: str) -> None:
