@@ -112,14 +112,15 @@ def expected_prediction(net: CMANP, x: np.ndarray, y: np.ndarray, xq: np.ndarray
 
 
 def session_keys_in_redis(client: redis.Redis, session_id: str) -> list[bytes]:
-    return sorted(client.scan_iter(match=f"{KEY_PREFIX}:{{{session_id}}}:*"))
+    """The session's keys in Redis; not its fold lease, which a fold in flight holds for a moment
+    (coordination between server processes, not the session's data)."""
+    lease = fold_lease_key(session_id).encode()
+    return sorted(key for key in client.scan_iter(match=f"{KEY_PREFIX}:{{{session_id}}}:*") if key != lease)
 
 
 def raw_session(client: redis.Redis, session_id: str) -> dict[bytes, bytes]:
-    """Every key of the session with its serialised value (DUMP); TTLs are not part of it, nor is the
-    fold lease (which a fold in flight holds for seconds: coordination between processes, not data)."""
-    lease = fold_lease_key(session_id).encode()
-    return {key: client.dump(key) for key in session_keys_in_redis(client, session_id) if key != lease}
+    """Every key of the session with its serialised value (DUMP); TTLs are not part of it."""
+    return {key: client.dump(key) for key in session_keys_in_redis(client, session_id)}
 
 
 def logged_points(client: redis.Redis, session_id: str, dim_x: int, dim_y: int) -> tuple[np.ndarray, np.ndarray]:

@@ -24,6 +24,7 @@ from tests.service.helpers import (
     live_server,
     make_settings,
     sample_points,
+    session_keys_in_redis,
     wait_for_folds,
 )
 from tests.service.processes import LocalRedisCluster
@@ -36,7 +37,7 @@ def sessions_per_node(cluster: LocalRedisCluster, session_ids: list[str]) -> lis
     found = []
     for node in cluster.nodes:
         with redis.Redis(port=node.port) as client:
-            counts = {sid: len(list(client.scan_iter(match=f"cmanp:{{{sid}}}:*"))) for sid in session_ids}
+            counts = {sid: len(session_keys_in_redis(client, sid)) for sid in session_ids}
         found.append({sid: n for sid, n in counts.items() if n})
     return found
 
