@@ -25,7 +25,15 @@ import tempfile
 from pathlib import Path
 
 from bench.common import OUT_DIR, write_json
-from bench.service_load import SCENARIOS, create_sessions, run_scenario, scenario_loads, start_server, stop_server
+from bench.service_load import (
+    EVENT_SCENARIOS,
+    SCENARIOS,
+    create_sessions,
+    run_scenario,
+    scenario_loads,
+    start_server,
+    stop_server,
+)
 
 
 def _env(pairs: list[str]) -> dict[str, str]:
@@ -42,7 +50,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--duration", type=float, default=8.0)
     p.add_argument("--sessions", type=int, default=300)
-    p.add_argument("--scenarios", default="context_spread,predict_spread", help=f"a subset of {','.join(SCENARIOS)}")
+    p.add_argument(
+        "--scenarios",
+        default="context_spread,predict_spread",
+        help=f"a subset of {','.join(n for n in SCENARIOS if n not in EVENT_SCENARIOS)}",
+    )
     p.add_argument("--post-connections", type=int, default=16)
     p.add_argument("--predict-connections", type=int, default=8)
     p.add_argument("--out", type=Path, default=OUT_DIR / "ab_service.json")
@@ -57,7 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
                 data.mkdir()
                 servers[side] = start_server(directory.resolve(), data, data / "server.log", env)
                 ids = asyncio.run(create_sessions(servers[side].url, args.sessions))
-                ids_files[side] = (data / "ids.txt", data / "hot.txt")  # all sessions, and the hot one
+                # all sessions, the hot one, and event sessions (none: the event scenarios are not offered here)
+                ids_files[side] = (data / "ids.txt", data / "hot.txt", data / "events.txt")
                 ids_files[side][0].write_text("\n".join(ids) + "\n")
                 ids_files[side][1].write_text(ids[0] + "\n")
             for _ in range(args.rounds):
