@@ -9,8 +9,10 @@ batched over tasks, and prequential forecast blocks), and the session's verdict 
   * false alarms: the share of sessions on data from the model's own training prior that are
     called ``miscalibrated`` (each session is one check);
   * alarms on sessions whose intervals are in fact fine: each session's function is also observed
-    at ``FRESH`` fresh inputs, predicted from the whole context. A session is *fine* when those
-    fresh readings pass every tolerance the monitor's tests claim: their mean clipped z^2 lies
+    at ``FRESH`` fresh inputs, ``DRAWS`` times each (the same function values, new noise: the
+    readings a user would see, many times over, so that a session's label reflects its intervals'
+    expected fit, not the luck of one draw of noise), predicted from the whole context. A session is
+    *fine* when those fresh readings pass every tolerance the monitor's tests claim: their mean clipped z^2 lies
     between that of a forecast whose std is ``STD_FACTOR`` (1.5) too large and one whose std is
     ``VARIANCE_TOLERANCE`` (1.15) too small, and the share inside the central 50% and 95% intervals
     lies in the coverage band of std off by less than ``STD_FACTOR``. An alarm on a fine session is
@@ -26,6 +28,7 @@ batched over tasks, and prequential forecast blocks), and the session's verdict 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from pathlib import Path
@@ -51,6 +54,7 @@ from service.kinds.regression_calibration import (
 SIZES = (50, 100, 200)
 FACTORS = (1.5, 2.0)
 FRESH = 200
+DRAWS = 32
 
 
 Scored = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (y, mean, variance) per block, [B, k, 1] each
@@ -89,7 +93,8 @@ def _scores(predictions: tuple[Scored, Scored], shrink: float) -> list[Scores]:
 
 
 def _fine(y: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> tuple[list[bool], list[bool]]:
-    """Per session of fresh readings y [B, m, 1]: (fine, variance-fine), as the module docstring says."""
+    """Per session of fresh readings y [B, m, k] (k readings at each input) of predictions mean, var
+    [B, m, 1]: (fine, variance-fine), as the module docstring says."""
     z2 = (y - mean).square() / var
     fresh = z2.clamp_max(Z_CLIP**2).mean((1, 2))
     low, high = clipped_square_moments(1 / STD_FACTOR)[0], clipped_square_moments(VARIANCE_TOLERANCE)[0]
@@ -103,11 +108,22 @@ def _fine(y: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> tuple[list[
     return fine.tolist(), variance_fine.tolist()
 
 
-def measure(checkpoint: str, data: dict, sessions: int, batch: int, seed: int, sizes: tuple[int, ...] = SIZES) -> dict:
+def measure(
+    checkpoint: str,
+    data: dict,
+    sessions: int,
+    batch: int,
+    seed: int,
+    sizes: tuple[int, ...] = SIZES,
+    sessions_out: Path | None = None,
+) -> dict:
+    """The rates of the module docstring; ``sessions_out``: also append one JSON line per session
+    (its fine flags and its ``Scores.to_sums`` at each std factor), to judge other verdicts offline."""
     net = load_served(checkpoint)
     sampler = build_sampler(data, net.cfg.dim_x, net.cfg.x_range)
     g = torch.Generator().manual_seed(seed)
-    result: dict = {"checkpoint": checkpoint, "data": data, "sessions_per_size": sessions, "sizes": {}}
+    g_fresh = torch.Generator().manual_seed(seed + 1)  # its own stream: the sessions are those of earlier runs
+    result: dict = {"checkpoint": checkpoint, "data": data, "seed": seed, "sessions_per_size": sessions, "sizes": {}}
     with torch.inference_mode():
         for n in sizes:
             counts = {
@@ -116,27 +132,25 @@ def measure(checkpoint: str, data: dict, sessions: int, batch: int, seed: int, s
             }  # fmt: skip
             reasons: dict[str, int] = {}
             fine_reasons: dict[str, int] = {}  # the same, on fine sessions only: what the false alarms are
-            # Per session, the interpolation statistics the tests read (to set their thresholds from data):
-            # mean clipped z^2, and the 50% and 95% coverage, at the true variance and at 1.5x too small.
-            stats: dict[str, list[list[float]]] = {"calibrated": [], "too_narrow_1.5x": []}
             for _ in range(math.ceil(sessions / batch)):
                 tasks = sampler.sample(batch, n, FRESH, g)
                 predictions = _predictions(net, tasks.xc, tasks.yc)
                 mean, var = net.predict(net.condition(tasks.xc, tasks.yc), tasks.xt)
-                fine, variance_fine = _fine(tasks.yt, mean, var)
+                fine, variance_fine = _fine(tasks.readings(DRAWS, g_fresh), mean.double(), var.double())
                 counts["fine"] += sum(fine)
                 counts["variance_fine"] += sum(variance_fine)
+                single = _fine(tasks.yt, mean, var)[0]  # one reading per input, as measured before DRAWS
+                records = [
+                    {"n": n, "fine": f, "fine_one_reading": s, "variance_fine": v, "sums": {}}
+                    for f, s, v in zip(fine, single, variance_fine, strict=True)
+                ]
                 for shrink, key in [(1.0, "false_alarms")] + [(f * f, f"flagged_at_{f:g}x") for f in FACTORS]:
                     for b, scores in enumerate(_scores(predictions, shrink)):
+                        records[b]["sums"][f"{math.sqrt(shrink):g}"] = scores.to_sums()
                         status, verdict_reasons = scores.verdict()
                         if shrink == 1.0 and status == "miscalibrated":
                             counts["alarms_when_fine"] += fine[b]
                             counts["alarms_when_variance_fine"] += variance_fine[b]
-                        if shrink in (1.0, 2.25):
-                            a = scores.interpolation
-                            stats["calibrated" if shrink == 1.0 else "too_narrow_1.5x"].append(
-                                [a.z_clipped_square_sum / a.values, a.covered[0] / a.values, a.covered[2] / a.values]
-                            )
                         if status == "miscalibrated":
                             counts[key] += 1
                             if shrink == 1.0:
@@ -145,6 +159,9 @@ def measure(checkpoint: str, data: dict, sessions: int, batch: int, seed: int, s
                                     reasons[short] = reasons.get(short, 0) + 1
                                     if fine[b]:
                                         fine_reasons[short] = fine_reasons.get(short, 0) + 1
+                if sessions_out is not None:
+                    with sessions_out.open("a") as f:
+                        f.writelines(json.dumps(r) + "\n" for r in records)
             done = math.ceil(sessions / batch) * batch
             rates = {k: v / done for k, v in counts.items()}
             rates["alarms_when_fine"] = counts["alarms_when_fine"] / max(1, counts["fine"])
@@ -153,7 +170,6 @@ def measure(checkpoint: str, data: dict, sessions: int, batch: int, seed: int, s
             result["sizes"][str(n)]["false_alarm_reasons"] = reasons
             result["sizes"][str(n)]["reasons_when_fine"] = fine_reasons
             print(n, result["sizes"][str(n)], flush=True)
-            result["sizes"][str(n)]["interpolation_stats"] = stats
     return result
 
 
@@ -167,12 +183,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="64 sessions of 100 points")
     p.add_argument("--out", default="bench/out/calibration_monitor.json")
+    p.add_argument("--sessions-out", type=Path, help="also write each session's score sums here (JSON lines)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     data = {"kind": "gp", "kernel": "rbf"} if args.data == "rbf" else {"kind": "broad"}
     t0 = time.perf_counter()
     sessions, sizes = (64, (100,)) if args.quick else (args.sessions, SIZES)
-    result = measure(args.checkpoint, data, sessions, args.batch, args.seed, sizes)
+    result = measure(args.checkpoint, data, sessions, args.batch, args.seed, sizes, args.sessions_out)
     result["seconds"] = time.perf_counter() - t0
     write_json(Path(args.out), result)
 

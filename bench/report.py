@@ -457,16 +457,16 @@ def calibration_monitor_section(general: dict | None, rbf: dict | None) -> list[
     lines += [
         "Sessions of N points drawn from each model's own training prior, scored as the service scores a "
         "session below its fold threshold (`bench/calibration_monitor.py`). *Fine*: the model's intervals "
-        "at 200 fresh inputs of the same function pass every tolerance the monitor's tests claim (mean clipped "
-        "z^2 within std 1.5x too wide to 1.15x too narrow, 50% and 95% coverage within the 1.5x bands); *alarms "
-        "when fine* is the false-alarm rate that matters. *Variance-fine* applies the z^2 condition alone (the "
-        "earlier definition). *All alarms* also counts sessions on which the model itself is off. *Power*: every "
-        "predictive variance divided by 1.5^2 or 2^2.",
+        "at 200 fresh inputs of the same function, each read 32 times with fresh noise, pass every tolerance the "
+        "monitor's tests claim (mean clipped z^2 within std 1.5x too wide to 1.15x too narrow, 50% and 95% "
+        "coverage within the 1.5x bands); *alarms when fine* is the false-alarm rate that matters. "
+        "*Variance-fine* applies the z^2 condition alone (the earlier definition). *All alarms* also counts "
+        "sessions on which the model itself is off. *Power*: every predictive variance divided by 1.5^2 or 2^2.",
         "",
     ]
     rows = []
     for result in (r for r in (general, rbf) if r is not None):
-        name = Path(result["checkpoint"]).stem
+        name = Path(result["checkpoint"]).stem + (f" (seed {result['seed']})" if "seed" in result else "")
         for n, d in result["sizes"].items():
             rates = d["rates"]
             rows.append(

@@ -61,10 +61,18 @@ class BroadBatch:
     yt: Tensor  # [B, M, 1]
     params: dict[str, Tensor] = field(repr=False)
     student_t: Tensor = field(repr=False)  # [B] bool: the task's noise is Student-t, not Gaussian
+    ft: Tensor = field(repr=False)  # [B, M, 1] float64: the noise-free function at the targets
 
     def to(self, device: torch.device | str) -> BroadBatch:
         moved = {k: getattr(self, k).to(device) for k in ("xc", "yc", "xt", "yt")}
-        return BroadBatch(**moved, params=self.params, student_t=self.student_t)
+        return BroadBatch(**moved, params=self.params, student_t=self.student_t, ft=self.ft)
+
+    def readings(self, draws: int, generator: torch.Generator) -> Tensor:
+        """``draws`` fresh noisy readings of each task's function at its targets, float64 [B, M, draws]:
+        the same function values, new noise (to judge a forecast by its expected, not one realised, fit)."""
+        B, M = self.ft.shape[:2]
+        eps = standardised_noise(self.params, (B, M, draws), generator, int(self.params["dof"].max()))
+        return self.ft + noise_scale(self.params, self.xt.double()).unsqueeze(-1) * eps
 
     @property
     def oracle_exact(self) -> Tensor:
@@ -119,6 +127,17 @@ def covariance(p: dict[str, Tensor], x1: Tensor, x2: Tensor) -> Tensor:
             k.add_((x1[i : i + 1] @ x2[i : i + 1].mT) / 4.0 + float(p["lin_offset"][i]), alpha=w[3])
         out[i] = k[0]
     return out
+
+
+def standardised_noise(p: dict[str, Tensor], shape: tuple[int, int, int], g: torch.Generator, max_dof: int) -> Tensor:
+    """Each task's noise at unit scale, float64 ``shape`` [B, n, k]: Gaussian, or Student-t with the
+    task's integer dof (a normal over the root of a chi-square with dof terms; ``max_dof`` >= every
+    dof, fixed by the prior so that the random stream does not depend on the batch)."""
+    eps = torch.randn(*shape, generator=g, dtype=torch.float64)
+    chi = torch.randn(*shape, max_dof, generator=g, dtype=torch.float64).square()
+    chi2 = (chi * (torch.arange(max_dof) < p["dof"].view(-1, 1, 1, 1))).sum(-1)
+    t = eps / torch.sqrt(chi2 / p["dof"].view(-1, 1, 1))
+    return torch.where(p["student_t"].view(-1, 1, 1), t, eps)
 
 
 def noise_scale(p: dict[str, Tensor], x: Tensor) -> Tensor:
@@ -236,17 +255,10 @@ class BroadPrior:
         if bool((info > 0).any()):  # a near-singular long-length-scale task: more jitter, still far below the noise
             chol = torch.linalg.cholesky(cov + 1e-4 * signal_var * eye)
         f = chol @ torch.randn(B, n, 1, generator=g, dtype=torch.float64)
-        eps = torch.randn(B, n, 1, generator=g, dtype=torch.float64)
-        # Student-t noise with integer dof: a normal over the root of a chi-square with dof terms.
-        max_dof = int(max(self.t_dofs))
-        chi = torch.randn(B, n, max_dof, generator=g, dtype=torch.float64).square()
-        chi2 = (chi * (torch.arange(max_dof) < p["dof"].view(-1, 1, 1))).sum(-1, keepdim=True)
-        t = eps / torch.sqrt(chi2 / p["dof"].view(-1, 1, 1))
-        eps = torch.where(p["student_t"].view(-1, 1, 1), t, eps)
-        y = f + noise_scale(p, x).unsqueeze(-1) * eps
+        y = f + noise_scale(p, x).unsqueeze(-1) * standardised_noise(p, (B, n, 1), g, int(max(self.t_dofs)))
         x, y = x.float(), y.float()
         c = num_context
-        return BroadBatch(x[:, :c], y[:, :c], x[:, c:], y[:, c:], params=p, student_t=p["student_t"])
+        return BroadBatch(x[:, :c], y[:, :c], x[:, c:], y[:, c:], params=p, student_t=p["student_t"], ft=f[:, c:])
 
     def sample_protocol(self, batch_size: int, generator: torch.Generator) -> BroadBatch:
         """The main training sizes: N ~ U{3..max_context}, M ~ U{3..max_target}, shared across the batch."""

@@ -6,6 +6,7 @@ Sampling is exact (float64 Cholesky of the joint covariance of context and targe
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -14,6 +15,7 @@ import torch
 from torch import Tensor
 
 Kernel = Literal["rbf", "matern", "periodic"]
+Noise = Literal["gaussian", "student_t"]
 KERNELS: tuple[Kernel, ...] = ("rbf", "matern", "periodic")
 NOISE_STD = 0.02
 JITTER = 1e-8
@@ -32,17 +34,21 @@ class GPBatch:
     period: Tensor  # [B] (used by the periodic kernel only)
     kernel: Kernel
     noise_std: float = NOISE_STD
+    ft: Tensor | None = None  # [B, M, 1] float64: the noise-free function at the targets
+    noise: Noise = "gaussian"
+    t_df: float = 2.1
 
     def to(self, device: torch.device | str) -> GPBatch:
         moved = {k: getattr(self, k).to(device) for k in ("xc", "yc", "xt", "yt")}
-        return GPBatch(
-            **moved,
-            length=self.length,
-            scale=self.scale,
-            period=self.period,
-            kernel=self.kernel,
-            noise_std=self.noise_std,
-        )
+        return dataclasses.replace(self, **moved)
+
+    def readings(self, draws: int, generator: torch.Generator) -> Tensor:
+        """``draws`` fresh noisy readings of each task's function at its targets, float64 [B, M, draws]:
+        the same function values, new noise (to judge a forecast by its expected, not one realised, fit)."""
+        if self.ft is None:
+            raise ValueError("this batch was built without its noise-free targets")
+        B, M = self.ft.shape[:2]
+        return self.ft + self.noise_std * standardised_noise(self.noise, self.t_df, (B, M, draws), generator)
 
     def covariance(self, x1: Tensor, x2: Tensor) -> Tensor:
         """The noise-free kernel k(x1, x2) of every task, float64 [B, n, m]."""
@@ -51,6 +57,16 @@ class GPBatch:
     def noise_variance(self) -> Tensor:
         """Each task's observation-noise variance [B]."""
         return torch.full(self.length.shape, self.noise_std**2, dtype=torch.float64)
+
+
+def standardised_noise(noise: Noise, t_df: float, shape: tuple[int, ...], g: torch.Generator) -> Tensor:
+    """Unit-scale noise, float64 ``shape``: Gaussian, or Student-t with ``t_df`` degrees of freedom
+    (a normal over the square root of a scaled chi-square)."""
+    eps = torch.randn(*shape, generator=g, dtype=torch.float64)
+    if noise == "gaussian":
+        return eps
+    chi2 = 2.0 * torch._standard_gamma(torch.full(shape, t_df / 2, dtype=torch.float64))
+    return eps / torch.sqrt(chi2 / t_df)
 
 
 def kernel_matrix(kernel: Kernel, x1: Tensor, x2: Tensor, length: Tensor, scale: Tensor, period: Tensor) -> Tensor:
@@ -81,7 +97,7 @@ class GPSampler:
         scale_range: tuple[float, float] = (0.1, 1.0),
         period_range: tuple[float, float] = (0.1, 0.5),
         noise_std: float = NOISE_STD,
-        noise: Literal["gaussian", "student_t"] = "gaussian",
+        noise: Noise = "gaussian",
         t_df: float = 2.1,
     ) -> None:
         if kernel not in KERNELS:
@@ -111,13 +127,7 @@ class GPSampler:
         cov = kernel_matrix(self.kernel, x, x, length, scale, period)
         cov = cov + JITTER * torch.eye(n, dtype=torch.float64)
         f = torch.linalg.cholesky(cov) @ torch.randn(B, n, 1, generator=generator, dtype=torch.float64)
-        if self.noise == "gaussian":
-            eps = torch.randn(B, n, 1, generator=generator, dtype=torch.float64)
-        else:  # Student-t via a normal over the square root of a scaled chi-square
-            z = torch.randn(B, n, 1, generator=generator, dtype=torch.float64)
-            chi2 = 2.0 * torch._standard_gamma(torch.full((B, n, 1), self.t_df / 2, dtype=torch.float64))
-            eps = z / torch.sqrt(chi2 / self.t_df)
-        y = f + self.noise_std * eps
+        y = f + self.noise_std * standardised_noise(self.noise, self.t_df, (B, n, 1), generator)
         x, y = x.float(), y.float()
         return GPBatch(
             x[:, :num_context],
@@ -129,6 +139,9 @@ class GPSampler:
             period,
             self.kernel,
             self.noise_std,
+            f[:, num_context:],
+            self.noise,
+            self.t_df,
         )
 
     def sample_protocol(

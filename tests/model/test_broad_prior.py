@@ -52,3 +52,25 @@ def test_families_follow_each_task_s_kernel() -> None:
         periodic = float(p["weights"][i, 1]) > 0 or bool(p["per_multiplies"][i])
         rough = float(p["length"][i]) < 0.15
         assert family == ("periodic" if periodic else "rough" if rough else "smooth"), i
+
+
+def test_fresh_readings_are_the_task_s_function_plus_its_own_noise() -> None:
+    # What bench.calibration_monitor judges "fine" sessions by: many readings of the same function
+    # values with new noise. Standardised by each task's noise scale, the readings and the batch's
+    # own targets (read at sampling time) must both follow the task's noise law: N(0, 1), or
+    # Student-t with the task's dof (scipy's, an independent implementation).
+    from scipy import stats
+
+    batch = BroadPrior(p_student_t=0.5).sample(64, 10, 40, torch.Generator().manual_seed(2))
+    readings = batch.readings(50, torch.Generator().manual_seed(3))  # [B, 40, 50]
+    scale = batch.noise_scale(batch.xt).unsqueeze(-1)  # [B, 40, 1]
+    fresh = (readings - batch.ft) / scale
+    drawn = (batch.yt.double() - batch.ft) / scale
+    dof = batch.params["dof"]
+    for task_dof in [None, *sorted(set(dof[batch.student_t].tolist()))]:
+        tasks = ~batch.student_t if task_dof is None else batch.student_t & (dof == task_dof)
+        law = stats.norm() if task_dof is None else stats.t(task_dof)
+        assert stats.kstest(fresh[tasks].flatten().numpy(), law.cdf).pvalue > 1e-3, task_dof
+        assert stats.kstest(drawn[tasks].flatten().numpy(), law.cdf).pvalue > 1e-3, task_dof
+    # New noise, not the old: the readings are independent of the targets drawn with the batch.
+    assert abs(torch.corrcoef(torch.stack([fresh[..., 0].flatten(), drawn.flatten()]))[0, 1].item()) < 0.05

@@ -124,3 +124,14 @@ def test_joint_set_grid_targets_are_one_sorted_grid(tmp_path):
     assert not torch.equal(random[0].xt, grid[0].xt) and random[0].xt.abs().max() <= 2
     again = joint_set("rbf", 2, 3, num_targets=10, grid=True, cache_dir=tmp_path / "fresh")  # regenerated
     assert all(torch.equal(a.yt, b.yt) for a, b in zip(grid, again, strict=True))
+
+
+def test_fresh_readings_are_the_task_s_function_plus_new_noise_of_the_stated_size() -> None:
+    from scipy import stats
+
+    batch = GPSampler("rbf").sample(32, 10, 40, torch.Generator().manual_seed(5))
+    readings = batch.readings(50, torch.Generator().manual_seed(6))  # [B, 40, 50]
+    fresh = ((readings - batch.ft) / batch.noise_std).flatten().numpy()
+    drawn = ((batch.yt.double() - batch.ft) / batch.noise_std).flatten().numpy()
+    assert stats.kstest(fresh, stats.norm().cdf).pvalue > 1e-3
+    assert stats.kstest(drawn, stats.norm().cdf).pvalue > 1e-3  # ft is the function the targets were read from
