@@ -13,20 +13,19 @@ The exact merge makes this cheap: each share's state is built once and merged wi
 What a score is depends on the kind of session (a Gaussian z-score for regression,
 ``service.kinds.regression_calibration``): each kind keeps its own constant-size sums
 (``Calibration``), which are committed with the fold that scored them, exactly once
-(``Fold.sums``). A verdict needs ``MIN_POINTS`` scored points; its tests use intervals at
-``CONFIDENCE``. The tests, their power and false-alarm rates are in docs/SERVICE.md ("Calibration").
+(``Fold.sums``). A verdict needs ``MIN_POINTS`` scored points, and flags a calibrated session with
+probability at most ``ALPHA`` per check: each kind splits it between its tests (Bonferroni). The
+tests, their power and false-alarm rates are in docs/SERVICE.md ("Calibration").
 """
 
 from __future__ import annotations
 
 import math
-from statistics import NormalDist
 from typing import Literal, Protocol, Self
 
 FOLDS = 4  # interleaved shares of a fold batch in interpolation scoring
 MIN_POINTS = 50
-CONFIDENCE = 0.999  # of the Wilson interval in the verdict
-_WILSON_Z = NormalDist().inv_cdf((1 + CONFIDENCE) / 2)  # 3.29
+ALPHA = 1e-3  # false-alarm probability of one check (one verdict) of a calibrated session
 
 Status = Literal["ok", "insufficient_data", "miscalibrated"]
 
@@ -61,8 +60,8 @@ def prequential_blocks(start: int, count: int) -> list[tuple[int, int]]:
     return list(zip(cuts[:-1], cuts[1:], strict=True))
 
 
-def wilson_interval(successes: int, trials: int, z: float = _WILSON_Z) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion."""
+def wilson_interval(successes: int, trials: int, z: float) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (``z``: its normal quantile)."""
     p = successes / trials
     denominator = 1 + z * z / trials
     centre = (p + z * z / (2 * trials)) / denominator

@@ -43,9 +43,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from service.calibration import MIN_POINTS, Status
+from service.calibration import ALPHA, MIN_POINTS, Status
 
-ALPHA = 1e-3  # false-alarm probability of one check of a calibrated session
 TESTS = 4
 PIT_BINS = 10
 PIT_MAX = 1 - 1e-16  # u is clipped here, so a wait the model deemed impossible adds 36.8 to sum Lambda, not inf

@@ -3,9 +3,15 @@
 Each held-out point (``service.calibration`` says which states score which points) gives
 z = (y - mean) / std per output value, its log density and its PIT. The sums over a session's
 points (``Aggregates``, one set for interpolation and one for forecast: ``Scores``) are constant
-size. The verdict is ``miscalibrated`` when either set fails a test (coverage of the 50% or 95%
-intervals beyond a 1.5x std tolerance; for the interpolation set also the clipped variance of z
-above what std off by ``VARIANCE_TOLERANCE`` allows), ``insufficient_data`` below ``MIN_POINTS``.
+size. The verdict is ``miscalibrated`` when either set fails a test, ``insufficient_data`` below
+``MIN_POINTS``. Five tests, each at ``ALPHA / 5`` (Bonferroni), so that a session whose intervals
+are within the tolerances is flagged with probability at most ``ALPHA`` per check:
+  * interpolation set: the clipped variance of z above what std ``VARIANCE_TOLERANCE`` too small
+    allows (one-sided), and the coverage of the 50% and 95% intervals outside what std off by
+    ``STD_FACTOR`` either way allows (two-sided);
+  * forecast set: the coverage of the 50% and 95% intervals below what std ``STD_FACTOR`` too small
+    allows (one-sided: one-step-ahead intervals start from states of a few points, or the prior, and
+    are legitimately wide; too-wide intervals are the interpolation set's to judge).
 The tests, their power and false-alarm rates are in docs/SERVICE.md ("Calibration").
 """
 
@@ -19,22 +25,24 @@ from statistics import NormalDist
 import torch
 from torch import Tensor
 
-from service.calibration import CONFIDENCE, MIN_POINTS, Status, wilson_interval
+from service.calibration import ALPHA, MIN_POINTS, Status, wilson_interval
 
 LEVELS = (0.5, 0.9, 0.95)  # central predictive intervals whose coverage is counted
 PIT_BINS = 10
 STD_FACTOR = 1.5
 TESTED_LEVELS = (0.5, 0.95)
 # The variance test: mean of min(z^2, Z_CLIP^2) against its value for a Gaussian forecast whose
-# std is VARIANCE_TOLERANCE times too small, one-sided at VARIANCE_Z (0.1%). Clipping keeps a few
-# heavy-tailed outliers from deciding it; one-sided because over-confidence is the harm to catch
-# (intervals that are too wide are caught by the coverage test).
+# std is VARIANCE_TOLERANCE times too small, one-sided. Clipping keeps a few heavy-tailed outliers
+# from deciding it; one-sided because over-confidence is the harm to catch (intervals that are too
+# wide are caught by the coverage test).
 Z_CLIP = 3.0
 VARIANCE_TOLERANCE = 1.15
+TESTS = 5  # variance + 2 coverage levels (interpolation), 2 coverage levels (forecast)
 
 _NORMAL = NormalDist()
 _HALF_WIDTHS = tuple(_NORMAL.inv_cdf((1 + level) / 2) for level in LEVELS)  # 0.674, 1.645, 1.960
-VARIANCE_Z = _NORMAL.inv_cdf(CONFIDENCE)  # 3.09, one-sided
+ONE_SIDED_Z = _NORMAL.inv_cdf(1 - ALPHA / TESTS)  # 3.54: the variance test, the forecast coverage tests
+TWO_SIDED_Z = _NORMAL.inv_cdf(1 - ALPHA / TESTS / 2)  # 3.72: the interpolation coverage tests
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
@@ -49,9 +57,15 @@ def clipped_square_moments(std_ratio: float, clip: float = Z_CLIP) -> tuple[floa
 
 
 def variance_threshold(values: int) -> float:
-    """The largest mean clipped z^2 over ``values`` scores that the variance test accepts."""
+    """The largest mean clipped z^2 over ``values`` scores that the variance test accepts.
+
+    The sum of the clipped squares is right-skewed (a clipped chi-square), so a normal quantile would
+    reject far more often than it says (8e-4 instead of 2e-4 at 50 values). It is taken as a gamma
+    matched to the sum's mean and variance, whose quantile is Wilson-Hilferty's cube-root normal one.
+    """
     mean, variance = clipped_square_moments(VARIANCE_TOLERANCE)
-    return mean + VARIANCE_Z * math.sqrt(variance / values)
+    shape = values * mean * mean / variance  # of the matched gamma; its mean is values * mean
+    return mean * (1 - 1 / (9 * shape) + ONE_SIDED_Z * math.sqrt(1 / (9 * shape))) ** 3
 
 
 def tolerated_coverage(level: float) -> tuple[float, float]:
@@ -124,33 +138,36 @@ class Aggregates:
     def coverage(self) -> tuple[float, ...] | None:
         return tuple(c / self.values for c in self.covered) if self.values else None
 
-    def verdict(self, variance_test: bool = True) -> tuple[Status, list[str]]:
-        """The status and, when miscalibrated, why (see the module docstring for the tests)."""
+    def verdict(self, interpolation: bool = True) -> tuple[Status, list[str]]:
+        """The status and, when miscalibrated, why: the tests of the interpolation set, or (False)
+        those of the forecast set (see the module docstring)."""
         if self.points < MIN_POINTS:
             return "insufficient_data", []
         reasons = []
         clipped = self.z_clipped_square_sum / self.values
-        if variance_test and clipped > variance_threshold(self.values):
+        confidence = 1 - ALPHA / TESTS
+        if interpolation and clipped > variance_threshold(self.values):
             reasons.append(
                 f"the standardised residuals are too large: mean min(z^2, {Z_CLIP:g}^2) is {clipped:.2f} over "
                 f"{self.values} values, above {variance_threshold(self.values):.2f}, the most that standard deviations "
-                f"{VARIANCE_TOLERANCE}x too small would give at 99.9% confidence: the intervals are too narrow"
+                f"{VARIANCE_TOLERANCE}x too small would give at {confidence:.2%} confidence: "
+                "the intervals are too narrow"
             )
         for level in TESTED_LEVELS:
             covered = self.covered[LEVELS.index(level)]
-            low, high = wilson_interval(covered, self.values)
+            low, high = wilson_interval(covered, self.values, TWO_SIDED_Z if interpolation else ONE_SIDED_Z)
             allowed_low, allowed_high = tolerated_coverage(level)
-            if high < allowed_low or low > allowed_high:
+            if high < allowed_low or (interpolation and low > allowed_high):
                 reasons.append(
                     f"the central {level:.0%} intervals covered {covered / self.values:.1%} of {self.values} values "
-                    f"({CONFIDENCE:.1%} interval {low:.1%}-{high:.1%}); standard deviations off by less than "
+                    f"({confidence:.2%} interval {low:.1%}-{high:.1%}); standard deviations off by less than "
                     f"{STD_FACTOR}x would cover {allowed_low:.1%}-{allowed_high:.1%}"
                 )
         return ("miscalibrated" if reasons else "ok"), reasons
 
-    def report(self, variance_test: bool = True) -> dict[str, object]:
+    def report(self, interpolation: bool = True) -> dict[str, object]:
         """The figures of this set of scores (the fields of the wire's ``ScoreReport``)."""
-        status, reasons = self.verdict(variance_test)
+        status, reasons = self.verdict(interpolation)
         coverage = self.coverage()
         z_mean = self.z_sum / self.values if self.values else None
         return {
@@ -193,11 +210,11 @@ class Scores:
 
     def verdict(self) -> tuple[Status, list[str]]:
         """Miscalibrated when either set is (with the reasons of both), ok when both are."""
-        # The forecast set skips the variance test: its first points are scored by states of one or
-        # two points (or the prior), whose spread is legitimately off; it keeps the coverage tests.
+        # The forecast set skips the variance test and the too-wide tests: its first points are scored
+        # by states of one or two points (or the prior), whose spread is legitimately off.
         (head, head_reasons), (forecast, forecast_reasons) = (
             self.interpolation.verdict(),
-            self.forecast.verdict(variance_test=False),
+            self.forecast.verdict(interpolation=False),
         )
         statuses = {head, forecast}
         status: Status = (
@@ -213,5 +230,5 @@ class Scores:
             "status": status,
             "reasons": reasons,
             "enabled": enabled,
-            "forecast": self.forecast.report(variance_test=False),
+            "forecast": self.forecast.report(interpolation=False),
         }

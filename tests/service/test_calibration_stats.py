@@ -11,8 +11,15 @@ import pytest
 import torch
 from redis.asyncio import Redis
 
-from service.calibration import prequential_blocks, wilson_interval
-from service.kinds.regression_calibration import Aggregates, tolerated_coverage
+from service.calibration import ALPHA, prequential_blocks, wilson_interval
+from service.kinds.regression_calibration import (
+    TESTS,
+    VARIANCE_TOLERANCE,
+    Aggregates,
+    Scores,
+    tolerated_coverage,
+    variance_threshold,
+)
 from service.store import Fold, Session, SessionStore, fold_lease_key
 
 
@@ -93,6 +100,29 @@ def test_calibrated_forecasts_almost_never_raise_an_alarm() -> None:
 def test_clear_miscalibration_is_caught(std: float, points: int) -> None:
     runs = statuses(std, sessions=200, checks=(points,), seed=3)
     assert sum(row[0] == "miscalibrated" for row in runs) >= 198
+
+
+@pytest.mark.parametrize("values", [50, 100, 200, 1000])
+def test_the_variance_test_rejects_at_its_stated_rate_where_intervals_are_at_its_tolerance(values: int) -> None:
+    # z-scores of a forecast whose std is VARIANCE_TOLERANCE too small, simulated: the share of
+    # sessions over the threshold is the test's size, stated as ALPHA / TESTS (2e-4). A normal
+    # quantile of the (skewed) clipped sum gave 8e-4 at 50 values; this fails above 4e-4.
+    sessions = min(400_000, 40_000_000 // values)
+    rng = np.random.default_rng(values)
+    z = VARIANCE_TOLERANCE * rng.standard_normal((sessions, values), dtype=np.float32)
+    rate = float((np.minimum(z * z, 9.0).mean(1) > variance_threshold(values)).mean())
+    assert 0.25 * ALPHA / TESTS < rate < 2 * ALPHA / TESTS, rate
+
+
+def test_forecast_intervals_that_are_only_too_wide_raise_no_alarm_but_too_narrow_ones_do() -> None:
+    # One-step-ahead intervals start wide (states of a few points, or the prior): the forecast set
+    # flags only over-confidence; too-wide intervals are the interpolation set's to judge.
+    rng = np.random.default_rng(4)
+    calibrated = scores(rng.standard_normal(200))
+    assert Scores(calibrated, scores(0.4 * rng.standard_normal(200))).verdict() == ("ok", [])
+    assert Scores(scores(0.4 * rng.standard_normal(200)), calibrated).verdict()[0] == "miscalibrated"
+    status, reasons = Scores(calibrated, scores(3.0 * rng.standard_normal(200))).verdict()
+    assert status == "miscalibrated" and all(r.startswith("forecast:") for r in reasons), reasons
 
 
 def test_a_dropped_fold_adds_nothing(redis_server) -> None:
