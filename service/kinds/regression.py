@@ -170,14 +170,18 @@ def _model_points(
     return x, y
 
 
-def _interpolation_scores(model: ServedModel, before: CMANPState, x: torch.Tensor, y: torch.Tensor) -> Aggregates:
+def _interpolation_scores(
+    model: ServedModel, before: CMANPState, x: torch.Tensor, y: torch.Tensor
+) -> tuple[Aggregates, CMANPState]:
     """Scores of a fold batch x, y [1, n, .]: share j (points i = j mod FOLDS) by ``before`` merged
-    with the other shares' states, all shares in one batched predict (see ``service.calibration``)."""
+    with the other shares' states, all shares in one batched predict (see ``service.calibration``);
+    and ``before`` with the whole batch folded in, merged from the shares' states (exact, and the
+    fold then need not update it again)."""
     net, n = model.net, x.shape[1]
     shares = [torch.arange(j, n, FOLDS) for j in range(min(FOLDS, n))]
     if len(shares) == 1:
         mean, variance = net.predict(before, x)
-        return Aggregates.of_scores(y[0], mean[0], variance[0])
+        return Aggregates.of_scores(y[0], mean[0], variance[0]), net.update(before, x, y)
     alone = [net.update(net.empty_state(), x[:, idx], y[:, idx]) for idx in shares]
     without = []
     for j in range(len(shares)):
@@ -191,10 +195,11 @@ def _interpolation_scores(model: ServedModel, before: CMANPState, x: torch.Tenso
     for j, idx in enumerate(shares):
         xq[j, : len(idx)] = x[0, idx]
     mean, variance = net.predict(CMANPState.concat(without), xq)
-    return sum(
+    scores = sum(
         (Aggregates.of_scores(y[0, idx], mean[j, : len(idx)], variance[j, : len(idx)]) for j, idx in enumerate(shares)),
         Aggregates(),
     )
+    return scores, without[0].merge(alone[0])
 
 
 def _y_map(model: ServedModel, params: RegressionParams, snapshot: Snapshot) -> AffineMap:
@@ -265,12 +270,14 @@ class RegressionKind:
         forecast = Aggregates(out_of_range=model.training_range.count_outside(x[0].numpy(), y[0].numpy()))
         if not scoring:
             return net.update(state, x, y), Scores(forecast=forecast), y_map
-        interpolation = _interpolation_scores(model, state, x, y)
-        for start, stop in prequential_blocks(int(state.num_points[0]), x.shape[1]):
+        interpolation, folded = _interpolation_scores(model, state, x, y)
+        blocks = prequential_blocks(int(state.num_points[0]), x.shape[1])
+        for start, stop in blocks:
             block_x, block_y = x[:, start:stop], y[:, start:stop]
             mean, variance = net.predict(state, block_x)
             forecast += Aggregates.of_scores(block_y[0], mean[0], variance[0])
-            state = net.update(state, block_x, block_y)
+            # The last block needs no update: the interpolation's merge has every point in already.
+            state = folded if stop == x.shape[1] else net.update(state, block_x, block_y)
         return state, Scores(interpolation, forecast), y_map
 
     @torch.inference_mode()

@@ -16,7 +16,7 @@ from service.kinds.regression_calibration import Scores
 from service.registry import ModelRegistry, ServedModel
 from service.store import Session, Snapshot, session_keys
 from service.transforms import AffineMap
-from tests.service.helpers import AUTH, expected_prediction, sample_points
+from tests.service.helpers import AUTH, REPO, expected_prediction, sample_points
 
 IDENTITY = RegressionParams(AffineMap.identity(1), AffineMap.identity(1))
 QUERIES = np.linspace(-2.0, 2.0, 7, dtype=np.float32)[:, None]
@@ -96,6 +96,30 @@ def test_a_fold_without_scoring_is_the_model_s_own_update(models: ModelRegistry)
         expected = model.net.update(model.net.empty_state(), torch.from_numpy(x[None]), torch.from_numpy(y[None]))
     assert fold.state == expected.to_bytes()
     assert fold.sums == {} and fold.fields == {}  # every point in range: no out-of-range count
+
+
+@pytest.mark.parametrize("tiled", [False, True])
+@pytest.mark.parametrize(("before", "batch"), [(0, 40), (300, 256), (256, 3), (0, 1)])
+def test_a_scoring_fold_commits_the_state_of_every_point_whatever_path_built_it(
+    models: ModelRegistry, before: int, batch: int, tiled: bool
+) -> None:
+    # A scoring fold's last state is merged from the interpolation shares' states, not updated
+    # again: it must predict as conditioning on all points at once does (batches crossing a power
+    # of two are forecast in several blocks; a batch of one point has one share). Tiled: the
+    # shipped default model, whose state is a pyramid of tiles.
+    model = ServedModel.load(REPO / "checkpoints" / "cmanp-gp-general.safetensors") if tiled else models.get("tiny")
+    x, y = sample_points(before + batch, seed=5)
+    with torch.inference_mode():
+        snapshot = snapshot_of(model, x[before:], y[before:])
+        if before:  # else no blob yet: the session's first fold
+            stored = model.net.condition(torch.from_numpy(x[None, :before]), torch.from_numpy(y[None, :before]))
+            snapshot = Snapshot(snapshot.session, stored.to_bytes(), snapshot.log, batch, 0)
+        folded = model.net.state_from_bytes(REGRESSION.fold(model, snapshot, scoring=True).state)
+        expected = model.net.condition(torch.from_numpy(x[None]), torch.from_numpy(y[None]))
+        xq = torch.from_numpy(QUERIES[None])
+        for got, want in zip(model.net.predict(folded, xq), model.net.predict(expected, xq), strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert int(folded.num_points[0]) == before + batch
 
 
 def test_a_fold_scores_each_point_twice_and_reading_the_log_scores_it_the_same(models: ModelRegistry) -> None:
