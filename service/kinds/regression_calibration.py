@@ -8,7 +8,7 @@ size. The verdict is ``miscalibrated`` when either set fails a test, ``insuffici
 are within the tolerances is flagged with probability at most ``ALPHA`` per check:
   * interpolation set: the clipped variance of z above what std ``VARIANCE_TOLERANCE`` too small
     allows (one-sided), and the coverage of the 50% and 95% intervals outside what std off by
-    ``STD_FACTOR`` either way allows (two-sided);
+    ``STD_FACTOR`` either way allows (two-sided; exact binomial tails at the band's edges);
   * forecast set: the coverage of the 50% and 95% intervals below what std ``STD_FACTOR`` too small
     allows (one-sided: one-step-ahead intervals start from states of a few points, or the prior, and
     are legitimately wide; too-wide intervals are the interpolation set's to judge).
@@ -25,7 +25,7 @@ from statistics import NormalDist
 import torch
 from torch import Tensor
 
-from service.calibration import ALPHA, MIN_POINTS, Status, wilson_interval
+from service.calibration import ALPHA, MIN_POINTS, Status, binomial_cdf
 
 LEVELS = (0.5, 0.9, 0.95)  # central predictive intervals whose coverage is counted
 PIT_BINS = 10
@@ -41,8 +41,7 @@ TESTS = 5  # variance + 2 coverage levels (interpolation), 2 coverage levels (fo
 
 _NORMAL = NormalDist()
 _HALF_WIDTHS = tuple(_NORMAL.inv_cdf((1 + level) / 2) for level in LEVELS)  # 0.674, 1.645, 1.960
-ONE_SIDED_Z = _NORMAL.inv_cdf(1 - ALPHA / TESTS)  # 3.54: the variance test, the forecast coverage tests
-TWO_SIDED_Z = _NORMAL.inv_cdf(1 - ALPHA / TESTS / 2)  # 3.72: the interpolation coverage tests
+VARIANCE_Z = _NORMAL.inv_cdf(1 - ALPHA / TESTS)  # 3.54, one-sided (in the Wilson-Hilferty quantile)
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
@@ -65,7 +64,7 @@ def variance_threshold(values: int) -> float:
     """
     mean, variance = clipped_square_moments(VARIANCE_TOLERANCE)
     shape = values * mean * mean / variance  # of the matched gamma; its mean is values * mean
-    return mean * (1 - 1 / (9 * shape) + ONE_SIDED_Z * math.sqrt(1 / (9 * shape))) ** 3
+    return mean * (1 - 1 / (9 * shape) + VARIANCE_Z * math.sqrt(1 / (9 * shape))) ** 3
 
 
 def tolerated_coverage(level: float) -> tuple[float, float]:
@@ -153,15 +152,20 @@ class Aggregates:
                 f"{VARIANCE_TOLERANCE}x too small would give at {confidence:.2%} confidence: "
                 "the intervals are too narrow"
             )
+        # Coverage: exact binomial tails at the band's edges, each side at ALPHA / TESTS / 2 (both
+        # sides tested) or ALPHA / TESTS (the forecast set: only too few covered).
+        side_alpha = ALPHA / TESTS / (2 if interpolation else 1)
         for level in TESTED_LEVELS:
             covered = self.covered[LEVELS.index(level)]
-            low, high = wilson_interval(covered, self.values, TWO_SIDED_Z if interpolation else ONE_SIDED_Z)
             allowed_low, allowed_high = tolerated_coverage(level)
-            if high < allowed_low or (interpolation and low > allowed_high):
+            too_few = binomial_cdf(covered, self.values, allowed_low)  # P(this few or fewer) at the low edge
+            too_many = 1 - binomial_cdf(covered - 1, self.values, allowed_high) if interpolation else 1.0
+            if too_few < side_alpha or too_many < side_alpha:
+                which, chance = ("few", too_few) if too_few < side_alpha else ("many", too_many)
                 reasons.append(
-                    f"the central {level:.0%} intervals covered {covered / self.values:.1%} of {self.values} values "
-                    f"({confidence:.2%} interval {low:.1%}-{high:.1%}); standard deviations off by less than "
-                    f"{STD_FACTOR}x would cover {allowed_low:.1%}-{allowed_high:.1%}"
+                    f"the central {level:.0%} intervals covered {covered / self.values:.1%} of {self.values} values; "
+                    f"standard deviations off by less than {STD_FACTOR}x would cover {allowed_low:.1%}-"
+                    f"{allowed_high:.1%}, and cover this {which} with probability {chance:.1e}"
                 )
         return ("miscalibrated" if reasons else "ok"), reasons
 

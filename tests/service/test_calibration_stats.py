@@ -11,7 +11,7 @@ import pytest
 import torch
 from redis.asyncio import Redis
 
-from service.calibration import ALPHA, prequential_blocks, wilson_interval
+from service.calibration import ALPHA, binomial_cdf, prequential_blocks
 from service.kinds.regression_calibration import (
     TESTS,
     VARIANCE_TOLERANCE,
@@ -46,11 +46,32 @@ def test_tolerance_bands_are_the_documented_ones() -> None:
     assert tolerated_coverage(0.95) == pytest.approx((0.809, 0.997), abs=1e-3)
 
 
-def test_wilson_interval_matches_published_values() -> None:
-    # Newcombe (1998), Statistics in Medicine 17:857, table I: 81/263 -> 0.2553-0.3662 at 95%;
-    # 15/148 -> 0.0624-0.1605.
-    assert wilson_interval(81, 263, z=1.959964) == pytest.approx((0.2553, 0.3662), abs=1e-4)
-    assert wilson_interval(15, 148, z=1.959964) == pytest.approx((0.0624, 0.1605), abs=1e-4)
+@pytest.mark.parametrize(("trials", "p"), [(50, 0.809), (100, 0.347), (200, 0.997), (5_000, 0.5), (200_000, 0.809)])
+def test_binomial_tails_match_scipy(trials: int, p: float) -> None:
+    from scipy import stats
+
+    for successes in sorted({0, int(trials * p) - 3 * int(math.sqrt(trials)), int(trials * p), trials - 1, trials}):
+        expected = stats.binom.cdf(successes, trials, p)
+        tolerance = 1e-12 if trials <= 100_000 else 1e-3  # above: the normal approximation
+        assert binomial_cdf(successes, trials, p) == pytest.approx(expected, rel=1e-6, abs=tolerance)
+    assert binomial_cdf(-1, trials, p) == 0.0
+
+
+@pytest.mark.parametrize("values", [50, 100, 200, 400])
+@pytest.mark.parametrize("level", [0.5, 0.95])
+def test_each_coverage_test_rejects_at_most_its_share_at_the_band_edges(values: int, level: float) -> None:
+    # Exactly: the probability, over the binomial count of covered values of a forecast whose std is
+    # 1.5x off (the band's edge), that the verdict names this level's coverage. At most ALPHA / TESTS
+    # / 2 per side for the interpolation set (Wilson's interval gave up to 5x that at the 95% level).
+    from scipy import stats
+
+    low, high = tolerated_coverage(level)
+    for edge in (low, high):
+        pmf = stats.binom.pmf(np.arange(values + 1), values, edge)
+        # every level's hits set to the count: only the reasons naming this level are read
+        verdicts = [Aggregates(points=values, values=values, covered=(c, c, c)).verdict()[1] for c in range(values + 1)]
+        flagged = [any(f"{level:.0%} intervals" in r for r in reasons) for reasons in verdicts]
+        assert float(pmf[flagged].sum()) <= ALPHA / TESTS / 2, (edge, float(pmf[flagged].sum()))
 
 
 def scores(z: np.ndarray) -> Aggregates:
