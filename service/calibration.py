@@ -1,6 +1,7 @@
 """Calibration of a session's predictions, from held-out scores of its own points: what every kind shares.
 
-Every context point is scored, each time by a state that does not contain it:
+Every context point is scored (a kind may score only a sample of a long session's fold batches:
+``service.kinds.regression_calibration.scores_batch``), each time by a state that does not contain it:
 - **interpolation** (the headline): the points of a fold batch are split into ``FOLDS``
   interleaved shares (by arrival order); each share is scored by the state holding everything
   before the batch and the *other* shares. In a stream that arrives in time order, later points

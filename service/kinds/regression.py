@@ -30,7 +30,7 @@ from service.calibration import FOLDS, prequential_blocks
 from service.errors import UnprocessableError
 from service.folded_states import FoldedStates
 from service.kinds.base import LogEntry, stored_state
-from service.kinds.regression_calibration import Aggregates, Scores
+from service.kinds.regression_calibration import Aggregates, Scores, scores_batch
 from service.registry import ServedModel
 from service.store import Fold, Session, Snapshot
 from service.text import plural
@@ -258,10 +258,13 @@ class RegressionKind:
     def _fold_and_score(
         self, model: ServedModel, snapshot: Snapshot, scoring: bool
     ) -> tuple[CMANPState, Scores, AffineMap]:
-        """The snapshot's state with its log folded in, the log's out-of-range count and (if scoring) its
-        held-out scores: forecast (each block by the state before it) and interpolation (each share of
-        the batch by the state without it); and the y map of the points."""
+        """The snapshot's state with its log folded in, the log's out-of-range count and (if scoring, and
+        ``scores_batch`` picks the batch) its held-out scores: forecast (each block by the state before
+        it) and interpolation (each share of the batch by the state without it); and the y map of the
+        points."""
         net, params = model.net, self.params(snapshot.session)
+        scored = Scores.from_sums(snapshot.session.sums).interpolation.points
+        scoring = scoring and scores_batch(scored, snapshot.fold_epoch)
         state = stored_state(model, snapshot)
         y_map = _y_map(model, params, snapshot)
         if not snapshot.log:

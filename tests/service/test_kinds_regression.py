@@ -12,7 +12,7 @@ from service.client import CMANPClient
 from service.errors import UnprocessableError
 from service.folded_states import FoldedStates
 from service.kinds.regression import REGRESSION, Points, Predict, Predicted, RegressionParams, log_entry
-from service.kinds.regression_calibration import Scores
+from service.kinds.regression_calibration import FULL_SCORING_POINTS, Aggregates, Scores
 from service.registry import ModelRegistry, ServedModel
 from service.store import Session, Snapshot, session_keys
 from service.transforms import AffineMap
@@ -120,6 +120,35 @@ def test_a_scoring_fold_commits_the_state_of_every_point_whatever_path_built_it(
         for got, want in zip(model.net.predict(folded, xq), model.net.predict(expected, xq), strict=True):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     assert int(folded.num_points[0]) == before + batch
+
+
+@pytest.mark.parametrize(
+    ("scored_before", "fold_epoch", "scored"),
+    [(0, 7, True), (FULL_SCORING_POINTS - 1, 5, True), (FULL_SCORING_POINTS, 5, False), (FULL_SCORING_POINTS, 8, True)],
+)
+def test_past_the_full_scoring_points_one_fold_batch_in_four_is_scored(
+    models: ModelRegistry, scored_before: int, fold_epoch: int, scored: bool
+) -> None:
+    model = models.get("tiny")
+    x, y = sample_points(40, seed=6)
+    snapshot = snapshot_of(model, x, y)
+    session = session_of(model, IDENTITY, num_points=40, version=40)
+    session.sums.update(Scores(Aggregates(points=scored_before, values=scored_before)).to_sums())
+    empty = model.net.empty_state().to_bytes()  # a folded session's blob (its points do not matter here)
+    snapshot = Snapshot(session, empty, snapshot.log, 40, fold_epoch)
+    fold = REGRESSION.fold(model, snapshot, scoring=True)
+    scores = Scores.from_sums(fold.sums)
+    assert (scores.interpolation.points, scores.forecast.points) == ((40, 40) if scored else (0, 0))
+    assert REGRESSION.score_log(model, snapshot, scoring=True).to_sums() == fold.sums  # GET reports what folds commit
+    with torch.inference_mode():  # scored or not, the state is every point's
+        expected = model.net.condition(torch.from_numpy(x[None]), torch.from_numpy(y[None]))
+        got = model.net.state_from_bytes(fold.state)
+        torch.testing.assert_close(
+            model.net.predict(got, torch.from_numpy(QUERIES[None]))[0],
+            model.net.predict(expected, torch.from_numpy(QUERIES[None]))[0],
+            rtol=1e-4,
+            atol=1e-5,
+        )
 
 
 def test_a_fold_scores_each_point_twice_and_reading_the_log_scores_it_the_same(models: ModelRegistry) -> None:
