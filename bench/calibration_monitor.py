@@ -11,11 +11,11 @@ batched over tasks, and prequential forecast blocks), and the session's verdict 
   * alarms on sessions whose intervals are in fact fine: each session's function is also observed
     at ``FRESH`` fresh inputs, ``DRAWS`` times each (the same function values, new noise: the
     readings a user would see, many times over, so that a session's label reflects its intervals'
-    expected fit, not the luck of one draw of noise), predicted from the whole context. A session is
-    *fine* when those fresh readings pass every tolerance the monitor's tests claim: their mean clipped z^2 lies
-    between that of a forecast whose std is ``STD_FACTOR`` (1.5) too large and one whose std is
-    ``VARIANCE_TOLERANCE`` (1.15) too small, and the share inside the central 50% and 95% intervals
-    lies in the coverage band of std off by less than ``STD_FACTOR``. An alarm on a fine session is
+    expected fit, not the luck of one draw of noise), predicted from the whole context. A session
+    is *fine* when those fresh readings pass every tolerance the monitor's tests claim: their mean
+    clipped z^2 lies between that of a forecast whose std is ``STD_FACTOR`` (1.5) too large and one
+    whose std is ``VARIANCE_TOLERANCE`` (1.15) too small, and the share inside the central 50% and
+    95% intervals lies in the coverage band of std off by less than ``STD_FACTOR``. An alarm on a fine session is
     a false alarm; an in-prior session on which the model itself is off (too narrow, or the wrong
     shape: heavy-tailed or heteroscedastic noise under a Gaussian forecast covers too much at 50%)
     is not a false alarm when it is flagged. *Variance-fine* applies the first condition alone (the
@@ -139,10 +139,9 @@ def measure(
                 fine, variance_fine = _fine(tasks.readings(DRAWS, g_fresh), mean.double(), var.double())
                 counts["fine"] += sum(fine)
                 counts["variance_fine"] += sum(variance_fine)
-                single = _fine(tasks.yt, mean, var)[0]  # one reading per input, as measured before DRAWS
                 records = [
-                    {"n": n, "fine": f, "fine_one_reading": s, "variance_fine": v, "sums": {}}
-                    for f, s, v in zip(fine, single, variance_fine, strict=True)
+                    {"n": n, "fine": f, "variance_fine": v, "sums": {}}
+                    for f, v in zip(fine, variance_fine, strict=True)
                 ]
                 for shrink, key in [(1.0, "false_alarms")] + [(f * f, f"flagged_at_{f:g}x") for f in FACTORS]:
                     for b, scores in enumerate(_scores(predictions, shrink)):

@@ -274,8 +274,7 @@ class RegressionKind:
         if not scoring:
             return net.update(state, x, y), Scores(forecast=forecast), y_map
         interpolation, folded = _interpolation_scores(model, state, x, y)
-        blocks = prequential_blocks(int(state.num_points[0]), x.shape[1])
-        for start, stop in blocks:
+        for start, stop in prequential_blocks(int(state.num_points[0]), x.shape[1]):
             block_x, block_y = x[:, start:stop], y[:, start:stop]
             mean, variance = net.predict(state, block_x)
             forecast += Aggregates.of_scores(block_y[0], mean[0], variance[0])
