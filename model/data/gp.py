@@ -65,8 +65,31 @@ def standardised_noise(noise: Noise, t_df: float, shape: tuple[int, ...], g: tor
     eps = torch.randn(*shape, generator=g, dtype=torch.float64)
     if noise == "gaussian":
         return eps
-    chi2 = 2.0 * torch._standard_gamma(torch.full(shape, t_df / 2, dtype=torch.float64))
+    chi2 = 2.0 * gamma_draws(t_df / 2, shape, g)
     return eps / torch.sqrt(chi2 / t_df)
+
+
+def gamma_draws(concentration: float, shape: tuple[int, ...], g: torch.Generator) -> Tensor:
+    """Gamma(concentration, 1) draws, float64 ``shape``, from the generator ``g`` alone (torch's own
+    gamma samplers take no generator, so tasks would not follow the seed). Marsaglia and Tsang's
+    squeeze-free rejection method; below concentration 1, a draw at concentration + 1 times U^(1/c)."""
+    if not concentration > 0:
+        raise ValueError(f"concentration must be > 0, got {concentration}")
+    a = concentration + 1 if concentration < 1 else concentration
+    d = a - 1 / 3
+    c = 1 / math.sqrt(9 * d)
+    out = torch.empty(shape, dtype=torch.float64).flatten()
+    todo = torch.arange(out.numel())
+    while len(todo):  # each round accepts over 95% of the candidates
+        x = torch.randn(len(todo), generator=g, dtype=torch.float64)
+        u = torch.rand(len(todo), generator=g, dtype=torch.float64)
+        v = (1 + c * x) ** 3
+        accept = (v > 0) & (torch.log(u) < 0.5 * x * x + d - d * v + d * torch.log(v.clamp_min(1e-300)))
+        out[todo[accept]] = d * v[accept]
+        todo = todo[~accept]
+    if concentration < 1:
+        out *= torch.rand(out.numel(), generator=g, dtype=torch.float64) ** (1 / concentration)
+    return out.view(shape)
 
 
 def kernel_matrix(kernel: Kernel, x1: Tensor, x2: Tensor, length: Tensor, scale: Tensor, period: Tensor) -> Tensor:

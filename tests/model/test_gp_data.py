@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from model.data.eval_sets import joint_set
-from model.data.gp import GPSampler, kernel_matrix
+from model.data.gp import GPSampler, gamma_draws, kernel_matrix
 from model.gp_oracle import gp_joint_log_likelihood, gp_log_likelihood, gp_predict
 
 
@@ -69,6 +69,26 @@ def test_student_t_noise_is_heavier_tailed():
     heavy = GPSampler("rbf", scale_range=(1e-4, 2e-4), noise="student_t").sample(64, 0, 200, g)
     kurt = lambda t: ((t - t.mean()) ** 4).mean() / t.var() ** 2  # noqa: E731
     assert kurt(gauss.yt) < 4 < kurt(heavy.yt)
+
+
+@pytest.mark.parametrize("concentration", [0.4, 1.05, 7.0])
+def test_gamma_draws_follow_scipy_s_gamma_and_the_seed(concentration: float) -> None:
+    from scipy import stats
+
+    draws = gamma_draws(concentration, (40, 100), torch.Generator().manual_seed(3))
+    again = gamma_draws(concentration, (40, 100), torch.Generator().manual_seed(3))
+    assert torch.equal(draws, again) and draws.shape == (40, 100)
+    assert stats.kstest(draws.flatten().numpy(), stats.gamma(concentration).cdf).pvalue > 1e-3
+
+
+def test_student_t_tasks_follow_the_seed_and_scipy_s_t() -> None:
+    from scipy import stats
+
+    sampler = GPSampler("rbf", noise="student_t")
+    a, b = (sampler.sample(16, 10, 40, torch.Generator().manual_seed(8)) for _ in range(2))
+    assert torch.equal(a.yt, b.yt) and torch.equal(a.yc, b.yc)
+    noise = ((a.readings(50, torch.Generator().manual_seed(9)) - a.ft) / a.noise_std).flatten().numpy()
+    assert stats.kstest(noise, stats.t(sampler.t_df).cdf).pvalue > 1e-3
 
 
 def test_oracle_matches_an_independent_numpy_posterior():
