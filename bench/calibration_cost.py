@@ -91,7 +91,6 @@ def fold_cost(repeats: int) -> dict:
     and what scoring adds per point in the folds after the first."""
     import torch
 
-    from service.inference import Inference
     from service.kinds.regression import REGRESSION, RegressionParams, log_entry
     from service.registry import ServedModel
     from service.store import Session, Snapshot
@@ -113,11 +112,10 @@ def fold_cost(repeats: int) -> dict:
     for name, state in (("first_fold", model.empty_state), ("later_fold", after_first.to_bytes())):
         snapshot = Snapshot(session, state, log, log_points=256, fold_epoch=0)
         for scoring in (False, True):
-            inference = Inference(workers=1, torch_threads=1, scoring=scoring)
             times = []
             for _ in range(repeats):
                 start = time.perf_counter()
-                asyncio.run(inference.fold(REGRESSION, model, snapshot))
+                REGRESSION.fold(model, snapshot, scoring)
                 times.append(time.perf_counter() - start)
             # The minimum: on a shared CPU, it is the repeat least disturbed by other work.
             result[f"{name}_ms_scoring_{'on' if scoring else 'off'}"] = 1e3 * min(times)

@@ -75,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 url = stack.enter_context(start_bundled_redis(settings)).url
             redis = connect_redis(url, settings.redis_timeout_seconds, settings.redis_cluster)
             stack.push_async_callback(redis.aclose)
+            registry = ModelRegistry.load(settings.checkpoint_dir, settings.default_model)
             inference = Inference(
                 settings.inference_workers,
                 settings.torch_threads,
@@ -82,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.calibration,
                 settings.predict_cache_sessions,
                 settings.fold_nice,
+                registry.models.values(),
             )
             store = SessionStore(
                 redis,
@@ -92,7 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 wait_replicas=settings.redis_wait_replicas,
                 wait_timeout_ms=settings.redis_wait_timeout_ms,
             )
-            # At shutdown, before Redis closes and the fold thread stops: let folds that posts
+            # At shutdown, before Redis closes and the fold process stops: let folds that posts
             # started finish (their points are in the log either way; a fold cut short is only
             # redone by the next post).
             stack.callback(inference.close)
@@ -101,7 +103,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             limiter = None
             if settings.rate_limit_per_second > 0:
                 limiter = RateLimiter(redis, settings.rate_limit_per_second, settings.rate_limit_burst)
-            registry = ModelRegistry.load(settings.checkpoint_dir, settings.default_model)
             app.state.services = Services(settings, store, registry, inference, metrics, quota, limiter)
             # Everything alive now (modules, models) lives as long as the app: out of the collector's
             # sight, the full collections that come every few seconds under load take a few ms instead

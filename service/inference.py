@@ -12,20 +12,16 @@ worker joins a queue, and the one that gets the worker answers every queued quer
 (``service.folded_states``), so a query on a hot session folds only the entries posted since.
 
 Folds are background work (a post answers before its fold ends), so they run in a lane of their
-own: one thread per process, at a lower CPU priority (``fold_nice``, Linux). Sharing the query
-workers, a hot session's predicts queued behind its folds (tens to hundreds of ms each); measured
-in bench.service_load's predict_hot with the tiled default, docs/OPERATIONS.md.
+own: a child process at a lower CPU priority (``fold_nice``; ``service.fold_process`` says why a
+process and not a thread). Sharing the query workers, a hot session's predicts queued behind its
+folds (tens to hundreds of ms each); measured in bench.service_load's predict_hot with the tiled
+default, docs/OPERATIONS.md.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import functools
-import logging
-import os
-import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import anyio
@@ -34,22 +30,13 @@ import torch
 
 from service.batcher import Batcher
 from service.calibration import Calibration
+from service.fold_process import FoldProcess
 from service.folded_states import FoldedStates
 from service.kinds.base import SessionKind
 from service.registry import ServedModel
 from service.store import Fold, Snapshot
 
 T = TypeVar("T")
-logger = logging.getLogger(__name__)
-
-
-def _run_at_nice(nice: int) -> None:
-    """Lower the calling thread's CPU priority by ``nice`` (Linux: a thread has its own nice value)."""
-    tid = threading.get_native_id()
-    try:
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
-    except (OSError, AttributeError) as e:  # not Linux, or not allowed: folds run at the process's priority
-        logger.warning("fold thread keeps the process's priority (setpriority failed: %s)", e)
 
 
 class Inference:
@@ -61,12 +48,12 @@ class Inference:
         scoring: bool = True,
         folded_states: int = 64,
         fold_nice: int = 0,
+        models: Iterable[ServedModel] = (),
     ) -> None:
+        """``models``: those whose sessions this process folds (the fold process gets them once)."""
         torch.set_num_threads(torch_threads)
         self._limiter = anyio.CapacityLimiter(workers)
-        self._fold_thread = concurrent.futures.ThreadPoolExecutor(
-            1, "fold", initializer=_run_at_nice if fold_nice else None, initargs=(fold_nice,) if fold_nice else ()
-        )
+        self._folds = FoldProcess({m.fingerprint: m for m in models}, fold_nice)
         self._max_batch = max_batch
         self._batchers: dict[tuple[str, str, str], Batcher] = {}  # per kind, model name and fingerprint
         self.scoring = scoring
@@ -78,13 +65,12 @@ class Inference:
 
     async def fold(self, kind: SessionKind, model: ServedModel, snapshot: Snapshot) -> Fold:
         """The session's state with its log folded in (exact update), and the log's calibration sums;
-        in the fold thread."""
-        fold = functools.partial(kind.fold, model, snapshot, self.scoring)
-        return await asyncio.get_running_loop().run_in_executor(self._fold_thread, fold)
+        in the fold process."""
+        return await self._folds.fold(kind, model, snapshot, self.scoring)
 
     def close(self) -> None:
-        """Let the fold thread end once its folds in flight (if any) have."""
-        self._fold_thread.shutdown(wait=False)
+        """Let the fold process end once its fold in flight (if any) has."""
+        self._folds.close()
 
     async def score_log(self, kind: SessionKind, model: ServedModel, snapshot: Snapshot) -> Calibration:
         """The calibration sums the next fold of this snapshot would commit; writes nothing."""

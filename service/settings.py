@@ -98,7 +98,7 @@ class Settings(BaseSettings):
         description="model calls running at once per worker process; default: CPUs / WORKERS, at least 1",
     )
     fold_nice: int = Field(
-        5, ge=0, le=19, description="CPU niceness of the fold thread (Linux): background folds yield to queries"
+        5, ge=0, le=19, description="CPU niceness of the fold process (Linux): background folds yield to queries"
     )
     predict_batch_max: int = Field(16, ge=1, description="most queued predicts run as one batched model call")
     cached_sessions: int = Field(

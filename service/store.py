@@ -689,7 +689,7 @@ class SessionStore:
         for _ in range(MAX_ATTEMPTS):
             if not await self._take_lease(session.session_id, wait):
                 return None
-            # The fold may queue for the fold thread behind other sessions' folds: keep the lease alive.
+            # The fold may queue for the fold process behind other sessions' folds: keep the lease alive.
             renewing = asyncio.create_task(self._keep_lease(session.session_id))
             self._renewals.add(renewing)  # a reference, so the task lives until it ends
             renewing.add_done_callback(self._renewals.discard)

@@ -1,56 +1,119 @@
-"""Folds run in their own thread, at a lower CPU priority, so that queries never queue behind them.
+"""Folds run in a child process at a lower CPU priority, so that queries never queue behind them
+and never wait for the GIL a fold holds; a fold there is the fold computed in process.
 
-Regression: folds shared the query workers, and a hot session's predicts waited behind its folds
-(bench.service_load predict_hot with the tiled default: 80/s, p99 320 ms; see docs/OPERATIONS.md).
+Regressions: folds shared the query workers, and a hot session's predicts waited behind its folds
+(bench.service_load predict_hot with the tiled default: 80/s, p99 320 ms); then, in a thread of
+their own, they still held the GIL between torch calls (context_hot p99 41 ms against 14 ms in a
+process; docs/OPERATIONS.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import threading
+import signal
+import time
+from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
+import pytest
+
 from service.inference import Inference
-from service.store import Fold
+from service.kinds.regression import REGRESSION, RegressionParams, log_entry
+from service.registry import ServedModel
+from service.store import Fold, Session, Snapshot
+from service.transforms import AffineMap
+from tests.service.helpers import REPO, sample_points
 
 
-class BlockingKind:
-    """A session kind whose fold records where it ran and blocks until released; queries answer at once."""
+class ProbeKind:
+    """A session kind whose fold reports where it ran and, given a path, waits for that file first
+    (or dies, if the path is "die"); queries answer at once. Module level, so the child can unpickle it."""
 
-    name = "blocking"
+    name = "probe"
 
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.fold_ran_on: tuple[str, int] | None = None
-
-    def fold(self, model: object, snapshot: object, scoring: bool) -> Fold:
-        tid = threading.get_native_id()
-        self.fold_ran_on = (threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, tid))
-        assert self.release.wait(5), "the test never released the fold"
-        return Fold(b"state", {})
+    def fold(self, model: object, snapshot: str | None, scoring: bool) -> Fold:
+        if snapshot == "die":
+            os.kill(os.getpid(), signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while snapshot is not None and not Path(snapshot).exists():
+            assert time.monotonic() < deadline, "the test never released the fold"
+            time.sleep(0.005)
+        where = {"pid": str(os.getpid()), "nice": str(os.getpriority(os.PRIO_PROCESS, 0)), "model": model.name}  # type: ignore[attr-defined]
+        return Fold(b"state", {}, where)
 
     def answer(self, model: object, folded: object, queries: list[str]) -> list[str]:
         return [f"answer to {q}" for q in queries]
 
 
-def test_a_query_is_answered_while_a_fold_runs_and_the_fold_thread_runs_at_lower_priority() -> None:
-    async def scenario() -> None:
-        kind = BlockingKind()
-        model = SimpleNamespace(name="m", fingerprint="f")
-        inference = Inference(workers=1, torch_threads=1, fold_nice=5)
+MODEL = SimpleNamespace(name="m", fingerprint="f")
+
+
+def test_a_query_is_answered_while_a_fold_runs_in_a_lower_priority_process(tmp_path: Path) -> None:
+    release = tmp_path / "release"
+
+    async def scenario() -> Fold:
+        kind = ProbeKind()
+        inference = Inference(workers=1, torch_threads=1, fold_nice=5, models=[MODEL])  # type: ignore[list-item]
         try:
-            fold = asyncio.create_task(inference.fold(kind, model, None))  # type: ignore[arg-type]
-            while kind.fold_ran_on is None:
-                await asyncio.sleep(0.005)
-            # The only query worker is free: the fold holds a thread of its own.
-            assert await asyncio.wait_for(inference.answer(kind, model, "q"), 5) == "answer to q"  # type: ignore[arg-type]
-            kind.release.set()
-            assert (await asyncio.wait_for(fold, 5)).state == b"state"
+            fold = asyncio.create_task(inference.fold(kind, MODEL, str(release)))  # type: ignore[arg-type]
+            await asyncio.sleep(0.05)
+            # The only query worker is free, and the event loop runs: the fold is elsewhere.
+            assert await asyncio.wait_for(inference.answer(kind, MODEL, "q"), 5) == "answer to q"  # type: ignore[arg-type]
+            assert not fold.done()
+            release.touch()
+            return await asyncio.wait_for(fold, 30)
         finally:
             inference.close()
-        name, nice = kind.fold_ran_on
-        assert name.startswith("fold") and threading.current_thread().name != name
-        assert nice == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 5)
 
-    asyncio.run(scenario())
+    done = asyncio.run(scenario())
+    assert done.state == b"state" and done.fields["model"] == "m"
+    assert int(done.fields["pid"]) != os.getpid()
+    assert int(done.fields["nice"]) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 5)
+
+
+def test_a_dead_fold_process_fails_its_fold_and_the_next_fold_gets_a_new_one() -> None:
+    async def scenario() -> tuple[Fold, Fold]:
+        kind = ProbeKind()
+        inference = Inference(workers=1, torch_threads=1, models=[MODEL])  # type: ignore[list-item]
+        try:
+            first = await inference.fold(kind, MODEL, None)  # type: ignore[arg-type]
+            with pytest.raises(RuntimeError, match="fold process died"):
+                await inference.fold(kind, MODEL, "die")  # type: ignore[arg-type]
+            return first, await inference.fold(kind, MODEL, None)  # type: ignore[arg-type]
+        finally:
+            inference.close()
+
+    first, after = asyncio.run(scenario())
+    assert first.fields["pid"] != after.fields["pid"]
+
+
+def test_a_fold_in_the_fold_process_is_the_fold_computed_in_process() -> None:
+    model = ServedModel.load(REPO / "checkpoints" / "cmanp-gp-rbf.safetensors")
+    x, y = sample_points(40, seed=21)
+    identity = AffineMap.identity(1)
+    session = Session(
+        "s",
+        "t",
+        model.name,
+        model.fingerprint,
+        REGRESSION.name,
+        RegressionParams(identity, identity).to_fields(),
+        0.0,
+        60,
+        40,
+        1,
+    )
+    log = [log_entry(x[i : i + 1].astype(np.float32), y[i : i + 1].astype(np.float32)) for i in range(40)]
+    snapshot = Snapshot(session, None, log, log_points=40, fold_epoch=0)
+
+    async def in_child() -> Fold:
+        inference = Inference(workers=1, torch_threads=1, models=[model])
+        try:
+            return await inference.fold(REGRESSION, model, snapshot)
+        finally:
+            inference.close()
+
+    there, here = asyncio.run(in_child()), REGRESSION.fold(model, snapshot, True)
+    assert there.state == here.state and there.sums == here.sums and there.fields == here.fields
