@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.fold_nice,
                 registry.models.values(),
             )
+            inference.start_folds()
             store = SessionStore(
                 redis,
                 fold_threshold=settings.fold_threshold_points,

@@ -7,14 +7,16 @@ CPU priority (bench.ab_service, context_hot, one hot session, 16 writers: p99 41
 thread, 14 ms with this process; docs/OPERATIONS.md). In a child process at a lower CPU priority
 (``fold_nice``) a fold competes only for CPU, which the kernel gives to the API first.
 
-- The child is spawned on the first fold, so processes that never fold (most tests) pay nothing,
-  and the first fold waits about two seconds for it (torch's import, the models).
+- ``start()`` spawns the child without waiting for it (the app calls it at startup), so that the
+  first fold does not wait the seconds a child takes to import torch and load the models: under
+  load, the posts that found a hot session's log full waited for it (bench.service_load
+  predict_hot as its first scenario: p99 1.2-1.6 s with the child spawned at the first fold).
 - It gets the served models once, at its start (pickled, ~20 MB for the shipped five), and each
   fold then sends only the kind, the model's fingerprint and the snapshot (~100 KB).
 - It dies with its parent (``service.parent_death``), and ignores SIGINT (a Ctrl-C reaches the
   whole process group; the parent decides when folds stop).
 - If it dies (the OOM killer, a crash), the folds in flight fail, which loses nothing: their points
-  stay in the log and the next post folds them. The next fold starts a fresh child.
+  stay in the log and the next post folds them. A fresh child is started at once.
 
 Cost: one process per API worker, ~280 MB resident with the shipped models.
 """
@@ -76,6 +78,10 @@ class FoldProcess:
             1, mp_context=multiprocessing.get_context("spawn"), initializer=_start_child, initargs=self._args
         )
 
+    def start(self) -> None:
+        """Spawn the child now, in the background (otherwise the first fold spawns it)."""
+        self._pool.submit(os.getpid)
+
     async def fold(self, kind: Any, model: Any, snapshot: Snapshot, scoring: bool) -> Fold:
         """The fold, computed in the child; raises what ``kind.fold`` raised there."""
         pool = self._pool
@@ -86,8 +92,9 @@ class FoldProcess:
         except concurrent.futures.process.BrokenProcessPool as e:
             with self._lock:
                 if self._pool is pool:  # the first fold to see it replaces the pool
-                    logger.error("the fold process died; the next fold starts a new one")
+                    logger.error("the fold process died; starting a new one")
                     self._pool = self._new_pool()
+                    self._pool.submit(os.getpid)
             raise RuntimeError("the fold process died during this fold; its points stay in the log") from e
 
     def close(self) -> None:

@@ -68,6 +68,10 @@ class Inference:
         in the fold process."""
         return await self._folds.fold(kind, model, snapshot, self.scoring)
 
+    def start_folds(self) -> None:
+        """Start the fold process in the background, so that the first fold does not wait for it."""
+        self._folds.start()
+
     def close(self) -> None:
         """Let the fold process end once its fold in flight (if any) has."""
         self._folds.close()
