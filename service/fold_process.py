@@ -93,10 +93,13 @@ class FoldProcess:
             with self._lock:
                 if self._pool is pool:  # the first fold to see it replaces the pool
                     logger.error("the fold process died; starting a new one")
+                    pool.shutdown(wait=True)  # a broken pool has no child left to wait for: this frees its queues
                     self._pool = self._new_pool()
                     self._pool.submit(os.getpid)
             raise RuntimeError("the fold process died during this fold; its points stay in the log") from e
 
     def close(self) -> None:
-        """Let the child end once its fold in flight (if any) has; queued folds are dropped."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Stop the child once its fold in flight (if any) has ended; queued folds are dropped. Waits,
+        so that the pool's queues are released before the interpreter exits (otherwise Python's
+        resource tracker prints a warning about leaked semaphores at every shutdown)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)

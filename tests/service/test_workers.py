@@ -50,6 +50,10 @@ def process_tree(pid: int) -> list[int]:
     return [p for child in children for p in (child, *process_tree(child))]
 
 
+def parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def cmdline(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
@@ -99,20 +103,24 @@ def two_workers(tmp_path: Path, checkpoint_dir: Path) -> Iterator[ServiceProcess
 
 
 def start_both(api: ServiceProcess) -> tuple[list[int], int]:
-    """Start and wait until both workers have finished startup; (worker pids, redis-server pid)."""
+    """Start and wait until both workers have finished startup; (the pids of the workers and of their
+    fold processes, the redis-server's pid). Each worker has started its fold process by then."""
     api.start(timeout=120)
     wait_for(lambda: api.log.read_text().count("Application startup complete.") >= 2)
     tree = process_tree(api.process.pid)
-    workers = [p for p in tree if "multiprocessing.spawn" in cmdline(p)]
+    workers = [p for p in tree if "multiprocessing.spawn" in cmdline(p) and parent(p) == api.process.pid]
+    folds = [p for p in tree if "multiprocessing.spawn" in cmdline(p) and parent(p) in workers]
     servers = [p for p in tree if "redis-server" in cmdline(p)]
     assert len(workers) == 2 and len(servers) == 1, [cmdline(p) for p in tree]
-    return workers, servers[0]
+    assert sorted(parent(p) for p in folds) == sorted(workers), "each worker has one fold process"
+    return [*workers, *folds], servers[0]
 
 
 @pytest.mark.slow
 def test_two_workers_share_the_store_and_the_metrics_and_stop_cleanly(two_workers: ServiceProcess, tiny_net) -> None:
     api = two_workers
-    workers, redis_pid = start_both(api)
+    processes, redis_pid = start_both(api)
+    workers = processes[:2]
     redis_url = re.search(r"bundled redis-server at (redis://127\.0\.0\.1:\d+)", api.log.read_text()).group(1)
     metrics_dirs = {metrics_dir(p) for p in workers}
     assert len(metrics_dirs) == 1 and next(iter(metrics_dirs)).is_dir()
@@ -169,7 +177,7 @@ def test_two_workers_share_the_store_and_the_metrics_and_stop_cleanly(two_worker
     poster.join(30)
     assert answers and answers[0].json() == {"num_points": POSTS + IN_FLIGHT_POINTS, "version": POSTS + 1}
     assert api.process.wait(30) == 0
-    assert not any(alive(p) for p in [*workers, redis_pid]), "a worker or redis-server outlived the service"
+    assert not any(alive(p) for p in [*processes, redis_pid]), "a worker, a fold process or redis-server outlived it"
     assert not next(iter(metrics_dirs)).exists()
 
     # The append-only file has it all: a new run (with new workers and counters) reads the session back.
@@ -180,15 +188,15 @@ def test_two_workers_share_the_store_and_the_metrics_and_stop_cleanly(two_worker
 
 @pytest.mark.slow
 def test_workers_and_redis_stop_when_the_parent_is_killed(two_workers: ServiceProcess) -> None:
-    """kill -9 of the parent runs none of its code; the workers and the bundled redis-server still
-    go (parent-death signal), so nothing keeps the port or the data directory. Regression: the
-    redis-server used to be left behind."""
+    """kill -9 of the parent runs none of its code; the workers, their fold processes and the bundled
+    redis-server still go (parent-death signal), so nothing keeps the port or the data directory.
+    Regression: the redis-server used to be left behind."""
     api = two_workers
-    workers, redis_pid = start_both(api)
-    left_behind = metrics_dir(workers[0])
+    processes, redis_pid = start_both(api)
+    left_behind = metrics_dir(processes[0])
     api.kill()
     try:
-        wait_for(lambda: not any(alive(p) for p in [*workers, redis_pid]), timeout=30)
+        wait_for(lambda: not any(alive(p) for p in [*processes, redis_pid]), timeout=30)
     finally:
         if alive(redis_pid):
             os.kill(redis_pid, signal.SIGTERM)
