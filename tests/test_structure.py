@@ -17,6 +17,7 @@ DOMAIN = (
     "service.batcher",
     "service.calibration",
     "service.errors",
+    "service.fold_process",
     "service.folded_states",
     "service.inference",
     "service.kinds",
