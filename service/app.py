@@ -108,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Everything alive now (modules, models) lives as long as the app: out of the collector's
             # sight, the full collections that come every few seconds under load take a few ms instead
             # of 100+ ms (measured), which stalled every request of the process (docs/OPERATIONS.md).
+            await inference.folds_started()  # started above, beside the rest of the startup
             gc.collect()
             gc.freeze()
             stack.callback(gc.unfreeze)

@@ -7,16 +7,23 @@ CPU priority (bench.ab_service, context_hot, one hot session, 16 writers: p99 41
 thread, 14 ms with this process; docs/OPERATIONS.md). In a child process at a lower CPU priority
 (``fold_nice``) a fold competes only for CPU, which the kernel gives to the API first.
 
-- ``start()`` spawns the child without waiting for it (the app calls it at startup), so that the
-  first fold does not wait the seconds a child takes to import torch and load the models: under
-  load, the posts that found a hot session's log full waited for it (bench.service_load
-  predict_hot as its first scenario: p99 1.2-1.6 s with the child spawned at the first fold).
+- The child is started at the app's startup (``start``), which waits for it (``started``, about two
+  seconds, while the rest of the startup runs), so that a ready service can fold: the posts that
+  found a hot session's log full waited for the child's start (bench.service_load predict_hot as
+  the first scenario: p99 1.2-1.6 s), and a crash in those seconds left the log unfolded.
 - It gets the served models once, at its start (pickled, ~20 MB for the shipped five), and each
-  fold then sends only the kind, the model's fingerprint and the snapshot (~100 KB).
-- It dies with its parent (``service.parent_death``), and ignores SIGINT (a Ctrl-C reaches the
-  whole process group; the parent decides when folds stop).
-- If it dies (the OOM killer, a crash), the folds in flight fail, which loses nothing: their points
-  stay in the log and the next post folds them. A fresh child is started at once.
+  fold then sends only the kind, the model's fingerprint and the snapshot (~100 KB). Writing the
+  models into the child's pipe blocks until the child has read them (seconds), so children are
+  started from a thread of their own, never from the event loop; that thread lives as long as the
+  pool, since the parent-death signal (``service.parent_death``) follows the thread that started
+  the child.
+- The child logs as the service does (JSON lines) and ignores SIGINT (a Ctrl-C reaches the whole
+  process group; the parent decides when folds stop).
+- If it dies (the OOM killer, a crash), the folds in flight fail with a 503 for a post waiting on
+  one, which loses nothing: their points stay in the log and a later post folds them. A new child
+  is started at once, or, if the last one died within ``STABLE_SECONDS`` of its start, only after
+  a back-off that doubles up to ``MAX_BACKOFF_SECONDS`` (folds fail fast meanwhile), so that a child
+  that cannot start (a model that fails to load, too little memory) is not restarted in a loop.
 
 Cost: one process per API worker, ~280 MB resident with the shipped models.
 """
@@ -25,29 +32,38 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import multiprocessing
 import os
 import signal
-import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
+from service.errors import UnavailableError
+from service.logs import configure_logging
 from service.parent_death import terminate_with_parent
 from service.store import Fold, Snapshot
 
 logger = logging.getLogger(__name__)
 
+STABLE_SECONDS = 30.0  # a child that dies sooner after its start is restarted only after a back-off
+FIRST_BACKOFF_SECONDS = 1.0
+MAX_BACKOFF_SECONDS = 60.0
+CLOSE_SECONDS = 10.0  # close() waits this long for a fold in flight, then kills the child
+
 _models: Mapping[str, Any] = {}  # in the child: the served models by fingerprint
 
 
-def _start_child(models: Mapping[str, Any], nice: int, torch_threads: int, parent_pid: int) -> None:
-    """The child's initializer: its models, its priority, one torch thread per fold."""
+def _start_child(models: Mapping[str, Any], nice: int, torch_threads: int, parent_pid: int, log_level: str) -> None:
+    """The child's initializer: logging as the parent's, its priority, its models, one torch thread."""
     global _models
     terminate_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    configure_logging(log_level)
     if nice:
         try:
             os.setpriority(os.PRIO_PROCESS, 0, min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice))
@@ -62,14 +78,37 @@ def _fold(kind: Any, fingerprint: str, snapshot: Snapshot, scoring: bool) -> Fol
     return kind.fold(_models[fingerprint], snapshot, scoring)
 
 
+def _alive(pid: int) -> bool:
+    """Whether the process runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
 class FoldProcess:
     """Runs ``kind.fold(model, snapshot, scoring)`` in one child process, one fold at a time."""
 
     def __init__(self, models: Mapping[str, Any], nice: int = 0, torch_threads: int = 1) -> None:
         """``models``: every model a fold may name, by fingerprint (each must pickle)."""
-        self._args = (dict(models), nice, torch_threads, os.getpid())
-        self._lock = threading.Lock()
+        log_level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
+        self._args = (dict(models), nice, torch_threads, os.getpid(), log_level)
+        # Every submit to the pool (which may start a child, see the module docstring) runs here.
+        self._starter = concurrent.futures.ThreadPoolExecutor(1, "fold-starter")
         self._pool = self._new_pool()
+        self._started_at = time.monotonic()  # of the current pool's child (started by ``start`` or a first fold)
+        self._backoff = 0.0
+        self._retry_at = 0.0  # no new child before this time (time.monotonic)
+        self._pid: int | None = None
+        self._closing = False
+        self._ready: concurrent.futures.Future[int] | None = None  # set by ``start``
 
     def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
         # spawn, not fork: a fork of a process running threads (the event loop's, torch's) may copy a
@@ -79,27 +118,80 @@ class FoldProcess:
         )
 
     def start(self) -> None:
-        """Spawn the child now, in the background (otherwise the first fold spawns it)."""
-        self._pool.submit(os.getpid)
+        """Start the child in the background (otherwise the first fold starts it); ``started`` waits for it."""
+        self._started_at = time.monotonic()
+        self._ready = concurrent.futures.Future()
+        submitted = self._starter.submit(self._pool.submit, os.getpid)
+        submitted.add_done_callback(functools.partial(self._watch_start, self._ready))
+
+    async def started(self) -> int:
+        """Wait until the child started by ``start`` runs; its pid. Raises if it could not start."""
+        if self._ready is None:
+            raise RuntimeError("started() before start()")
+        return await asyncio.wrap_future(self._ready)
+
+    def _watch_start(self, ready: concurrent.futures.Future[int], submitted: concurrent.futures.Future) -> None:
+        """Record the child's pid, or log why it did not start (otherwise unseen until a fold fails)."""
+        if submitted.exception() is not None:
+            if not self._closing:
+                logger.error("the fold process could not be started: %s", submitted.exception())
+            ready.set_exception(submitted.exception())  # type: ignore[arg-type]
+            return
+
+        def done(answered: concurrent.futures.Future) -> None:
+            if answered.cancelled():  # closed before the child ran it
+                ready.cancel()
+            elif answered.exception() is None:
+                self._pid = answered.result()
+                ready.set_result(answered.result())
+            else:
+                if not self._closing:
+                    logger.error("the fold process failed at its start: %r", answered.exception())
+                ready.set_exception(answered.exception())  # type: ignore[arg-type]
+
+        submitted.result().add_done_callback(done)
 
     async def fold(self, kind: Any, model: Any, snapshot: Snapshot, scoring: bool) -> Fold:
-        """The fold, computed in the child; raises what ``kind.fold`` raised there."""
+        """The fold, computed in the child; raises what ``kind.fold`` raised there, and
+        ``UnavailableError`` if the child died or is being restarted."""
+        if time.monotonic() < self._retry_at:
+            raise UnavailableError("the fold process is restarting; the points are in the log and will be folded")
         pool = self._pool
+        loop = asyncio.get_running_loop()
         try:
-            return await asyncio.get_running_loop().run_in_executor(
-                pool, _fold, kind, model.fingerprint, snapshot, scoring
+            submitted = await loop.run_in_executor(
+                self._starter, pool.submit, _fold, kind, model.fingerprint, snapshot, scoring
             )
+            return await asyncio.wrap_future(submitted)
         except concurrent.futures.process.BrokenProcessPool as e:
-            with self._lock:
-                if self._pool is pool:  # the first fold to see it replaces the pool
-                    logger.error("the fold process died; starting a new one")
-                    pool.shutdown(wait=True)  # a broken pool has no child left to wait for: this frees its queues
-                    self._pool = self._new_pool()
-                    self._pool.submit(os.getpid)
-            raise RuntimeError("the fold process died during this fold; its points stay in the log") from e
+            if self._pool is pool:  # the first fold to see it replaces the pool (all of this runs on the loop)
+                self._replace(pool)
+            raise UnavailableError("the fold process died during this fold; its points stay in the log") from e
+
+    def _replace(self, broken: concurrent.futures.ProcessPoolExecutor) -> None:
+        lived = time.monotonic() - self._started_at
+        if lived > STABLE_SECONDS:
+            self._backoff = 0.0
+        else:
+            self._backoff = min(MAX_BACKOFF_SECONDS, 2 * self._backoff or FIRST_BACKOFF_SECONDS)
+        logger.error("the fold process died %.0f s after its start; a new one starts in %.1f s", lived, self._backoff)
+        broken.shutdown(wait=True)  # quick: a broken pool has no child left; this frees its queues
+        self._pool, self._pid = self._new_pool(), None
+        self._retry_at = time.monotonic() + self._backoff
+        asyncio.get_running_loop().call_later(self._backoff, self.start)
 
     def close(self) -> None:
-        """Stop the child once its fold in flight (if any) has ended; queued folds are dropped. Waits,
-        so that the pool's queues are released before the interpreter exits (otherwise Python's
-        resource tracker prints a warning about leaked semaphores at every shutdown)."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Stop the child once its fold in flight (if any) has ended, waiting at most ``CLOSE_SECONDS``
+        (then it is killed); queued folds are dropped. Waits, so that the pool's queues are released
+        before the interpreter exits (otherwise Python's resource tracker warns of leaked semaphores)."""
+        self._closing = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + CLOSE_SECONDS
+        while self._pid is not None and _alive(self._pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if self._pid is not None and _alive(self._pid):
+            logger.warning("the fold process did not stop within %.0f s: killing it", CLOSE_SECONDS)
+            os.kill(self._pid, signal.SIGKILL)
+        self._pool.shutdown(wait=True)
+        # Last: the child gets SIGTERM when the thread that started it ends (the parent-death signal).
+        self._starter.shutdown(wait=True)

@@ -69,8 +69,12 @@ class Inference:
         return await self._folds.fold(kind, model, snapshot, self.scoring)
 
     def start_folds(self) -> None:
-        """Start the fold process in the background, so that the first fold does not wait for it."""
+        """Start the fold process in the background; ``folds_started`` waits for it."""
         self._folds.start()
+
+    async def folds_started(self) -> None:
+        """Wait until the fold process runs (raises if it could not start)."""
+        await self._folds.started()
 
     def close(self) -> None:
         """Let the fold process end once its fold in flight (if any) has."""

@@ -625,7 +625,7 @@ class SessionStore:
                     self._wake_waiters(session_id)  # posts refused because the log was full: there is room
                 elif session_id not in self._refold:
                     break
-        except redis.exceptions.RedisError as e:
+        except (redis.exceptions.RedisError, UnavailableError) as e:  # Redis, or the fold process, is away
             logger.warning("fold of session %s deferred: %s", session_id, e)
         except (CorruptStateError, NotFoundError):  # logged where found; or deleted or expired meanwhile
             pass

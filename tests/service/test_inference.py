@@ -19,6 +19,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from service import fold_process
+from service.errors import UnavailableError
 from service.inference import Inference
 from service.kinds.regression import REGRESSION, RegressionParams, log_entry
 from service.registry import ServedModel
@@ -73,15 +75,23 @@ def test_a_query_is_answered_while_a_fold_runs_in_a_lower_priority_process(tmp_p
     assert int(done.fields["nice"]) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 5)
 
 
-def test_a_dead_fold_process_fails_its_fold_and_the_next_fold_gets_a_new_one() -> None:
+def test_a_dead_fold_process_fails_its_fold_with_503_and_a_new_one_starts_after_a_back_off(monkeypatch) -> None:
+    """A child that dies soon after its start is replaced only after a back-off (folds fail fast
+    meanwhile, as 503s: their points stay in the log), so a child that cannot run is not restarted
+    in a loop."""
+    monkeypatch.setattr(fold_process, "FIRST_BACKOFF_SECONDS", 0.5)
+
     async def scenario() -> tuple[Fold, Fold]:
         kind = ProbeKind()
         inference = Inference(workers=1, torch_threads=1, models=[MODEL])  # type: ignore[list-item]
         try:
             first = await inference.fold(kind, MODEL, None)  # type: ignore[arg-type]
-            with pytest.raises(RuntimeError, match="fold process died"):
+            with pytest.raises(UnavailableError, match="fold process died"):
                 await inference.fold(kind, MODEL, "die")  # type: ignore[arg-type]
-            return first, await inference.fold(kind, MODEL, None)  # type: ignore[arg-type]
+            with pytest.raises(UnavailableError, match="restarting"):
+                await inference.fold(kind, MODEL, None)  # type: ignore[arg-type]
+            await asyncio.sleep(0.6)
+            return first, await asyncio.wait_for(inference.fold(kind, MODEL, None), 30)  # type: ignore[arg-type]
         finally:
             inference.close()
 
