@@ -75,7 +75,14 @@ def machine_busy_seconds() -> float:
 
 
 def children(pid: int) -> list[int]:
-    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    """The children of every thread of ``pid`` (a worker starts its fold process from a thread of its own)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except FileNotFoundError:  # the thread ended meanwhile
+            pass
+    return found
 
 
 @dataclass
@@ -122,8 +129,8 @@ def descendants(pid: int, skip: int | None = None) -> list[int]:
 
 def api_pids(server: Server) -> list[int]:
     """The API's processes: the server and everything under it but redis-server and its forks (its
-    uvicorn workers with several workers). A short-lived redis fork (an AOF rewrite) would vanish
-    before the CPU could be read again."""
+    uvicorn workers with several workers, and their fold processes). A short-lived redis fork (an AOF
+    rewrite) would vanish before the CPU could be read again."""
     return [server.process.pid, *descendants(server.process.pid, skip=server.redis_pid)]
 
 

@@ -3,9 +3,10 @@
 Why: a fold is tens of ms of model work in many small torch calls (a tiled fold of 256 points,
 scored: ~75 ms). In a thread of the API process, every Python step between those calls takes the
 GIL from the event loop, so the posts of a hot session queue behind its folds whatever the thread's
-CPU priority (bench.ab_service, context_hot, one hot session, 16 writers: p99 41 ms with a fold
-thread, 14 ms with this process; docs/OPERATIONS.md). In a child process at a lower CPU priority
-(``fold_nice``) a fold competes only for CPU, which the kernel gives to the API first.
+CPU priority (bench.ab_service, context_hot, one hot session, 16 writers, four side-by-side runs:
+p99 22-41 ms with a fold thread, 14-24 ms with this process; docs/OPERATIONS.md). In a child
+process at a lower CPU priority (``fold_nice``) a fold competes only for CPU, which the kernel
+gives to the API first.
 
 - The child is started at the app's startup (``start``), which waits for it (``started``, about two
   seconds, while the rest of the startup runs), so that a ready service can fold: the posts that

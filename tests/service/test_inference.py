@@ -3,8 +3,8 @@ and never wait for the GIL a fold holds; a fold there is the fold computed in pr
 
 Regressions: folds shared the query workers, and a hot session's predicts waited behind its folds
 (bench.service_load predict_hot with the tiled default: 80/s, p99 320 ms); then, in a thread of
-their own, they still held the GIL between torch calls (context_hot p99 41 ms against 14 ms in a
-process; docs/OPERATIONS.md).
+their own, they still held the GIL between torch calls (context_hot p99 22-41 ms against 14-24 ms
+in a process; docs/OPERATIONS.md).
 """
 
 from __future__ import annotations
