@@ -12,12 +12,15 @@ gives to the API first.
   seconds, while the rest of the startup runs), so that a ready service can fold: the posts that
   found a hot session's log full waited for the child's start (bench.service_load predict_hot as
   the first scenario: p99 1.2-1.6 s), and a crash in those seconds left the log unfolded.
-- It gets the served models once, at its start (pickled, ~20 MB for the shipped five), and each
-  fold then sends only the kind, the model's fingerprint and the snapshot (~100 KB). Writing the
-  models into the child's pipe blocks until the child has read them (seconds), so children are
-  started from a thread of their own, never from the event loop; that thread lives as long as the
-  pool, since the parent-death signal (``service.parent_death``) follows the thread that started
-  the child.
+- It gets the served models once, as its first task (pickled, ~20 MB for the shipped five), and
+  each fold then sends only the kind, the model's fingerprint and the snapshot (~100 KB). Not as
+  the pool's initializer arguments: those are written into the child's start-up pipe, whose read
+  end the parent keeps open until the write ends, so a child that died while starting (a Ctrl-C,
+  the OOM killer) left the writer blocked for good and the worker's startup hung (seen). A task
+  goes through the pool's queue, and a dead child then breaks the pool instead. Children are
+  started from a thread of their own, never from the event loop (starting one takes a moment);
+  that thread lives as long as the pool, since the parent-death signal (``service.parent_death``)
+  follows the thread that started the child.
 - The child logs as the service does (JSON lines) and ignores SIGINT (a Ctrl-C reaches the whole
   process group; the parent decides when folds stop).
 - If it dies (the OOM killer, a crash), the folds in flight fail with a 503 for a post waiting on
@@ -37,7 +40,9 @@ import functools
 import logging
 import multiprocessing
 import os
+import pickle
 import signal
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -55,13 +60,13 @@ STABLE_SECONDS = 30.0  # a child that dies sooner after its start is restarted o
 FIRST_BACKOFF_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 60.0
 CLOSE_SECONDS = 10.0  # close() waits this long for a fold in flight, then kills the child
+START_SECONDS = 120.0  # started() gives up after this long (a child starts in about two seconds)
 
 _models: Mapping[str, Any] = {}  # in the child: the served models by fingerprint
 
 
-def _start_child(models: Mapping[str, Any], nice: int, torch_threads: int, parent_pid: int, log_level: str) -> None:
-    """The child's initializer: logging as the parent's, its priority, its models, one torch thread."""
-    global _models
+def _start_child(nice: int, torch_threads: int, parent_pid: int, log_level: str) -> None:
+    """The child's initializer: logging as the parent's, its priority, one torch thread."""
     terminate_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(log_level)
@@ -71,7 +76,13 @@ def _start_child(models: Mapping[str, Any], nice: int, torch_threads: int, paren
         except OSError as e:  # not allowed: folds run at the parent's priority
             logger.warning("the fold process keeps its parent's priority (setpriority failed: %s)", e)
     torch.set_num_threads(torch_threads)
-    _models = models
+
+
+def _take_models(blob: bytes) -> int:
+    """In the child, its first task: keep the models (pickled by the parent); its pid."""
+    global _models
+    _models = pickle.loads(blob)
+    return os.getpid()
 
 
 def _fold(kind: Any, fingerprint: str, snapshot: Snapshot, scoring: bool) -> Fold:
@@ -100,7 +111,10 @@ class FoldProcess:
     def __init__(self, models: Mapping[str, Any], nice: int = 0, torch_threads: int = 1) -> None:
         """``models``: every model a fold may name, by fingerprint (each must pickle)."""
         log_level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
-        self._args = (dict(models), nice, torch_threads, os.getpid(), log_level)
+        # Pickled here, to bytes: a pool's queue pickles torch tensors into shared memory instead, each
+        # storage passed as a file descriptor that the child keeps open (hundreds per model).
+        self._models = pickle.dumps(dict(models), protocol=pickle.HIGHEST_PROTOCOL)
+        self._args = (nice, torch_threads, os.getpid(), log_level)
         # Every submit to the pool (which may start a child, see the module docstring) runs here.
         self._starter = concurrent.futures.ThreadPoolExecutor(1, "fold-starter")
         self._pool = self._new_pool()
@@ -109,7 +123,7 @@ class FoldProcess:
         self._retry_at = 0.0  # no new child before this time (time.monotonic)
         self._pid: int | None = None
         self._closing = False
-        self._ready: concurrent.futures.Future[int] | None = None  # set by ``start``
+        self._ready: concurrent.futures.Future[int] | None = None  # set by ``start``, per child
 
     def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
         # spawn, not fork: a fork of a process running threads (the event loop's, torch's) may copy a
@@ -119,17 +133,22 @@ class FoldProcess:
         )
 
     def start(self) -> None:
-        """Start the child in the background (otherwise the first fold starts it); ``started`` waits for it."""
+        """Start the child in the background and hand it the models, its first task (a fold not
+        preceded by ``start`` calls it); ``started`` waits for it."""
         self._started_at = time.monotonic()
         self._ready = concurrent.futures.Future()
-        submitted = self._starter.submit(self._pool.submit, os.getpid)
+        submitted = self._starter.submit(self._pool.submit, _take_models, self._models)
         submitted.add_done_callback(functools.partial(self._watch_start, self._ready))
 
-    async def started(self) -> int:
-        """Wait until the child started by ``start`` runs; its pid. Raises if it could not start."""
+    async def started(self, timeout: float = START_SECONDS) -> int:
+        """Wait until the child started by ``start`` holds the models; its pid. Raises if it could not
+        start, or did not within ``timeout`` seconds."""
         if self._ready is None:
             raise RuntimeError("started() before start()")
-        return await asyncio.wrap_future(self._ready)
+        try:
+            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._ready)), timeout)
+        except TimeoutError as e:
+            raise RuntimeError(f"the fold process did not start within {timeout:g} s") from e
 
     def _watch_start(self, ready: concurrent.futures.Future[int], submitted: concurrent.futures.Future) -> None:
         """Record the child's pid, or log why it did not start (otherwise unseen until a fold fails)."""
@@ -157,6 +176,7 @@ class FoldProcess:
         ``UnavailableError`` if the child died or is being restarted."""
         if time.monotonic() < self._retry_at:
             raise UnavailableError("the fold process is restarting; the points are in the log and will be folded")
+        self._start_unless_started()  # no ``start`` yet for this child: the models go first
         pool = self._pool
         loop = asyncio.get_running_loop()
         try:
@@ -177,22 +197,28 @@ class FoldProcess:
             self._backoff = min(MAX_BACKOFF_SECONDS, 2 * self._backoff or FIRST_BACKOFF_SECONDS)
         logger.error("the fold process died %.0f s after its start; a new one starts in %.1f s", lived, self._backoff)
         broken.shutdown(wait=True)  # quick: a broken pool has no child left; this frees its queues
-        self._pool, self._pid = self._new_pool(), None
+        self._pool, self._pid, self._ready = self._new_pool(), None, None
         self._retry_at = time.monotonic() + self._backoff
-        asyncio.get_running_loop().call_later(self._backoff, self.start)
+        asyncio.get_running_loop().call_later(self._backoff, self._start_unless_started)
+
+    def _start_unless_started(self) -> None:
+        if self._ready is None and not self._closing:  # a fold may have started it first
+            self.start()
 
     def close(self) -> None:
         """Stop the child once its fold in flight (if any) has ended, waiting at most ``CLOSE_SECONDS``
         (then it is killed); queued folds are dropped. Waits, so that the pool's queues are released
         before the interpreter exits (otherwise Python's resource tracker warns of leaked semaphores)."""
         self._closing = True
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        deadline = time.monotonic() + CLOSE_SECONDS
-        while self._pid is not None and _alive(self._pid) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if self._pid is not None and _alive(self._pid):
+        # The pool's own wait has no time limit: run it aside, so that a hung fold can be killed.
+        stopper = threading.Thread(
+            target=self._pool.shutdown, kwargs={"wait": True, "cancel_futures": True}, name="fold-stop", daemon=True
+        )
+        stopper.start()
+        stopper.join(CLOSE_SECONDS)
+        if stopper.is_alive() and self._pid is not None and _alive(self._pid):
             logger.warning("the fold process did not stop within %.0f s: killing it", CLOSE_SECONDS)
             os.kill(self._pid, signal.SIGKILL)
-        self._pool.shutdown(wait=True)
+            stopper.join(CLOSE_SECONDS)
         # Last: the child gets SIGTERM when the thread that started it ends (the parent-death signal).
         self._starter.shutdown(wait=True)
