@@ -12,12 +12,13 @@ gives to the API first.
   seconds, while the rest of the startup runs), so that a ready service can fold: the posts that
   found a hot session's log full waited for the child's start (bench.service_load predict_hot as
   the first scenario: p99 1.2-1.6 s), and a crash in those seconds left the log unfolded.
-- It gets the served models once, as its first task (pickled, ~20 MB for the shipped five), and
-  each fold then sends only the kind, the model's fingerprint and the snapshot (~100 KB). Not as
-  the pool's initializer arguments: those are written into the child's start-up pipe, whose read
-  end the parent keeps open until the write ends, so a child that died while starting (a Ctrl-C,
-  the OOM killer) left the writer blocked for good and the worker's startup hung (seen). A task
-  goes through the pool's queue, and a dead child then breaks the pool instead. Children are
+- Its first task loads the served models from their checkpoints (safetensors, as the registry
+  does) and checks their fingerprints against the parent's; each fold then sends only the kind,
+  the model's fingerprint and the snapshot (~100 KB). Nothing large goes through the child's
+  start-up pipe, whose read end the parent keeps open until the write ends: with the models
+  there, a child that died while starting (a Ctrl-C, the OOM killer) left the writer blocked for
+  good and the worker's startup hung (seen). A task goes through the pool's queue, and a dead
+  child then breaks the pool instead. Children are
   started from a thread of their own, never from the event loop (starting one takes a moment);
   that thread lives as long as the pool, since the parent-death signal (``service.parent_death``)
   follows the thread that started the child.
@@ -40,11 +41,11 @@ import functools
 import logging
 import multiprocessing
 import os
-import pickle
 import signal
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -52,6 +53,7 @@ import torch
 from service.errors import UnavailableError
 from service.logs import configure_logging
 from service.parent_death import terminate_with_parent
+from service.registry import ServedModel
 from service.store import Fold, Snapshot
 
 logger = logging.getLogger(__name__)
@@ -78,10 +80,15 @@ def _start_child(nice: int, torch_threads: int, parent_pid: int, log_level: str)
     torch.set_num_threads(torch_threads)
 
 
-def _take_models(blob: bytes) -> int:
-    """In the child, its first task: keep the models (pickled by the parent); its pid."""
+def _load_models(paths: Mapping[str, Path]) -> int:
+    """In the child, its first task: load the models (fingerprint -> checkpoint), refusing a checkpoint
+    that changed since the parent loaded it; its pid."""
     global _models
-    _models = pickle.loads(blob)
+    loaded = {fingerprint: ServedModel.load(path) for fingerprint, path in paths.items()}
+    changed = [str(paths[f]) for f, model in loaded.items() if model.fingerprint != f]
+    if changed:
+        raise RuntimeError(f"checkpoints changed since the service loaded them: {', '.join(changed)}")
+    _models = loaded
     return os.getpid()
 
 
@@ -108,12 +115,11 @@ def _alive(pid: int) -> bool:
 class FoldProcess:
     """Runs ``kind.fold(model, snapshot, scoring)`` in one child process, one fold at a time."""
 
-    def __init__(self, models: Mapping[str, Any], nice: int = 0, torch_threads: int = 1) -> None:
-        """``models``: every model a fold may name, by fingerprint (each must pickle)."""
+    def __init__(self, models: Mapping[str, ServedModel], nice: int = 0, torch_threads: int = 1) -> None:
+        """``models``: every model a fold may name, by fingerprint; those loaded from a checkpoint
+        (``ServedModel.path``) are the ones the child can fold with."""
         log_level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
-        # Pickled here, to bytes: a pool's queue pickles torch tensors into shared memory instead, each
-        # storage passed as a file descriptor that the child keeps open (hundreds per model).
-        self._models = pickle.dumps(dict(models), protocol=pickle.HIGHEST_PROTOCOL)
+        self._paths = {fingerprint: model.path for fingerprint, model in models.items() if model.path is not None}
         self._args = (nice, torch_threads, os.getpid(), log_level)
         # Every submit to the pool (which may start a child, see the module docstring) runs here.
         self._starter = concurrent.futures.ThreadPoolExecutor(1, "fold-starter")
@@ -137,7 +143,7 @@ class FoldProcess:
         preceded by ``start`` calls it); ``started`` waits for it."""
         self._started_at = time.monotonic()
         self._ready = concurrent.futures.Future()
-        submitted = self._starter.submit(self._pool.submit, _take_models, self._models)
+        submitted = self._starter.submit(self._pool.submit, _load_models, self._paths)
         submitted.add_done_callback(functools.partial(self._watch_start, self._ready))
 
     async def started(self, timeout: float = START_SECONDS) -> int:

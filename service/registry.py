@@ -39,6 +39,7 @@ class ServedModel:
     # The card's "y_transform_default": "auto" for a model trained on standardised data (sessions that
     # give no y_transform are scaled from their own points); None: the identity, as for the paper model.
     y_transform_default: str | None = None
+    path: Path | None = None  # the checkpoint it was loaded from (the fold process loads it again)
 
     @property
     def fingerprint(self) -> str:
@@ -72,7 +73,8 @@ class ServedModel:
         training_range = None
         if isinstance(net, NeuralProcess | TiledNP):
             training_range = TrainingRange(net.cfg.x_range, tuple(y_range) if y_range else None)
-        return cls(path.stem, net, metrics, net.empty_state(batch_size=1).to_bytes(), training_range, y_default)
+        empty = net.empty_state(batch_size=1).to_bytes()
+        return cls(path.stem, net, metrics, empty, training_range, y_default, path)
 
 
 class ModelRegistry:

@@ -10,17 +10,18 @@ in a process; docs/OPERATIONS.md).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from service import fold_process
 from service.errors import UnavailableError
+from service.fold_process import FoldProcess
 from service.inference import Inference
 from service.kinds.regression import REGRESSION, RegressionParams, log_entry
 from service.registry import ServedModel
@@ -49,7 +50,7 @@ class ProbeKind:
         return [f"answer to {q}" for q in queries]
 
 
-MODEL = SimpleNamespace(name="m", fingerprint="f")
+MODEL = ServedModel.load(REPO / "checkpoints" / "cmanp-gp-rbf.safetensors")  # the child loads it from there
 
 
 def test_a_query_is_answered_while_a_fold_runs_in_a_lower_priority_process(tmp_path: Path) -> None:
@@ -57,7 +58,7 @@ def test_a_query_is_answered_while_a_fold_runs_in_a_lower_priority_process(tmp_p
 
     async def scenario() -> Fold:
         kind = ProbeKind()
-        inference = Inference(workers=1, torch_threads=1, fold_nice=5, models=[MODEL])  # type: ignore[list-item]
+        inference = Inference(workers=1, torch_threads=1, fold_nice=5, models=[MODEL])
         try:
             fold = asyncio.create_task(inference.fold(kind, MODEL, str(release)))  # type: ignore[arg-type]
             await asyncio.sleep(0.05)
@@ -70,7 +71,7 @@ def test_a_query_is_answered_while_a_fold_runs_in_a_lower_priority_process(tmp_p
             inference.close()
 
     done = asyncio.run(scenario())
-    assert done.state == b"state" and done.fields["model"] == "m"
+    assert done.state == b"state" and done.fields["model"] == MODEL.name
     assert int(done.fields["pid"]) != os.getpid()
     assert int(done.fields["nice"]) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 5)
 
@@ -83,7 +84,7 @@ def test_a_dead_fold_process_fails_its_fold_with_503_and_a_new_one_starts_after_
 
     async def scenario() -> tuple[Fold, Fold]:
         kind = ProbeKind()
-        inference = Inference(workers=1, torch_threads=1, models=[MODEL])  # type: ignore[list-item]
+        inference = Inference(workers=1, torch_threads=1, models=[MODEL])
         try:
             first = await inference.fold(kind, MODEL, None)  # type: ignore[arg-type]
             with pytest.raises(UnavailableError, match="fold process died"):
@@ -127,3 +128,18 @@ def test_a_fold_in_the_fold_process_is_the_fold_computed_in_process() -> None:
 
     there, here = asyncio.run(in_child()), REGRESSION.fold(model, snapshot, True)
     assert there.state == here.state and there.sums == here.sums and there.fields == here.fields
+
+
+def test_the_fold_process_refuses_a_checkpoint_that_changed_since_the_service_loaded_it() -> None:
+    other = dataclasses.replace(MODEL, path=REPO / "checkpoints" / "cmanp-gp-general.safetensors")
+
+    async def scenario() -> None:
+        folds = FoldProcess({other.fingerprint: other})
+        try:
+            folds.start()
+            with pytest.raises(RuntimeError, match="checkpoints changed"):
+                await folds.started()
+        finally:
+            folds.close()
+
+    asyncio.run(scenario())
