@@ -182,6 +182,8 @@ class FoldProcess:
         ``UnavailableError`` if the child died or is being restarted."""
         if time.monotonic() < self._retry_at:
             raise UnavailableError("the fold process is restarting; the points are in the log and will be folded")
+        if model.fingerprint not in self._paths:
+            raise RuntimeError(f"model {model.name} was not loaded from a checkpoint: the fold process cannot load it")
         self._start_unless_started()  # no ``start`` yet for this child: the models go first
         pool = self._pool
         loop = asyncio.get_running_loop()

@@ -50,7 +50,7 @@ class Inference:
         fold_nice: int = 0,
         models: Iterable[ServedModel] = (),
     ) -> None:
-        """``models``: those whose sessions this process folds (the fold process gets them once)."""
+        """``models``: those whose sessions this process folds (the fold process loads their checkpoints)."""
         torch.set_num_threads(torch_threads)
         self._limiter = anyio.CapacityLimiter(workers)
         self._folds = FoldProcess({m.fingerprint: m for m in models}, fold_nice)
