@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from model.cmab import CMABEncoder
 from model.data.events import EventBatch
 from model.decoder import Decoder
+from model.event_spectrum import EventSpectrum
 from model.event_state import CMHPState
 from model.heads import NextEventHead
 from model.identity import FingerprintedModel, check_owner
@@ -75,6 +76,13 @@ class CMHPConfig:
     # Initial decay rates w (per model time unit), log-spaced over each head's latents: from
     # counts over hundreds of events (rate estimates) to the last few events (bursts).
     rate_range: tuple[float, float] = (0.01, 10.0)
+    # Damped Fourier sums of the history (model.event_spectrum): the pairwise timing the CMAB sums
+    # cannot hold. 0 bands: none. Frequencies log-spaced over spectrum_range (radians per model
+    # time unit), spectrum_per_band of them averaged per feature, each at every memory Q / omega.
+    spectrum_bands: int = 0
+    spectrum_per_band: int = 8
+    spectrum_range: tuple[float, float] = (0.01, 31.6)
+    spectrum_qualities: tuple[float, ...] = (32.0, 128.0)
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -88,10 +96,21 @@ class CMHPConfig:
         if not 0 < lo <= hi:
             raise ValueError(f"rate_range must be positive and ordered, got {self.rate_range}")
         object.__setattr__(self, "rate_range", (lo, hi))
+        if self.spectrum_bands < 0 or self.spectrum_per_band < 1:
+            raise ValueError("spectrum_bands must be >= 0 and spectrum_per_band >= 1")
+        lo, hi = (float(v) for v in self.spectrum_range)
+        qualities = tuple(float(q) for q in self.spectrum_qualities)
+        if not (0 < lo <= hi and qualities and all(q > 0 for q in qualities)):
+            raise ValueError(f"spectrum_range must be positive and ordered and spectrum_qualities positive, got {self}")
+        object.__setattr__(self, "spectrum_range", (lo, hi))
+        object.__setattr__(self, "spectrum_qualities", qualities)
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["rate_range"] = list(self.rate_range)
+        for name in ("rate_range", "spectrum_range", "spectrum_qualities"):
+            d[name] = list(getattr(self, name))
+        if not self.spectrum_bands:  # a model without a spectrum keeps the config (and fingerprint) it had before
+            d = {k: v for k, v in d.items() if not k.startswith("spectrum_")}
         return d
 
     @classmethod
@@ -142,6 +161,17 @@ class CMHP(FingerprintedModel):
         self.next_query = nn.Parameter(torch.randn(1, 1, D))
         self.decoder = Decoder(K, D, H, cfg.ff_width)
         self.head = NextEventHead(D, cfg.components, cfg.num_marks, cfg.min_log_std)
+        self.spectrum: EventSpectrum | None = None
+        self.spectrum_proj: nn.Sequential | None = None
+        if cfg.spectrum_bands:
+            self.spectrum = EventSpectrum(
+                cfg.spectrum_bands, cfg.spectrum_per_band, cfg.spectrum_range, cfg.spectrum_qualities
+            )
+            # Added to the next-event query's encoding. The last layer starts at zero, so a model
+            # warm-started from one without a spectrum begins as that model and learns to use it.
+            self.spectrum_proj = nn.Sequential(nn.Linear(self.spectrum.num_features, D), nn.GELU(), nn.Linear(D, D))
+            nn.init.zeros_(self.spectrum_proj[-1].weight)
+            nn.init.zeros_(self.spectrum_proj[-1].bias)
         self._tables: tuple[Tensor, Tensor, Tensor] | None = None  # see _weights
 
     # Identity (fingerprint, train, load_state_dict, device) comes from FingerprintedModel.
@@ -244,7 +274,8 @@ class CMHP(FingerprintedModel):
     def empty_state(self, batch_size: int = 1) -> CMHPState:
         """The state of an empty history; its forecasts are the model's prior."""
         acc = self.encoder.empty(batch_size, self.fingerprint)
-        return CMHPState(acc, torch.full((batch_size,), -math.inf, dtype=torch.float64, device=self.device))
+        spectrum = None if self.spectrum is None else self.spectrum.empty(batch_size)
+        return CMHPState(acc, torch.full((batch_size,), -math.inf, dtype=torch.float64, device=self.device), spectrum)
 
     def _shift(self, log_norm: Tensor, dt: Tensor) -> Tensor:
         """Accumulators [B, K, H, L] re-referenced dt [B] (float64, >= 0) later: log_norm - w dt."""
@@ -272,7 +303,11 @@ class CMHP(FingerprintedModel):
             log_norm, value_sum = merge_accumulators(log_norm, state.acc.value_sum, chunk_norm, chunk_sum)
         n = t.shape[1]
         acc = CMANPState(log_norm, value_sum, state.acc.num_points + n, state.fingerprint, state.acc.version + 1)
-        return CMHPState(acc, ref)
+        spectrum = None
+        if self.spectrum is not None:
+            moved = self.spectrum.shift(state.spectrum, self._gap(ref, state.last_time))
+            spectrum = self.spectrum.add(moved, ref.unsqueeze(1) - t)
+        return CMHPState(acc, ref, spectrum)
 
     def update(self, state: CMHPState, t: Tensor, k: Tensor) -> CMHPState:
         """Fold events (t [B, n], k [B, n]; times sorted within the chunk) into the state; cost O(n), not O(N).
@@ -308,11 +343,17 @@ class CMHP(FingerprintedModel):
             b.acc.value_sum,
         )
         acc = CMANPState(c, o, a.num_events + b.num_events, a.fingerprint, a.acc.version + b.acc.version)
-        return CMHPState(acc, ref)
+        spectrum = None
+        if self.spectrum is not None:
+            spectrum = self.spectrum.shift(a.spectrum, self._gap(ref, a.last_time)) + self.spectrum.shift(
+                b.spectrum, self._gap(ref, b.last_time)
+            )
+        return CMHPState(acc, ref, spectrum)
 
     def state_from_bytes(self, blob: bytes) -> CMHPState:
         """Parse and validate a blob from ``CMHPState.to_bytes`` made by this model."""
-        return CMHPState.from_bytes(blob, self.fingerprint, self.encoder.state_dims, self.device)
+        width = 0 if self.spectrum is None else self.spectrum.width
+        return CMHPState.from_bytes(blob, self.fingerprint, self.encoder.state_dims, self.device, width)
 
     # ---- the next event -----------------------------------------------------------------------
     def latents(self, state: CMHPState) -> Tensor:
@@ -327,14 +368,18 @@ class CMHP(FingerprintedModel):
             state.acc.keep_derived(self.fingerprint, latents)
         return latents
 
-    def _decode(self, latents: Tensor) -> tuple[LogNormalMixture, Tensor]:
-        """Latents [K, B, L, D] -> waiting-time mixture [B, C] and mark log-probabilities [B, M]."""
+    def _decode(self, latents: Tensor, spectrum: Tensor | None) -> tuple[LogNormalMixture, Tensor]:
+        """Latents [K, B, L, D] and spectral sums [B, 3, F] (None without a spectrum) -> waiting-time
+        mixture [B, C] and mark log-probabilities [B, M]."""
         query = self.next_query.expand(latents.shape[1], -1, -1)
-        return self.head(self.decoder(query, latents)[:, 0])
+        z = self.decoder(query, latents)[:, 0]  # [B, D]
+        if self.spectrum_proj is not None:
+            z = z + self.spectrum_proj(self.spectrum.features(spectrum))
+        return self.head(z)
 
     def _next(self, state: CMHPState, now: Tensor) -> tuple[LogNormalMixture, Tensor, Tensor]:
         """At checked ``now`` [B]: the mixture (float64), mark log-probabilities and the anchor [B]."""
-        mixture, mark_logp = self._decode(self.latents(state))
+        mixture, mark_logp = self._decode(self.latents(state), state.spectrum)
         anchor = torch.where(torch.isfinite(state.last_time), state.last_time, now)
         return mixture.double(), mark_logp, anchor
 
@@ -527,7 +572,11 @@ class CMHP(FingerprintedModel):
         rows = torch.cat([rows, torch.arange(B, device=self.device)])
         cols = torch.cat([cols, lengths])
         latents = self.encoder.derive_accumulators(log_norm[rows, cols], value_sum[rows, cols])
-        mixture, mark_logp = self._decode(latents)  # [S + B, C], [S + B, M]
+        spectrum = None
+        if self.spectrum is not None:
+            with torch.no_grad():
+                spectrum = self.spectrum.prefix(t, lengths)[rows, cols]  # [S + B, 3, F]
+        mixture, mark_logp = self._decode(latents, spectrum)  # [S + B, C], [S + B, M]
         S = rows.shape[0] - B
         waits = (t - anchors[:, :N]).float()[rows[:S], cols[:S]]  # [S]
         first = LogNormalMixture(mixture.log_weights[:S], mixture.loc[:S], mixture.scale[:S])

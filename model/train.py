@@ -36,7 +36,6 @@ from model.allocator import retain_freed_memory
 from model.blocks import count_parameters
 from model.checkpoint import ARCHITECTURES, build_model, load_checkpoint, save_checkpoint
 from model.cmanp import CMANP, CMANPConfig
-from model.cmanp_and import CMANPANDConfig
 from model.data import DEFAULT_DATA, Batch, TrainingSource, build_source
 from model.data.regression import ContextCurriculum
 from model.embedding_init import init_embeddings
@@ -223,7 +222,19 @@ def start(
         # A warm start may change the std floor: it is a constant of the head, not a weight, and
         # fine-tuning under a new floor re-fits the stds around it.
         floor_only = warm_start and hasattr(mc, "min_std") and init.cfg == replace(mc, min_std=init.cfg.min_std)
-        if init.cfg == mc or floor_only:
+        # A warm start may add an event model's spectrum (model.event_spectrum): its read-out starts
+        # at zero, so the new model begins as the checkpoint's and learns to use the new input.
+        adds_spectrum = (
+            warm_start
+            and getattr(mc, "spectrum_bands", 0) > 0
+            and init.cfg.to_dict() == replace(mc, spectrum_bands=0).to_dict()
+        )
+        if adds_spectrum:
+            missing, unexpected = net.load_state_dict(init.state_dict(), strict=False)
+            if unexpected or not all(name.startswith("spectrum_proj.") for name in missing):
+                raise ValueError(f"{init_from} does not match {mc} outside the spectrum: {missing} {unexpected}")
+            print(f"warm start from the weights of {init_from}, a spectrum added; schedule from step 0")
+        elif init.cfg == mc or floor_only:
             net.load_state_dict(init.state_dict())
             if warm_start:
                 print(f"warm start from the weights of {init_from}; schedule from step 0")
@@ -380,10 +391,12 @@ def train(
     fit(run, build_source(data, mc), tc, out, record={"data": data, "train": asdict(tc)})
 
 
-def _add_dataclass_flags(p: argparse.ArgumentParser, cls: type) -> None:
+def _add_dataclass_flags(p: argparse.ArgumentParser, cls: type, taken: set[str]) -> None:
+    """A flag per field of ``cls``; a field in ``taken`` (a flag another config added) shares that flag."""
     for f in fields(cls):
-        if f.name == "x_range":
+        if f.name == "x_range" or f.name in taken:
             continue
+        taken.add(f.name)
         flag = "--" + f.name.replace("_", "-")
         if isinstance(f.default, tuple):  # a (low, high) pair: two numbers
             p.add_argument(flag, type=float, nargs=len(f.default), default=None)
@@ -421,9 +434,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--warm-start", action="store_true", help="with --init-from: take its weights, start the schedule at 0"
     )
-    _add_dataclass_flags(p, CMANPANDConfig)
-    _add_dataclass_flags(p, TrainConfig)
-    _add_dataclass_flags(p, ContextCurriculum)  # options of the data source, kept as flags
+    taken: set[str] = set()
+    for _, config in ARCHITECTURES.values():  # model flags: the union of every architecture's fields
+        _add_dataclass_flags(p, config, taken)
+    _add_dataclass_flags(p, TrainConfig, taken)
+    _add_dataclass_flags(p, ContextCurriculum, taken)  # options of the data source, kept as flags
     args = p.parse_args(argv)
     file = json.loads(args.config.read_text()) if args.config else {}
     data, train_section = data_spec(file, {k: getattr(args, k) for k in LEGACY_DATA_KEYS})

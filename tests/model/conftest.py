@@ -14,6 +14,8 @@ GENERAL = CHECKPOINT.with_name("cmanp-gp-general.safetensors")
 SMALL = CMANPConfig(d_model=32, n_heads=4, n_blocks=3, n_latents=16, ff_width=64, embed_depth=2)
 SMALL_AND = CMANPANDConfig(**SMALL.to_dict(), block_size=8, cov_features=4, cov_layers=1, cov_kernels=3)  # a joint head
 SMALL_EVENTS = CMHPConfig(num_marks=3, d_model=32, n_heads=4, n_blocks=2, n_latents=8, ff_width=64, components=4)
+# With damped Fourier sums of the history (model.event_spectrum): 3 bands of 4 frequencies.
+SMALL_SPECTRUM = CMHPConfig(**{**SMALL_EVENTS.to_dict(), "spectrum_bands": 3, "spectrum_per_band": 4})
 SMALL_2D = CMANPConfig(**{**SMALL.to_dict(), "dim_x": 2})  # pixel coordinates in: the image family's inputs
 SMALL_FOURIER = CMANPConfig(**{**SMALL.to_dict(), "fourier_features": 4, "fourier_periods": (0.2, 4.0)})
 
@@ -33,9 +35,14 @@ def small_model(seed: int = 0, cfg: CMANPConfig = SMALL) -> CMANP:
     return net
 
 
-def small_cmhp(seed: int = 0) -> CMHP:
-    """A random-init event model with perturbed null points (the small model, events config)."""
-    return small_model(seed, cfg=SMALL_EVENTS)
+def small_cmhp(seed: int = 0, cfg: CMHPConfig = SMALL_EVENTS) -> CMHP:
+    """A random-init event model with perturbed null points (the small model, events config); a
+    spectrum's read-out, zero at init, is perturbed too, so its features move the forecasts."""
+    net = small_model(seed, cfg=cfg)
+    if net.spectrum_proj is not None:
+        with torch.no_grad():
+            net.spectrum_proj[-1].weight.normal_(0, 0.3)
+    return net
 
 
 @pytest.fixture(scope="session")

@@ -11,14 +11,14 @@ from model import CMHP, CMHPState, load_checkpoint, save_checkpoint
 from model.checkpoint import read_metadata
 from model.data.events import EventBatch
 from model.data.hawkes import HawkesPrior, HawkesSource, simulate_hawkes
-from tests.model.conftest import SMALL_EVENTS, small_cmhp
+from tests.model.conftest import SMALL_EVENTS, SMALL_SPECTRUM, small_cmhp
 
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module")
-def net() -> CMHP:
-    return small_cmhp()
+@pytest.fixture(scope="module", params=[SMALL_EVENTS, SMALL_SPECTRUM], ids=["cmab", "cmab+spectrum"])
+def net(request: pytest.FixtureRequest) -> CMHP:
+    return small_cmhp(cfg=request.param)
 
 
 def hawkes_events(n: int = 60, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -380,7 +380,7 @@ def test_a_checkpoint_round_trips(net, tmp_path):
     fingerprint = save_checkpoint(net, path, info={"step": 0})
     assert read_metadata(path)["architecture"] == "cmhp"
     loaded = load_checkpoint(path)
-    assert isinstance(loaded, CMHP) and loaded.cfg == SMALL_EVENTS and loaded.fingerprint == fingerprint
+    assert isinstance(loaded, CMHP) and loaded.cfg == net.cfg and loaded.fingerprint == fingerprint
     t, k = hawkes_events(n=15, batch=2, seed=14)
     a, b = net.condition(t, k), loaded.condition(t, k)
     assert a.to_bytes() == b.to_bytes()
@@ -403,4 +403,4 @@ def test_a_state_blob_round_trips_and_corruption_is_refused(net):
     with pytest.raises(ValueError, match="bad magic"):
         net.state_from_bytes(b"X" * len(blob))
     with pytest.raises(ValueError, match="belongs to model"):
-        small_cmhp(seed=6).state_from_bytes(blob)
+        small_cmhp(seed=6, cfg=net.cfg).state_from_bytes(blob)

@@ -15,14 +15,14 @@ import torch
 from safetensors import safe_open
 from scipy.stats import norm
 
-from model.checkpoint import load_checkpoint
+from model.checkpoint import load_checkpoint, save_checkpoint
 from model.cmanp import CMANPConfig
 from model.cmanp_and import CMANPAND
 from model.data import DEFAULT_DATA
 from model.data.gp import GPSampler
 from model.data.regression import ContextCurriculum, RegressionSource
-from model.train import Run, TrainConfig, data_spec, fit, lr_at, main, training_loss
-from tests.model.conftest import SMALL_AND, small_model
+from model.train import Run, TrainConfig, data_spec, fit, lr_at, main, start, training_loss
+from tests.model.conftest import SMALL_AND, SMALL_EVENTS, SMALL_SPECTRUM, small_cmhp, small_model
 
 TINY = [
     "--d-model",
@@ -287,3 +287,20 @@ def test_beta_nll_is_refused_for_a_joint_model_and_for_negative_beta():
         training_loss(CMANPAND(SMALL_AND), nll_beta=0.5)
     with pytest.raises(ValueError, match="nll_beta"):
         training_loss(small_model(), nll_beta=-1.0)
+
+
+def test_a_warm_start_may_add_an_event_spectrum_and_begins_as_the_model_it_starts_from(tmp_path):
+    """The spectrum's read-out starts at zero: the new model forecasts as its checkpoint until it learns."""
+    base = small_cmhp()
+    save_checkpoint(base, tmp_path / "base.safetensors", info={"step": 5})
+    run = start(SMALL_SPECTRUM, TrainConfig(), tmp_path / "last.pt", False, tmp_path / "base.safetensors", True)
+    grown = run.net.eval()
+    t = torch.tensor([[0.0, 0.4, 0.5, 3.0]], dtype=torch.float64)
+    k = torch.tensor([[0, 2, 2, 1]])
+    with torch.no_grad():
+        a, b = base.next_event(base.condition(t, k)), grown.next_event(grown.condition(t, k))
+    torch.testing.assert_close(a.quantiles, b.quantiles)
+    assert grown.cfg.spectrum_bands == SMALL_SPECTRUM.spectrum_bands and run.step == 0
+    with pytest.raises(ValueError, match="has config"):  # a continued run (no warm start) keeps its config
+        start(SMALL_SPECTRUM, TrainConfig(), tmp_path / "last.pt", False, tmp_path / "base.safetensors", False)
+    assert SMALL_EVENTS.spectrum_bands == 0
