@@ -70,7 +70,10 @@ _models: Mapping[str, Any] = {}  # in the child: the served models by fingerprin
 def _start_child(nice: int, torch_threads: int, parent_pid: int, log_level: str) -> None:
     """The child's initializer: logging as the parent's, its priority, one torch thread."""
     terminate_with_parent(parent_pid)
+    # Ctrl-C is the parent's to handle (it closes the pool). SIGINT came in blocked (see
+    # _block_ctrl_c): ignoring it discards one pressed while the child was importing.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     configure_logging(log_level)
     if nice:
         try:
@@ -78,6 +81,14 @@ def _start_child(nice: int, torch_threads: int, parent_pid: int, log_level: str)
         except OSError as e:  # not allowed: folds run at the parent's priority
             logger.warning("the fold process keeps its parent's priority (setpriority failed: %s)", e)
     torch.set_num_threads(torch_threads)
+
+
+def _block_ctrl_c() -> None:
+    """The starter thread's initializer. A child inherits the signal mask of the thread that
+    spawns it, so it starts with SIGINT blocked: a Ctrl-C during its seconds of imports (before
+    its initializer can ignore the signal) would otherwise print a KeyboardInterrupt traceback.
+    The parent is unaffected: the kernel delivers its SIGINT to a thread that does not block it."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
 
 def _load_models(paths: Mapping[str, Path]) -> int:
@@ -122,7 +133,7 @@ class FoldProcess:
         self._paths = {fingerprint: model.path for fingerprint, model in models.items() if model.path is not None}
         self._args = (nice, torch_threads, os.getpid(), log_level)
         # Every submit to the pool (which may start a child, see the module docstring) runs here.
-        self._starter = concurrent.futures.ThreadPoolExecutor(1, "fold-starter")
+        self._starter = concurrent.futures.ThreadPoolExecutor(1, "fold-starter", initializer=_block_ctrl_c)
         self._pool = self._new_pool()
         self._started_at = time.monotonic()  # of the current pool's child (started by ``start`` or a first fold)
         self._backoff = 0.0

@@ -232,3 +232,33 @@ def test_the_supervisor_loads_neither_the_app_nor_torch() -> None:
     probe = "import sys, service.__main__, service.workers; print(sorted({'torch', 'service.app'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_the_fold_processes_start_stops_quietly(tmp_path: Path, checkpoint_dir: Path) -> None:
+    """Ctrl-C reaches the terminal's whole process group, fold processes included. One that is still
+    importing torch (seconds after the start) has not yet ignored SIGINT, and used to print a
+    KeyboardInterrupt traceback; it now starts with SIGINT blocked."""
+    env = service_env(checkpoint_dir, workers=2, redis_data_dir=tmp_path / "redis", log_level="info")
+    api = ServiceProcess(env, tmp_path / "log")
+    with open(api.log, "wb") as out:
+        # A session of its own: the process group a terminal's Ctrl-C signals.
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service"], cwd=REPO, env=api.env, stdout=out, stderr=out, start_new_session=True
+        )
+    try:
+
+        def fold_child_started() -> bool:
+            tree = process_tree(process.pid)
+            workers = [p for p in tree if parent(p) == process.pid and "multiprocessing.spawn" in cmdline(p)]
+            return any(parent(p) in workers and "multiprocessing.spawn" in cmdline(p) for p in tree)
+
+        wait_for(fold_child_started, timeout=120)
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    output = api.log.read_text()
+    assert "all 2 worker processes have exited" in output
+    assert "KeyboardInterrupt" not in output and "Traceback" not in output, output[-3000:]
