@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import ClassVar
 
 import torch
@@ -104,6 +104,12 @@ class CMHPConfig:
             raise ValueError(f"spectrum_range must be positive and ordered and spectrum_qualities positive, got {self}")
         object.__setattr__(self, "spectrum_range", (lo, hi))
         object.__setattr__(self, "spectrum_qualities", qualities)
+        if not self.spectrum_bands:  # no spectrum: its options would be dropped from the saved config
+            changed = [
+                f.name for f in fields(self) if f.name.startswith("spectrum_") and getattr(self, f.name) != f.default
+            ]
+            if changed:
+                raise ValueError(f"{changed} set without spectrum_bands: they configure a spectrum")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -249,8 +255,12 @@ class CMHP(FingerprintedModel):
         return t, k
 
     def check_state(self, state: CMHPState, name: str = "state") -> None:
-        """Raise ValueError unless ``state`` is a CMHPState built by this model."""
+        """Raise ValueError unless ``state`` is a CMHPState built by this model (with its spectrum, if any)."""
         check_owner(state, CMHPState, self.fingerprint, name)
+        expected = None if self.spectrum is None else (state.batch_size, 3, self.spectrum.width)
+        got = None if state.spectrum is None else tuple(state.spectrum.shape)
+        if got != expected:
+            raise ValueError(f"{name} has spectral sums of shape {got}, this model keeps {expected}")
 
     def _now(self, state: CMHPState, now: Tensor | float | None) -> Tensor:
         """The forecast time [B] (float64): ``now``, by default the latest event (0 for an empty history)."""

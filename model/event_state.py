@@ -7,8 +7,9 @@ magnitude however long a stream runs, so float32 loses nothing to absolute times
 reference is ``log_norm -= w * dt`` (``model.cmhp``). A model with a spectrum
 (``model.event_spectrum``) also keeps its damped Fourier sums ``[B, 3, F]``, relative to the same time.
 
-Binary format, version 2 (little-endian), produced by ``to_bytes``; version 1 (no spectrum
-fields) is still read:
+Binary format, version 2 (little-endian), produced by ``to_bytes`` for a state with a spectrum; a
+state without one is written in version 1 (no width and no sums), as before spectra existed, so
+its blobs stay readable by older builds:
 
     magic       8s   b"CMHPST\\0\\0"
     format      u16  2
@@ -92,8 +93,10 @@ class CMHPState:
     def to_bytes(self) -> bytes:
         last = self.last_time.detach().to("cpu", torch.float64).contiguous().numpy().tobytes()
         spectrum = b"" if self.spectrum is None else self.spectrum.detach().to("cpu", torch.float32).numpy().tobytes()
-        width = 0 if self.spectrum is None else self.spectrum.shape[-1]
-        head = _HEADER.pack(MAGIC, FORMAT_VERSION, self.batch_size) + _WIDTH.pack(width)
+        if self.spectrum is None:
+            head = _HEADER.pack(MAGIC, 1, self.batch_size)
+        else:
+            head = _HEADER.pack(MAGIC, FORMAT_VERSION, self.batch_size) + _WIDTH.pack(self.spectrum.shape[-1])
         payload = head + last + spectrum + self.acc.to_bytes()
         return payload + _CRC.pack(zlib.crc32(payload))
 
@@ -122,7 +125,7 @@ class CMHPState:
         if zlib.crc32(blob[: -_CRC.size]) != crc:
             raise ValueError("event state blob corrupted: checksum mismatch")
         offset, width = _HEADER.size, 0
-        if fmt >= 2:
+        if fmt == 2:
             if len(blob) < offset + _WIDTH.size + _CRC.size:
                 raise ValueError("event state blob truncated")
             (width,) = _WIDTH.unpack_from(blob, offset)
@@ -136,8 +139,8 @@ class CMHPState:
         spectrum = None
         if width:
             values = np.frombuffer(blob, dtype="<f4", count=B * 3 * width, offset=offset + 8 * B).reshape(B, 3, width)
-            if not np.isfinite(values).all():
-                raise ValueError("event state's spectral sums are not finite")
+            if not (np.isfinite(values).all() and (values[:, 2] >= 0).all()):
+                raise ValueError("event state's spectral sums are not finite, or a diagonal sum is negative")
             spectrum = torch.from_numpy(values.copy()).to(device)
         acc = CMANPState.from_bytes(blob[start : -_CRC.size], fingerprint, dims, device)
         if acc.batch_size != B:
@@ -145,4 +148,6 @@ class CMHPState:
         empty = acc.num_points.cpu().numpy() == 0
         if not (np.all(last[empty] == -math.inf) and np.isfinite(last[~empty]).all()):
             raise ValueError("event state's last event times do not match its event counts")
+        if spectrum is not None and spectrum[torch.from_numpy(empty)].any():
+            raise ValueError("event state's spectral sums are not zero for a stream without events")
         return cls(acc, torch.from_numpy(last.copy()).to(device), spectrum)

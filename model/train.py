@@ -227,7 +227,7 @@ def start(
         adds_spectrum = (
             warm_start
             and getattr(mc, "spectrum_bands", 0) > 0
-            and init.cfg.to_dict() == replace(mc, spectrum_bands=0).to_dict()
+            and init.cfg.to_dict() == {k: v for k, v in mc.to_dict().items() if not k.startswith("spectrum_")}
         )
         if adds_spectrum:
             missing, unexpected = net.load_state_dict(init.state_dict(), strict=False)
@@ -398,8 +398,8 @@ def _add_dataclass_flags(p: argparse.ArgumentParser, cls: type, taken: set[str])
             continue
         taken.add(f.name)
         flag = "--" + f.name.replace("_", "-")
-        if isinstance(f.default, tuple):  # a (low, high) pair: two numbers
-            p.add_argument(flag, type=float, nargs=len(f.default), default=None)
+        if isinstance(f.default, tuple):  # numbers: a (low, high) pair, or a list (the config checks which)
+            p.add_argument(flag, type=float, nargs="+", default=None)
             continue
         kind = _parse_bool if isinstance(f.default, bool) else type(f.default)
         p.add_argument(flag, type=kind, default=None)
@@ -452,8 +452,17 @@ def main(argv: list[str] | None = None) -> None:
         return cls(**values)
 
     architecture = args.architecture or file.get("architecture", CMANP.architecture)
+    model_config = ARCHITECTURES[architecture][1]
+    foreign = {
+        f.name
+        for _, config in ARCHITECTURES.values()
+        for f in fields(config)
+        if getattr(args, f.name, None) is not None and f.name not in {g.name for g in fields(model_config)}
+    }
+    if foreign:
+        p.error(f"{sorted(foreign)} are not options of the {architecture} architecture")
     train(
-        build(ARCHITECTURES[architecture][1], file.get("model", {})),
+        build(model_config, file.get("model", {})),
         build(TrainConfig, train_section),
         args.out,
         args.resume,

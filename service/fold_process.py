@@ -23,7 +23,9 @@ gives to the API first.
   that thread lives as long as the pool, since the parent-death signal (``service.parent_death``)
   follows the thread that started the child.
 - The child logs as the service does (JSON lines) and ignores SIGINT (a Ctrl-C reaches the whole
-  process group; the parent decides when folds stop).
+  process group; the parent decides when folds stop). It starts with SIGINT blocked (the starter
+  thread blocks it, and a child inherits its spawning thread's mask), so a Ctrl-C during its
+  imports is discarded rather than printed as a traceback.
 - If it dies (the OOM killer, a crash), the folds in flight fail with a 503 for a post waiting on
   one, which loses nothing: their points stay in the log and a later post folds them. A new child
   is started at once, or, if the last one died within ``STABLE_SECONDS`` of its start, only after

@@ -3,11 +3,13 @@ training likelihood is the streaming one, its forecasts are coherent densities, 
 refused, and it round-trips through a checkpoint."""
 
 import math
+import struct
+import zlib
 
 import pytest
 import torch
 
-from model import CMHP, CMHPState, load_checkpoint, save_checkpoint
+from model import CMHP, CMHPConfig, CMHPState, load_checkpoint, save_checkpoint
 from model.checkpoint import read_metadata
 from model.data.events import EventBatch
 from model.data.hawkes import HawkesPrior, HawkesSource, simulate_hawkes
@@ -128,6 +130,7 @@ def test_a_long_quiet_gap_keeps_the_state_finite(net):
     k = torch.tensor([[0, 1, 2, 0, 1]])
     state = net.condition(t, k)
     assert torch.isfinite(state.acc.log_norm).all() and torch.isfinite(state.acc.value_sum).all()
+    assert state.spectrum is None or torch.isfinite(state.spectrum).all()
     # Events 10^7 units ago have decayed out at every rate: the forecast is that of the recent two.
     recent = net.condition(t[:, 3:] - 1e7, k[:, 3:])
     min_rate = net.rates().min().item()
@@ -404,3 +407,42 @@ def test_a_state_blob_round_trips_and_corruption_is_refused(net):
         net.state_from_bytes(b"X" * len(blob))
     with pytest.raises(ValueError, match="belongs to model"):
         small_cmhp(seed=6, cfg=net.cfg).state_from_bytes(blob)
+
+
+def test_a_state_without_a_spectrum_keeps_the_format_older_builds_read(net):
+    blob = net.condition(*hawkes_events(n=10, batch=1, seed=16)).to_bytes()
+    (fmt,) = struct.unpack_from("<H", blob, 8)
+    assert fmt == (1 if net.spectrum is None else 2)
+
+
+def test_spectral_sums_that_do_not_fit_the_model_are_refused():
+    net = small_cmhp(cfg=SMALL_SPECTRUM)
+    t, k = hawkes_events(n=10, batch=1, seed=17)
+    state = net.condition(t, k)
+    with pytest.raises(ValueError, match="spectral sums of shape None"):
+        net.next_event(CMHPState(state.acc, state.last_time))
+    with pytest.raises(ValueError, match="spectral sums of shape"):
+        net.update(CMHPState(state.acc, state.last_time, state.spectrum[..., :-1]), t[:, :1], k[:, :1])
+
+    def tampered(blob: bytes, offset: int, value: float) -> bytes:
+        body = bytearray(blob[:-4])
+        struct.pack_into("<f", body, offset, value)
+        return bytes(body) + struct.pack("<I", zlib.crc32(body))
+
+    blob = state.to_bytes()
+    diagonal = 8 + 2 + 4 + 4 + 8 + 4 * 2 * net.spectrum.width  # header, width, last_time, Re S, Im S
+    with pytest.raises(ValueError, match="negative"):
+        net.state_from_bytes(tampered(blob, diagonal, -1.0))
+    empty = net.empty_state(1).to_bytes()
+    with pytest.raises(ValueError, match="without events"):
+        net.state_from_bytes(tampered(empty, diagonal, 1.0))
+    with pytest.raises(ValueError, match="spectral sums per stream"):  # read before the model's fingerprint
+        small_cmhp(cfg=SMALL_EVENTS).state_from_bytes(blob)
+
+
+def test_spectrum_options_without_a_spectrum_are_refused():
+    with pytest.raises(ValueError, match="spectrum_per_band"):
+        CMHPConfig(spectrum_per_band=4)
+    assert (
+        "spectrum_bands" not in CMHPConfig().to_dict() and CMHPConfig(spectrum_bands=2).to_dict()["spectrum_bands"] == 2
+    )

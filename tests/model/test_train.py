@@ -304,3 +304,9 @@ def test_a_warm_start_may_add_an_event_spectrum_and_begins_as_the_model_it_start
     with pytest.raises(ValueError, match="has config"):  # a continued run (no warm start) keeps its config
         start(SMALL_SPECTRUM, TrainConfig(), tmp_path / "last.pt", False, tmp_path / "base.safetensors", False)
     assert SMALL_EVENTS.spectrum_bands == 0
+
+
+def test_an_option_of_another_architecture_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        main([*TINY, "--steps", "1", "--spectrum-bands", "4"])
+    assert "not options of the cmanp architecture" in capsys.readouterr().err
