@@ -229,6 +229,9 @@ class EventCalibrationReport(BaseModel):
     pit_histogram: list[int] = Field(
         description="counts of the waits' PITs in 10 equal bins of [0, 1]; calibrated: flat"
     )
+    pit_serial_correlation: float | None = Field(
+        description="lag-1 correlation of consecutive waits' PITs; calibrated: 0 (independent)"
+    )
     mark_observed: list[int] = Field(description="scored events per mark")
     mark_expected: list[float] = Field(description="per mark, the sum of its forecast probabilities")
 

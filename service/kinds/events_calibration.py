@@ -10,8 +10,8 @@ the state of the events before it, read at the previous event (``service.kinds.e
 When the model's forecasts are right, the prequential PITs ``u_i`` are independent and uniform
 (each is the conditional CDF of the next value given everything before it: Rosenblatt's
 transform, the time-rescaling theorem of point processes), so the ``Lambda_i`` are independent
-Exp(1); and the mark residuals ``1{k_i = j} - p_ij`` are martingale differences. Four tests,
-each at ``ALPHA / 4`` (Bonferroni), so a calibrated session is flagged with probability at most
+Exp(1); and the mark residuals ``1{k_i = j} - p_ij`` are martingale differences. Five tests,
+each at ``ALPHA / 5`` (Bonferroni), so a calibrated session is flagged with probability at most
 ``ALPHA`` per check:
 
 1. **rate**: ``sum Lambda_i ~ Gamma(n, 1)`` exactly. Events that come faster than forecast make it
@@ -26,6 +26,16 @@ each at ``ALPHA / 4`` (Bonferroni), so a calibrated session is flagged with prob
    ``V = sum_i (diag p_i - p_i p_i^T)``, ``(O - E)^T V^+ (O - E)`` is chi-square with rank(V)
    degrees of freedom (martingale central limit theorem). It is order-free: a PIT of a mark would
    depend on an arbitrary order of the marks.
+5. **serial**: the first four see the PITs as a bag; independence is the other half of the null.
+   With ``c_i = u_i - 1/2``, the products ``c_i c_{i-1}`` of consecutive events are martingale
+   differences with conditional variance ``c_{i-1}^2 / 12``, so ``sum c_i c_{i-1}`` over
+   ``sqrt(sum c_{i-1}^2 / 12)`` is standard normal (self-normalised martingale limit; bounded
+   terms). A stream more regular than any Hawkes process (a self-correcting one: a short wait
+   is followed by a long one) makes it negative; forecasts that react too little to bursts,
+   positive. Measured with the event model on 200-event streams (issue 18): it raised the share
+   of self-correcting streams flagged from 45% to 80% and added none of 900 in-prior streams to
+   those flagged. Pairs are taken within a fold's events (the pair across two folds is left out:
+   the sums stay additive and the test stays exact, one pair poorer per fold).
 
 The mean log-likelihood is reported, not tested: its expected value depends on the model's own
 entropy at each step, which has no closed form. The sums are constant size (counts, sums, a
@@ -45,7 +55,7 @@ from torch import Tensor
 
 from service.calibration import ALPHA, MIN_POINTS, Status
 
-TESTS = 4
+TESTS = 5
 PIT_BINS = 10
 PIT_MAX = 1 - 1e-16  # u is clipped here, so a wait the model deemed impossible adds 36.8 to sum Lambda, not inf
 _VECTORS = ("pit", "observed", "expected", "covariance")  # tuple fields, summed element by element
@@ -74,12 +84,15 @@ class EventScores:
     observed: tuple[float, ...] = ()  # per mark: events
     expected: tuple[float, ...] = ()  # per mark: sum of its forecast probabilities
     covariance: tuple[float, ...] = ()  # M x M, row-major: sum of diag(p) - p p^T
+    serial: float = 0.0  # sum over consecutive events of (u_i - 1/2)(u_{i-1} - 1/2)
+    serial_norm: float = 0.0  # sum of (u_{i-1} - 1/2)^2 over the same pairs
 
     @classmethod
     def of_scores(cls, pit: Tensor, log_likelihood: Tensor, mark_probs: Tensor, marks: Tensor) -> EventScores:
         """Score events: PITs of their waits [n], log-likelihoods [n], forecast mark probabilities [n, M]
         and observed marks [n]."""
         pit, probs = pit.double().clamp(0, PIT_MAX), mark_probs.double()
+        centred = pit - 0.5
         bins = (pit * PIT_BINS).long().clamp_(0, PIT_BINS - 1)
         onehot = torch.nn.functional.one_hot(marks.long(), probs.shape[-1]).double()
         covariance = torch.diag_embed(probs) - probs.unsqueeze(-1) * probs.unsqueeze(-2)
@@ -89,11 +102,13 @@ class EventScores:
             mark_log_likelihood=float(probs.gather(-1, marks.long().unsqueeze(-1)).log().sum()),
             compensator=float(-torch.log1p(-pit).sum()),
             pit_sum=float(pit.sum()),
-            pit_dispersion=float((pit - 0.5).square().sum()),
+            pit_dispersion=float(centred.square().sum()),
             pit=tuple(torch.bincount(bins, minlength=PIT_BINS).tolist()),
             observed=tuple(onehot.sum(0).tolist()),
             expected=tuple(probs.sum(0).tolist()),
             covariance=tuple(covariance.sum(0).flatten().tolist()),
+            serial=float((centred[1:] * centred[:-1]).sum()),
+            serial_norm=float(centred[:-1].square().sum()),
         )
 
     def __add__(self, other: EventScores) -> EventScores:
@@ -131,8 +146,8 @@ class EventScores:
 
     # ---- what the numbers say ----------------------------------------------------------------------
     def p_values(self) -> dict[str, float]:
-        """Two-sided p-values of the rate and dispersion tests, and the chi-square p-values of the
-        PIT histogram and of the marks."""
+        """Two-sided p-values of the rate, dispersion and serial tests, and the chi-square p-values of
+        the PIT histogram and of the marks."""
         below = float(torch.special.gammainc(_f64(self.events), _f64(self.compensator)))  # P(Gamma(n, 1) <= sum)
         z = (self.pit_dispersion - self.events / 12) / math.sqrt(self.events / 180)
         expected = self.events / PIT_BINS
@@ -142,7 +157,15 @@ class EventScores:
             "dispersion": 2 * NormalDist().cdf(-abs(z)),
             "shape": _chi_square_p_value(shape, PIT_BINS - 1),
             "marks": self._marks_p_value(),
+            "serial": 2 * NormalDist().cdf(-abs(self._serial_z())) if self.serial_norm > 0 else 1.0,
         }
+
+    def _serial_z(self) -> float:
+        return self.serial / math.sqrt(self.serial_norm / 12)
+
+    def serial_correlation(self) -> float | None:
+        """The lag-1 autocorrelation of the centred PITs (their regression on the previous one)."""
+        return self.serial / self.serial_norm if self.serial_norm > 0 else None
 
     def _marks_p_value(self) -> float:
         m = len(self.observed)
@@ -186,6 +209,20 @@ class EventScores:
                 f"marks do not follow their forecast probabilities: observed vs expected events per mark {counts} "
                 f"(chi-square p = {p['marks']:.1e} < {level:.1e})"
             )
+        if p["serial"] < level:
+            rho = self.serial_correlation()
+            pattern = (
+                "a short wait tends to follow a long one and a long wait a short one (the stream is more regular "
+                "than its forecasts)"
+                if rho < 0
+                else "short waits follow short ones and long waits long ones (the forecasts lag behind the stream's "
+                "changes of pace)"
+            )
+            reasons.append(
+                f"consecutive waits are not independent given their forecasts: {pattern}; the PITs' lag-1 correlation "
+                f"over {n} events is {rho:+.3f}, where calibrated forecasts give 0 "
+                f"(p = {p['serial']:.1e} < {level:.1e})"
+            )
         return ("miscalibrated" if reasons else "ok"), reasons
 
     def report(self, enabled: bool) -> dict[str, object]:
@@ -203,6 +240,7 @@ class EventScores:
             "pit_mean": self.pit_sum / n if n else None,
             "pit_variance": self.pit_dispersion / n - (self.pit_sum / n - 0.5) ** 2 if n else None,
             "pit_histogram": list(self.pit),
+            "pit_serial_correlation": self.serial_correlation(),
             "mark_observed": [round(v) for v in self.observed],
             "mark_expected": list(self.expected),
         }

@@ -32,7 +32,9 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = CMANPConfig(n_blocks=2, n_latents=16, d_model=32, ff_width=64, embed_depth=2)
 TINY_AND = CMANPANDConfig(**TINY.to_dict(), block_size=8, cov_features=4, cov_layers=1)  # a joint head, b_Q = 8
 PIXELS = CMANPConfig(**{**TINY.to_dict(), "dim_x": 2, "x_range": (-1.0, 1.0)})  # an untrained digit model
-TINY_EVENTS = CMHPConfig(num_marks=3, d_model=32, n_heads=4, n_blocks=2, n_latents=8, ff_width=64, components=4)
+# With a spectrum (model.event_spectrum), as the shipped event model may have: its sums are state too.
+_EVENT_SIZES = {"num_marks": 3, "d_model": 32, "n_heads": 4, "n_blocks": 2, "n_latents": 8, "ff_width": 64}
+TINY_EVENTS = CMHPConfig(**_EVENT_SIZES, components=4, spectrum_bands=2, spectrum_per_band=4)
 API_KEYS = {"alice": "alice-key", "bob": "bob-key"}
 AUTH = {"Authorization": f"Bearer {API_KEYS['alice']}"}  # the request headers of tenant alice
 TINY_CARD = {"rbf_ll": 1.25, "matern_ll": 0.5}
@@ -196,6 +198,7 @@ def assert_same_event_state(got: CMHPState, t: np.ndarray, k: np.ndarray, net: C
     assert got.last_time.item() == want.last_time.item()
     torch.testing.assert_close(got.acc.log_norm, want.acc.log_norm, rtol=0, atol=1e-4)
     torch.testing.assert_close(got.acc.value_sum, want.acc.value_sum, rtol=0, atol=1e-4)
+    torch.testing.assert_close(got.spectrum, want.spectrum, rtol=1e-4, atol=1e-4)
 
 
 def event_stream(n: int, seed: int, num_marks: int = 3) -> tuple[np.ndarray, np.ndarray]:
