@@ -77,14 +77,12 @@ class EventSpectrum(nn.Module):
         out = torch.stack([re * s_re - im * s_im, re * s_im + im * s_re, d * s_d], dim=1)
         return out.to(sums.dtype)
 
-    def add(self, sums: Tensor, age: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Sums [B, 3, F] plus events at ages [B, n] (float64, >= 0, relative to the sums' reference);
-        ``mask`` [B, n] leaves out padding."""
+    def add(self, sums: Tensor, age: Tensor) -> Tensor:
+        """Sums [B, 3, F] plus events at ages [B, n] (float64, >= 0, relative to the sums' reference)."""
+        if age.shape[1] == 1 and not bool(age.any()):  # the common post: one event at the reference time
+            return sums + torch.tensor([1.0, 0.0, 1.0], dtype=sums.dtype, device=sums.device).view(1, 3, 1)
         re, im, d = self._decay(age)  # [B, n, F]
-        terms = torch.stack([re, im, d], dim=1)  # [B, 3, n, F]
-        if mask is not None:
-            terms = terms * mask.view(mask.shape[0], 1, -1, 1)
-        return (sums.double() + terms.sum(2)).to(sums.dtype)
+        return (sums.double() + torch.stack([re, im, d], dim=1).sum(2)).to(sums.dtype)
 
     def prefix(self, times: Tensor, lengths: Tensor) -> Tensor:
         """The sums before each event and after the last, for training: times [B, N] (float64, sorted
