@@ -6,6 +6,8 @@ and a self-correcting stream are flagged within 200 events."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -137,22 +139,48 @@ def test_a_hawkes_stream_at_ten_times_the_rate_is_flagged_within_200_events(trai
     assert statuses.count("miscalibrated") >= 8, statuses
 
 
+def shortfall(trained: ServedModel, batch: EventBatch, truth: torch.Tensor) -> float:
+    """The true process's log-likelihood minus the model's, per event, over events 50 onwards (each
+    scored against the events before it); ``truth`` [B, N] is the true process's per event."""
+    batch.end = None
+    with torch.no_grad():
+        model, _ = trained.net.event_log_likelihoods(batch)
+    return float((truth[:, 50:] - model[:, 50:]).mean())
+
+
+def hawkes_shortfall(trained: ServedModel, batch: EventBatch) -> float:
+    from model.hawkes_mle import oracle_event_log_likelihoods
+
+    return shortfall(trained, batch, oracle_event_log_likelihoods(batch)[0])
+
+
 def test_the_model_forecasts_ten_times_faster_streams_nearly_as_well_as_in_prior_ones(trained: ServedModel) -> None:
     """Why the 10x stream is not flagged: meta-trained on rates that vary ~100-fold across the prior,
     the model reads a stream's rate from its events. Events 50-200 of each stream, scored against
     the events before them, beside the true process's exact log-likelihood: the model's shortfall
     at 10x the rate is within 0.15 nats per event of its shortfall on in-prior streams."""
-    from model.hawkes_mle import oracle_event_log_likelihoods
-
-    def shortfall(batch: EventBatch) -> float:
-        batch.end = None
-        with torch.no_grad():
-            model, _ = trained.net.event_log_likelihoods(batch)
-        oracle, _ = oracle_event_log_likelihoods(batch)
-        return float((oracle[:, 50:] - model[:, 50:]).mean())
-
-    in_prior, fast = shortfall(hawkes(20, seed=11)), shortfall(hawkes(20, seed=12, rate_factor=10.0))
+    in_prior = hawkes_shortfall(trained, hawkes(20, seed=11))
+    fast = hawkes_shortfall(trained, hawkes(20, seed=12, rate_factor=10.0))
     assert 0 < in_prior and fast < in_prior + 0.15, (in_prior, fast)
+
+
+def self_correcting_log_likelihoods(batch: EventBatch) -> torch.Tensor:
+    """Each event's exact log-likelihood under the process ``self_correcting`` simulates: with i events
+    before it, rate exp(t - i) since the last one (log-rate t_i - i at it, compensator
+    exp(t_(i-1) - i) (exp(t_i - t_(i-1)) - 1) over the wait), times the mark's 1/3."""
+    t = batch.times
+    before = torch.cat([torch.zeros_like(t[:, :1]), t[:, :-1]], dim=1)
+    i = torch.arange(t.shape[1], dtype=t.dtype)
+    return (t - i) - torch.exp(before - i) * torch.expm1(t - before) + math.log(1 / 3)
+
+
+def test_the_model_misfits_self_correcting_streams_far_more_than_in_prior_ones(trained: ServedModel) -> None:
+    """Why self-correcting streams are flagged (by 300 events; the 200-event xfail below): the same
+    comparison as above finds a shortfall far larger than in prior (measured 0.30 against 0.10)."""
+    in_prior = hawkes_shortfall(trained, hawkes(20, seed=11))
+    batch = self_correcting(20, EVENTS_PER_STREAM, seed=13)
+    regular = shortfall(trained, batch, self_correcting_log_likelihoods(batch))
+    assert regular > in_prior + 0.1, (in_prior, regular)
 
 
 def self_correcting(streams: int, events: int, seed: int) -> EventBatch:
