@@ -69,18 +69,26 @@ class EventSpectrum(nn.Module):
         phase = self.omega * age
         return mag * torch.cos(phase), mag * torch.sin(phase), mag.square()
 
+    @staticmethod
+    def _decayed(decay: tuple[Tensor, Tensor, Tensor], sums: Tensor) -> Tensor:
+        """Sums [B, 3, F] (float64) times a decay (Re, Im of exp(-z dt), exp(-2 r dt), each [B, F])."""
+        re, im, d = decay
+        s_re, s_im, s_d = sums.unbind(1)
+        # exp(-z dt) S with z = r - i omega: (re + i im) (s_re + i s_im)
+        return torch.stack([re * s_re - im * s_im, re * s_im + im * s_re, d * s_d], dim=1)
+
+    def _event(self, like: Tensor) -> Tensor:
+        """One event at the reference time: S += 1, D += 1 ([1, 3, 1], ``like``'s dtype and device)."""
+        return torch.tensor([1.0, 0.0, 1.0], dtype=like.dtype, device=like.device).view(1, 3, 1)
+
     def shift(self, sums: Tensor, dt: Tensor) -> Tensor:
         """Sums [B, 3, F] re-referenced dt [B] (float64, >= 0) later."""
-        re, im, d = self._decay(dt)  # [B, F] each
-        s_re, s_im, s_d = sums.double().unbind(1)
-        # exp(-z dt) S with z = r - i omega: (re + i im) (s_re + i s_im)
-        out = torch.stack([re * s_re - im * s_im, re * s_im + im * s_re, d * s_d], dim=1)
-        return out.to(sums.dtype)
+        return self._decayed(self._decay(dt), sums.double()).to(sums.dtype)
 
     def add(self, sums: Tensor, age: Tensor) -> Tensor:
         """Sums [B, 3, F] plus events at ages [B, n] (float64, >= 0, relative to the sums' reference)."""
         if age.shape[1] == 1 and not bool(age.any()):  # the common post: one event at the reference time
-            return sums + torch.tensor([1.0, 0.0, 1.0], dtype=sums.dtype, device=sums.device).view(1, 3, 1)
+            return sums + self._event(sums)
         re, im, d = self._decay(age)  # [B, n, F]
         return (sums.double() + torch.stack([re, im, d], dim=1).sum(2)).to(sums.dtype)
 
@@ -91,16 +99,15 @@ class EventSpectrum(nn.Module):
         B, N = times.shape
         valid = torch.arange(N, device=times.device) < lengths.unsqueeze(1)  # [B, N]
         gaps = torch.cat([torch.zeros_like(times[:, :1]), times.diff(dim=1)], dim=1).clamp_min(0)
-        # Every step's decay at once (padding: no decay); the loop is then a complex multiply-add.
+        # Every step's decay at once (padding: no decay); the loop is then a multiply-add.
         re, im, d = self._decay(torch.where(valid, gaps, torch.zeros_like(gaps)))  # [B, N, F] each
-        added = valid.double().unsqueeze(-1)  # [B, N, 1]: the event itself, at age 0
-        s_re, s_im, s_d = (torch.zeros(B, self.width, dtype=torch.float64, device=times.device) for _ in range(3))
-        out = [torch.zeros(B, 3, self.width, dtype=torch.float32, device=times.device)]
+        sums = self.empty(B).double()
+        event = self._event(sums) * valid.double().view(B, N, 1, 1)  # [B, N, 3, 1]: padding adds nothing
+        out = [sums.float()]
         for i in range(N):
             # After event i the reference is t_i: shift the sums by the gap, then add the event at age 0.
-            s_re, s_im = re[:, i] * s_re - im[:, i] * s_im + added[:, i], re[:, i] * s_im + im[:, i] * s_re
-            s_d = d[:, i] * s_d + added[:, i]
-            out.append(torch.stack([s_re, s_im, s_d], dim=1).float())
+            sums = self._decayed((re[:, i], im[:, i], d[:, i]), sums) + event[:, i]
+            out.append(sums.float())
         return torch.stack(out, dim=1)
 
     def features(self, sums: Tensor) -> Tensor:

@@ -84,9 +84,7 @@ class CMHPState:
             self.fingerprint,
             max(self.acc.version, other.acc.version),
         )
-        spectrum = None
-        if self.spectrum is not None and other.spectrum is not None:
-            spectrum = torch.where(keep.view(-1, 1, 1), self.spectrum, other.spectrum)
+        spectrum = None if self.spectrum is None else torch.where(keep.view(-1, 1, 1), self.spectrum, other.spectrum)
         return CMHPState(acc, torch.where(keep, self.last_time, other.last_time), spectrum)
 
     # ---- binary format ----------------------------------------------------------------------

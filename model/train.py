@@ -453,11 +453,12 @@ def main(argv: list[str] | None = None) -> None:
 
     architecture = args.architecture or file.get("architecture", CMANP.architecture)
     model_config = ARCHITECTURES[architecture][1]
+    own = {f.name for f in fields(model_config)}
     foreign = {
         f.name
         for _, config in ARCHITECTURES.values()
         for f in fields(config)
-        if getattr(args, f.name, None) is not None and f.name not in {g.name for g in fields(model_config)}
+        if f.name not in own and getattr(args, f.name, None) is not None
     }
     if foreign:
         p.error(f"{sorted(foreign)} are not options of the {architecture} architecture")

@@ -157,11 +157,10 @@ class EventScores:
             "dispersion": 2 * NormalDist().cdf(-abs(z)),
             "shape": _chi_square_p_value(shape, PIT_BINS - 1),
             "marks": self._marks_p_value(),
-            "serial": 2 * NormalDist().cdf(-abs(self._serial_z())) if self.serial_norm > 0 else 1.0,
+            "serial": 2 * NormalDist().cdf(-abs(self.serial) / math.sqrt(self.serial_norm / 12))
+            if self.serial_norm > 0
+            else 1.0,
         }
-
-    def _serial_z(self) -> float:
-        return self.serial / math.sqrt(self.serial_norm / 12)
 
     def serial_correlation(self) -> float | None:
         """The lag-1 autocorrelation of the centred PITs (their regression on the previous one)."""
