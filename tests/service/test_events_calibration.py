@@ -41,7 +41,7 @@ def test_a_calibrated_session_is_flagged_about_once_in_a_thousand_checks() -> No
     rng = np.random.default_rng(2)
     checks = 3000
     alarms = sum(simulated(n, rng).verdict()[0] == "miscalibrated" for n in (50, 200) for _ in range(checks // 2))
-    # ALPHA = 1e-3 per check: 3 expected (measured: 78 in 80,000, seeds 5 and 6 of runs/null_verdict.py);
+    # ALPHA = 1e-3 per check: 3 expected (measured: 75 in 80,000, python -m bench.event_monitor);
     # 10x the rate would give about 30.
     assert alarms <= 3 * ALPHA * checks + 3
 
