@@ -115,9 +115,12 @@ def test_in_prior_hawkes_streams_are_ok(trained: ServedModel) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 18 asks for this, but the trained model forecasts 10x-rate streams nearly as well as "
-    "in-prior ones (test_the_model_forecasts_ten_times_faster_streams_nearly_as_well_as_in_prior_ones): "
-    "a monitor with a 1e-3 false-alarm rate can only flag real misfit, and there is little",
+    reason="issue 18 asks for this, but most 10x streams arrive at rates the prior holds "
+    "(test_most_ten_times_faster_streams_arrive_at_rates_the_prior_holds) and the trained model forecasts "
+    "them nearly as well as in-prior ones "
+    "(test_the_model_forecasts_ten_times_faster_streams_nearly_as_well_as_in_prior_ones): "
+    "a monitor with a 1e-3 false-alarm rate can only flag real misfit, and there is little (16 of 40 flagged, "
+    "python -m bench.event_monitor)",
 )
 def test_a_hawkes_stream_at_ten_times_the_rate_is_flagged_within_200_events(trained: ServedModel) -> None:
     batch = hawkes(10, seed=12, rate_factor=10.0)
@@ -148,6 +151,19 @@ def test_the_model_forecasts_ten_times_faster_streams_nearly_as_well_as_in_prior
     in_prior = hawkes_shortfall(trained, hawkes(20, seed=11))
     fast = hawkes_shortfall(trained, hawkes(20, seed=12, rate_factor=10.0))
     assert 0 < in_prior and fast < in_prior + 0.15, (in_prior, fast)
+
+
+def test_most_ten_times_faster_streams_arrive_at_rates_the_prior_holds() -> None:
+    """Why a faster clock is not out of the model's range: the prior's stationary rates span ~100x,
+    so most 10x streams have mean gaps within the central 99% of in-prior streams' (measured: 75% of
+    400 streams), and only their decay rates (5-50 per unit against 0.5-5) leave the prior."""
+    in_prior, fast = hawkes(2000, seed=9), hawkes(400, seed=102, rate_factor=10.0)
+
+    def mean_gaps(batch: EventBatch) -> torch.Tensor:
+        return (batch.times[:, -1] - batch.times[:, 0]) / (batch.lengths - 1)
+
+    low = torch.quantile(mean_gaps(in_prior), 0.005)
+    assert (mean_gaps(fast) >= low).double().mean() > 0.6
 
 
 def self_correcting_log_likelihoods(batch: EventBatch) -> torch.Tensor:
