@@ -15,7 +15,7 @@ What a score is depends on the kind of session (a Gaussian z-score for regressio
 ``service.kinds.regression_calibration``): each kind keeps its own constant-size sums
 (``Calibration``), which are committed with the fold that scored them, exactly once
 (``Fold.sums``). A verdict needs ``MIN_POINTS`` scored points, and flags a calibrated session with
-probability at most ``ALPHA`` per check: each kind splits it between its tests (Bonferroni). The
+about ``ALPHA`` per check: each kind splits it between its tests (in shares: Bonferroni). The
 tests, their power and false-alarm rates are in docs/SERVICE.md ("Calibration").
 """
 

@@ -36,8 +36,9 @@ Exp(1); and the mark residuals ``1{k_i = j} - p_ij`` are martingale differences.
    depend on an arbitrary order of the marks.
 
 The levels (0.04%, 0.02%, 0.02%) add up to 0.08%, and the rest of ``ALPHA`` covers what their
-chi-square approximations lose at 50-200 events: a calibrated session's measured false-alarm
-rate per check is at most ``ALPHA`` (simulated: ``tests/service/test_events_calibration.py``,
+chi-square approximations lose at few events: a calibrated session's measured false-alarm rate
+per check is about ``ALPHA`` at 50 events and below it from 100 (the components are uncorrelated
+and dependent only at order 1/sqrt(n)) (simulated: ``tests/service/test_events_calibration.py``,
 docs/SERVICE.md). Pairs for the serial component are taken within a fold's events (the pair
 across two folds is left out: the sums stay additive and the test stays exact, one pair poorer
 per fold). Sums written before the serial component took its conditional scale (named
@@ -211,8 +212,9 @@ class EventScores:
         return ("miscalibrated" if reasons else "ok"), reasons
 
     def _smooth_reasons(self, p: float) -> list[str]:
-        """One reason per notable component of a failed smooth test, the largest first (at least one
-        is notable: three squares that add up past the test's threshold cannot all be below 4)."""
+        """One reason per notable component of a failed smooth test, the largest first (at SMOOTH_LEVEL
+        one always is: three squares past the threshold, 18.2, cannot all be below 4; the largest
+        component stands in should the level ever allow that)."""
         n, z = self.events, self.smooth_components()
         chi_square = sum(v * v for v in z.values())
         joint = f"smooth test of the PITs: chi-square {chi_square:.1f} on 3 df, p = {p:.1e} < {SMOOTH_LEVEL:.1e}"
@@ -239,7 +241,8 @@ class EventScores:
                 "calibrated forecasts give 0"
             ),
         }
-        notable = sorted((name for name, v in z.items() if abs(v) >= NOTABLE), key=lambda k: -abs(z[k]))
+        ranked = sorted(z, key=lambda k: -abs(z[k]))
+        notable = [name for name in ranked if abs(z[name]) >= NOTABLE] or ranked[:1]
         return [f"{said[name](z[name])} ({name} z = {z[name]:+.1f}; {joint})" for name in notable]
 
     def report(self, enabled: bool) -> dict[str, object]:
