@@ -37,12 +37,12 @@ Exp(1); and the mark residuals ``1{k_i = j} - p_ij`` are martingale differences.
 
 The levels (0.04%, 0.02%, 0.02%) add up to 0.08%, and the rest of ``ALPHA`` covers what their
 chi-square approximations lose at few events: a calibrated session's measured false-alarm rate
-per check is about ``ALPHA`` at 50 events and below it from 100 (the components are uncorrelated
-and dependent only at order 1/sqrt(n)) (simulated: ``tests/service/test_events_calibration.py``,
-docs/SERVICE.md). Pairs for the serial component are taken within a fold's events (the pair
-across two folds is left out: the sums stay additive and the test stays exact, one pair poorer
-per fold). Sums written before the serial component took its conditional scale (named
-``serial``, ``serial_norm``) are ignored: the component then sees the later folds only.
+per check is about ``ALPHA`` at 50 events and below it from 100, as simulated in
+``bench.event_monitor`` (the components are uncorrelated and dependent only at order
+1/sqrt(n)). Pairs for the serial component are taken within a fold's events (the pair across two
+folds is left out: the sums stay additive and the test stays exact, one pair poorer per fold).
+Sums written before the serial component took its conditional scale (named ``serial``,
+``serial_norm``) are ignored: the component then sees the later folds only.
 
 The mean log-likelihood is reported, not tested: its expected value depends on the model's own
 entropy at each step, which has no closed form. The sums are constant size (counts, sums, a

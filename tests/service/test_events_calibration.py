@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy.stats import chi2
 
 from bench.event_monitor import hawkes, self_correcting, session_scores, simulated, verdicts
 from model.data.events import EventBatch
@@ -39,15 +40,9 @@ def test_sums_written_before_the_pair_sums_are_ignored() -> None:
 
 
 def test_a_failed_smooth_test_always_names_a_component() -> None:
-    assert chi2_threshold(SMOOTH_LEVEL) > 3 * NOTABLE**2
+    assert chi2.isf(SMOOTH_LEVEL, 3) > 3 * NOTABLE**2  # so some component is at least NOTABLE
     status, reasons = simulated(200, np.random.default_rng(6), pit=np.random.default_rng(7).beta(3, 3, 200)).verdict()
     assert status == "miscalibrated" and any("smooth test of the PITs" in r for r in reasons), reasons
-
-
-def chi2_threshold(level: float) -> float:
-    from scipy.stats import chi2
-
-    return float(chi2.isf(level, 3))
 
 
 def test_below_50_events_there_is_no_verdict() -> None:
